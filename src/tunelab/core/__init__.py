@@ -1,0 +1,1 @@
+"""Pure-Python core: config schema, registries, events. Never imports torch."""
