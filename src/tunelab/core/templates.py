@@ -53,6 +53,7 @@ class ChatTemplate(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$")
     title: str = ""
     notes: str = ""
+    aliases: list[str] = []
     models: list[str | ModelEntry] = []
     bos_token: str | None = None
     eos_token: str | None = None
@@ -145,6 +146,12 @@ class TemplateRegistry:
 
     def __init__(self, templates: dict[str, ChatTemplate]):
         self.templates = templates
+        self.aliases: dict[str, str] = {}
+        for template in templates.values():
+            for alias in template.aliases:
+                if alias in templates or alias in self.aliases:
+                    raise TemplateFileError(f"{template.name}: alias {alias!r} is already a template name or alias")
+                self.aliases[alias] = template.name
         self.catalog: dict[str, CatalogHit] = {}
         for template in templates.values():
             for entry in template.model_entries:
@@ -161,10 +168,11 @@ class TemplateRegistry:
 
     def get(self, name: str) -> ChatTemplate:
         """The family called ``name`` (UnknownTemplate with suggestions otherwise)."""
+        name = self.aliases.get(name, name)
         try:
             return self.templates[name]
         except KeyError:
-            raise UnknownTemplate("template", name, _closest(name, self.templates)) from None
+            raise UnknownTemplate("template", name, _closest(name, [*self.templates, *self.aliases])) from None
 
     def for_model(self, model_id: str) -> CatalogHit:
         """The catalog entry for a hub model id (case-insensitive; UnknownTemplate otherwise)."""
