@@ -7,10 +7,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tunelab import __version__
-from tunelab.cli import templates as _templates
-
-UserError = (ValueError, KeyError, FileNotFoundError)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
@@ -23,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list:
-    return [_templates]
+    from tunelab.cli import data, demo, templates, train
+
+    return [train, data, templates, demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,119 @@
+"""`tunelab train CONFIG.yaml [key=value ...]`: validate, create the run directory, run the trainer process."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tunelab.core.config import ConfigError, RunConfig, load_config
+from tunelab.core.datasets import DataError, check_stage, load_dataset_registry, validate_file
+from tunelab.core.events import EventTail
+from tunelab.core.rundir import FINAL_STATES, RunDir
+from tunelab.core.templates import UnknownTemplate, registry
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the `train` command."""
+    parser = commands.add_parser("train", help="train from a YAML run config (plus key=value overrides)")
+    parser.add_argument("config", nargs="?", help="YAML run config; omit to start from defaults")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
+    parser.add_argument("--detach", action="store_true", help="start the run in the background and exit")
+    parser.add_argument("--runs-dir", help="parent folder for new run directories (default ./runs)")
+    parser.set_defaults(handler=_train)
+
+
+def preflight(config: RunConfig) -> None:
+    """Checks that need no torch: template name and every local dataset row. Raises on user errors."""
+    if config.template != "auto":
+        registry().get(config.template)
+    datasets = load_dataset_registry(config.dataset_dir)
+    for name in config.dataset:
+        name, spec, local = datasets.resolve(name)
+        check_stage(name, spec, config.stage)
+        if local is not None:
+            validate_file(name, spec, local).raise_if_bad()
+
+
+def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tunelab.services.runner import reconcile, start_run
+
+    path, overrides = _split_args(args)
+    try:
+        config = load_config(path, overrides)
+        preflight(config)
+    except (ConfigError, DataError, UnknownTemplate) as exc:
+        print(f"tunelab: {exc}", file=sys.stderr)
+        return 2
+    run, process = start_run(config, args.runs_dir)
+    print(f"run directory: {run.path}")
+    if args.detach:
+        print(f"trainer pid {process.pid}; follow with: tail -f {run.log_file}")
+        return 0
+    stopping = {"asked": False}
+
+    def _forward(signum: int, frame: object) -> None:
+        if not stopping["asked"]:
+            stopping["asked"] = True
+            print("\nstopping: the trainer finishes its step and saves (Ctrl-C again to wait)", file=sys.stderr)
+            _signal_group(run)
+
+    signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGTERM, _forward)
+    state = _follow(run, process)
+    status = reconcile(run) if state not in FINAL_STATES else run.status()
+    print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")
+    weights = run.final_weights()
+    if weights:
+        print(f"saved: {weights}")
+    return {"succeeded": 0, "aborted": 130}.get(status.get("state"), 1)
+
+
+def _signal_group(run: RunDir) -> None:
+    import os
+
+    pgid = run.status().get("pgid")
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _follow(run: RunDir, process) -> str:
+    tail = EventTail(run.events_file)
+    while True:
+        for event in tail.read_new():
+            _print_event(event)
+        if process.poll() is not None:
+            for event in tail.read_new():
+                _print_event(event)
+            return run.status().get("state", "failed")
+        time.sleep(0.5)
+
+
+def _print_event(event: dict) -> None:
+    kind = event.get("type")
+    if kind == "train":
+        print(
+            f"step {event['step']}/{event['total_steps']}  loss {event['loss']:.4f}  lr {event.get('lr') or 0:.2e}  "
+            f"{event.get('tokens_per_s') or 0:.0f} tok/s  eta {event.get('eta_s') or 0:.0f}s",
+            flush=True,
+        )
+    elif kind == "eval":
+        print(f"step {event['step']}  eval_loss {event['eval_loss']:.4f}", flush=True)
+    elif kind == "data":
+        print(
+            f"data: {event['kept']} examples kept of {event['examples']} ({event['truncated']} truncated, "
+            f"{event['dropped_too_long']} dropped as too long, {event['dropped_refused']} refused by the template); "
+            f"{event['tokens']} tokens, {event['trained_tokens']} trained",
+            flush=True,
+        )

@@ -1,0 +1,213 @@
+"""RunConfig: the one schema for a training run.
+
+YAML files, `key=value` CLI overrides, validation messages and the web UI form are all derived from this
+class. Adding a hyper-parameter is one field here. Field metadata (``group``, ``main``) tells the UI where a
+field goes; everything not marked ``main`` lands in the generated "Advanced" section.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGES_AVAILABLE = ("pt", "sft")
+Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo"]
+Method = Literal["full", "freeze", "lora", "qlora"]
+Quantization = Literal["none", "4bit", "8bit"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Attention = Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2"]
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor"]
+Booster = Literal["auto", "none", "liger"]
+Reporter = Literal["tensorboard", "wandb", "mlflow"]
+
+
+def _field(default: Any, help: str, group: str, main: bool = False, **kwargs: Any) -> Any:
+    return Field(default, description=help, json_schema_extra={"group": group, "main": main}, **kwargs)
+
+
+class RunConfig(BaseModel):
+    """Everything needed to reproduce a training run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # -- model ---------------------------------------------------------------------------------------------
+    model: str = _field("demo", "Local model folder or hub id; 'demo' is the embedded CPU demo model.", "model", True)
+    template: str = _field("auto", "Chat template family, or 'auto' (the model's own, else the catalog's).", "model", True)
+    dtype: Precision = _field("auto", "Weight dtype when loading the model.", "model")
+    quantization: Quantization = _field("none", "Load the base weights quantized with bitsandbytes.", "model", True)
+    quant_type: Literal["nf4", "fp4"] = _field("nf4", "4-bit data type.", "model")
+    double_quant: bool = _field(True, "Quantize the 4-bit quantization constants too.", "model")
+    attn_implementation: Attention = _field("auto", "Attention kernel.", "model")
+    trust_remote_code: bool = _field(False, "Allow model code from the model folder or hub.", "model")
+
+    # -- method --------------------------------------------------------------------------------------------
+    stage: Stage = _field("sft", "Training stage: pt (pre-training), sft (supervised fine-tuning) ...", "method", True)
+    method: Method = _field("lora", "full, freeze (train the last layers), lora, or qlora (LoRA on 4-bit).", "method", True)
+    freeze_trainable_layers: int = _field(2, "freeze: how many of the last layers train.", "method", ge=1)
+    lora_rank: int = _field(8, "LoRA rank r.", "method", True, ge=1)
+    lora_alpha: int | None = _field(None, "LoRA alpha (default 2 x rank).", "method", ge=1)
+    lora_dropout: float = _field(0.0, "LoRA dropout.", "method", ge=0.0, lt=1.0)
+    lora_target: str = _field("all", "Modules LoRA adapts: 'all' linear layers, or comma-separated names.", "method")
+    use_dora: bool = _field(False, "Weight-decomposed LoRA (DoRA).", "method")
+    use_rslora: bool = _field(False, "Rank-stabilised LoRA scaling.", "method")
+    pissa_init: bool = _field(False, "Initialise LoRA from principal singular vectors (PiSSA).", "method")
+    loraplus_lr_ratio: float | None = _field(None, "LoRA+: learning-rate ratio of B over A (e.g. 16).", "method", gt=0)
+
+    # -- data ----------------------------------------------------------------------------------------------
+    dataset: list[str] = _field(["identity"], "Dataset names from the registry, or file paths.", "data", True)
+    dataset_dir: str | None = _field(None, "Folder holding dataset_info.json (default: the shipped data/).", "data")
+    cutoff_len: int = _field(1024, "Maximum tokens per example; longer ones are cut (and counted).", "data", True, ge=8)
+    packing: bool = _field(False, "Pack several examples per row; attention stays within each example.", "data")
+    train_on_prompt: bool = _field(False, "Also train on prompt tokens (not only assistant replies).", "data")
+    mask_history: bool = _field(False, "Train only on the last assistant turn of each conversation.", "data")
+    val_size: float = _field(0.0, "Fraction (<1) or number (>=1) of examples held out for eval_loss.", "data", ge=0.0)
+    max_samples: int | None = _field(None, "Use at most this many examples per dataset.", "data", ge=1)
+    system_prompt: str | None = _field(None, "System prompt added to conversations that have none.", "data")
+
+    # -- training ------------------------------------------------------------------------------------------
+    learning_rate: float = _field(2e-4, "Peak learning rate.", "train", True, gt=0.0)
+    num_epochs: float = _field(3.0, "Epochs (ignored when max_steps > 0).", "train", True, gt=0.0)
+    max_steps: int = _field(-1, "Stop after this many optimizer steps (-1: use num_epochs).", "train", True, ge=-1)
+    batch_size: int = _field(2, "Examples per device per step.", "train", True, ge=1)
+    gradient_accumulation_steps: int = _field(1, "Steps accumulated per optimizer update.", "train", ge=1)
+    lr_scheduler: Scheduler = _field("cosine", "Learning-rate schedule.", "train")
+    warmup_ratio: float = _field(0.0, "Fraction of steps for linear warm-up.", "train", ge=0.0, le=1.0)
+    weight_decay: float = _field(0.0, "AdamW weight decay.", "train", ge=0.0)
+    max_grad_norm: float = _field(1.0, "Gradient clipping norm (0: off).", "train", ge=0.0)
+    optimizer: Optimizer = _field("adamw_torch", "Optimizer (8-bit and paged ones need bitsandbytes).", "train")
+    seed: int = _field(42, "Random seed.", "train")
+    precision: Precision = _field("auto", "Compute precision: auto = bf16 on GPUs that support it, else fp32.", "train")
+    gradient_checkpointing: bool = _field(False, "Recompute activations in backward to save memory.", "train")
+    neftune_alpha: float | None = _field(None, "NEFTune embedding-noise alpha (e.g. 5).", "train", gt=0)
+    booster: Booster = _field("auto", "Fast GPU kernels (auto: on where supported; none: plain HF).", "train")
+
+    # -- output and logging --------------------------------------------------------------------------------
+    output_dir: str | None = _field(None, "Run directory (default: runs/<time>-<model>-<method>).", "output")
+    logging_steps: int = _field(1, "Log every N steps.", "output", ge=1)
+    save_steps: int = _field(100, "Save a checkpoint every N steps.", "output", ge=1)
+    save_total_limit: int | None = _field(2, "Keep at most this many checkpoints.", "output", ge=1)
+    eval_steps: int | None = _field(None, "Evaluate every N steps (default: at logging-save cadence).", "output", ge=1)
+    report_to: list[Reporter] = _field(["tensorboard"], "Loggers: tensorboard, wandb, mlflow.", "output")
+    resume: bool = _field(False, "Continue from the last checkpoint in output_dir.", "output")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _split_datasets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_reporters(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [] if value in ("", "none") else [part.strip() for part in value.split(",")]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.stage not in STAGES_AVAILABLE:
+            raise ValueError(
+                f"stage: {self.stage!r} is not available yet; valid choices now: {', '.join(STAGES_AVAILABLE)}"
+            )
+        if self.method == "qlora" and self.quantization == "none":
+            object.__setattr__(self, "quantization", "4bit")
+        if self.quantization != "none" and self.method not in ("lora", "qlora"):
+            raise ValueError(f"quantization: {self.quantization!r} needs method 'lora' or 'qlora', not {self.method!r}")
+        if not self.dataset:
+            raise ValueError("dataset: give at least one dataset name or file")
+        return self
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        """lora_alpha, defaulting to twice the rank."""
+        return self.lora_alpha or 2 * self.lora_rank
+
+
+class ConfigError(ValueError):
+    """A user error in a run config; the message names the field, the bad value and the valid choices."""
+
+
+def field_choices(name: str) -> list[str] | None:
+    """The allowed values of a Literal field (or of a list of Literals), else None."""
+    annotation = RunConfig.model_fields[name].annotation
+    args = get_args(annotation)
+    if args and all(isinstance(a, str) for a in args):
+        return list(args)
+    for arg in args:
+        inner = get_args(arg)
+        if inner and all(isinstance(a, str) for a in inner):
+            return list(inner)
+    return None
+
+
+def _describe(error: dict) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    name = loc[0] if loc else ""
+    where = ".".join(loc) or "config"
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(RunConfig.model_fields), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"{where}: unknown field{hint}"
+    value = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and not loc:
+        return message
+    choices = field_choices(name) if name in RunConfig.model_fields else None
+    if error["type"] == "literal_error" and choices:
+        return f"{where}: {value!r} is not valid; valid choices: {', '.join(choices)}"
+    return f"{where}: {value!r} is not valid: {message}"
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig from a mapping, raising ConfigError with one readable line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise ConfigError(f"{source}: invalid run config:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse CLI ``key=value`` overrides (values are YAML scalars or lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config (or start from defaults) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value")
+    data.update(parse_overrides(overrides or []))
+    return validate_config(data, source)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The fully resolved config as YAML (every field, defaults included), re-loadable by load_config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

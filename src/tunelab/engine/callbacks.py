@@ -1,0 +1,111 @@
+"""Trainer callbacks: stream metrics into events.jsonl and stop cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import sys
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tunelab.core.events import EventWriter
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT. Before training starts a signal aborts at once; during training the current
+    step finishes, a checkpoint is saved and the trainer returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self.training = False
+
+    def install(self) -> None:
+        """Route SIGTERM and SIGINT here."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        log.warning("received %s: %s", self.signal_name, "stopping after this step" if self.training else "aborting")
+        if not self.training:
+            raise KeyboardInterrupt(self.signal_name)
+
+
+def _peak_memory_gb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    return round(value, 6) if isinstance(value, float) else value
+
+
+class EventsCallback(TrainerCallback):
+    """Writes ``train`` and ``eval`` events, and honours the stop request."""
+
+    def __init__(self, writer: EventWriter, stop: StopRequest):
+        self.writer, self.stop = writer, stop
+        self.start_time = time.time()
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start_time = time.time()
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen or 0
+        self.stop.training = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        elapsed = time.time() - self.start_time
+        steps = max(state.global_step - self.start_step, 1)
+        tokens = state.num_input_tokens_seen or 0
+        remaining = max(state.max_steps - state.global_step, 0)
+        event = self.writer.write(
+            "train",
+            step=state.global_step,
+            total_steps=state.max_steps,
+            epoch=_clean(logs.get("epoch", state.epoch)),
+            loss=_clean(logs["loss"]),
+            grad_norm=_clean(logs.get("grad_norm")),
+            lr=_clean(logs.get("learning_rate")),
+            tokens_seen=tokens,
+            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 else None,
+            peak_mem_gb=round(_peak_memory_gb(), 3),
+            elapsed_s=round(elapsed, 2),
+            eta_s=round(elapsed / steps * remaining, 1),
+        )
+        log.info(
+            "step %d/%d loss %.4f lr %.2e %.0f tok/s eta %.0fs",
+            event["step"], event["total_steps"], event["loss"] or float("nan"), event["lr"] or 0.0,
+            event["tokens_per_s"] or 0.0, event["eta_s"],
+        )
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        metrics = {k: _clean(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        if "eval_loss" in metrics:
+            self.writer.write("eval", step=state.global_step, total_steps=state.max_steps, **metrics)
+            log.info("step %d eval_loss %.4f", state.global_step, metrics["eval_loss"])

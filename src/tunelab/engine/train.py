@@ -1,0 +1,204 @@
+"""The trainer process: ``python -m tunelab.engine.train RUN_DIR``.
+
+Reads RUN_DIR/config.yaml, trains with trl's SFTTrainer (pre-tokenized rows, our masks), streams events,
+saves checkpoints, the final adapter (PEFT) or model, and keeps status.json current. SIGTERM/SIGINT finish
+the current step, save, and end the run as "aborted".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.chat_render import TemplateRefusal
+from tunelab.core.config import ConfigError, RunConfig
+from tunelab.core.datasets import DataError
+from tunelab.core.events import EventWriter
+from tunelab.core.rundir import RunDir
+from tunelab.core.template_choice import TemplateChoice, choose_template
+from tunelab.core.templates import UnknownTemplate
+
+log = logging.getLogger("tunelab.train")
+USER_ERRORS = (ConfigError, DataError, TemplateRefusal, UnknownTemplate, FileNotFoundError)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(run_dir: str | Path) -> int:
+    """Train the run in ``run_dir``; returns the process exit status (0 succeeded, 1 failed, 130 aborted)."""
+    from tunelab.engine.callbacks import StopRequest
+
+    _setup_logging()
+    run_ = RunDir(run_dir)
+    stop = StopRequest()
+    stop.install()
+    writer = EventWriter(run_.events_file)
+    try:
+        run_.set_status("running")
+        writer.write("status", state="running")
+        summary = _train(run_, run_.config(), writer, stop)
+    except KeyboardInterrupt:
+        return _finish(run_, writer, "aborted", f"stopped by {stop.signal_name or 'interrupt'} before training began")
+    except USER_ERRORS as exc:
+        message = str(exc).strip() or type(exc).__name__
+        log.error("%s", message)
+        return _finish(run_, writer, "failed", message)
+    except Exception as exc:  # a bug or a crash: keep the traceback in train.log, a summary in status.json
+        traceback.print_exc()
+        return _finish(run_, writer, "failed", f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500])
+    if stop.requested:
+        return _finish(run_, writer, "aborted", f"stopped by {stop.signal_name}; checkpoint saved", **summary)
+    return _finish(run_, writer, "succeeded", "training finished", **summary)
+
+
+def _finish(run_: RunDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
+    writer.write("status", state=state, message=message)
+    key = "error" if state == "failed" else "message"
+    run_.set_status(state, **{key: message}, **fields)
+    log.info("run %s: %s (%s)", run_.run_id, state, message)
+    return {"succeeded": 0, "failed": 1, "aborted": 130}[state]
+
+
+def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
+    from tunelab.engine.data import prepare_data
+    from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
+
+    path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(path, config.trust_remote_code)
+    choice = None
+    if config.stage != "pt":
+        choice = choose_template(config.template, config.model, local_dir(path))
+        for warning in choice.warnings:
+            log.warning("%s", warning)
+        log.info("template: %s (%s)", choice.name, choice.reason)
+        run_.set_status("running", template=choice.name, template_reason=choice.reason)
+    data = prepare_data(config, tokenizer, choice)
+    writer.write("data", **data.stats.as_event(), train_examples=len(data.train), eval_examples=len(data.eval or []))
+    log.info("data: %s", data.stats.as_event())
+    for refusal in data.stats.refusals:
+        log.warning("template refused %s", refusal)
+
+    model = apply_method(load_model(config, path), config)
+    params = trainable_summary(model)
+    log.info("parameters: %s", params)
+    trainer = _build_trainer(config, run_, model, tokenizer, data, writer, stop)
+    checkpoint = run_.last_checkpoint() if config.resume else None
+    if config.resume and checkpoint is None:
+        log.warning("resume=true but %s holds no checkpoint: starting from scratch", run_.checkpoints)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if data.eval is not None and not stop.requested:
+        trainer.evaluate()
+    _save_final(config, run_, trainer, tokenizer, choice, base=path)
+    return {
+        "global_step": trainer.state.global_step,
+        "total_steps": trainer.state.max_steps,
+        "train_loss": round(float(result.training_loss), 6),
+        **params,
+    }
+
+
+def _build_trainer(config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, data: Any, writer: Any, stop: Any) -> Any:
+    from trl import SFTConfig, SFTTrainer
+
+    from tunelab.engine.callbacks import EventsCallback
+    from tunelab.engine.model import compute_dtype
+
+    import torch
+
+    dtype = compute_dtype(config)
+    if "tensorboard" in config.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_.tb_dir)
+    has_eval = data.eval is not None
+    args = SFTConfig(
+        output_dir=str(run_.checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optimizer,
+        seed=config.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=False,  # applied by apply_method, the same way for every method
+        neftune_noise_alpha=config.neftune_alpha,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(config.eval_steps or config.save_steps) if has_eval else None,
+        report_to=list(config.report_to),
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        max_length=config.cutoff_len,
+        packing=config.packing,
+        padding_free=config.packing,
+        dataset_num_proc=None,
+        remove_unused_columns=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    optimizers = (None, None)
+    if config.loraplus_lr_ratio and config.method in ("lora", "qlora"):
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=config.learning_rate, loraplus_lr_ratio=config.loraplus_lr_ratio,
+            weight_decay=config.weight_decay,
+        )
+        optimizers = (optimizer, None)
+    return SFTTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+        callbacks=[EventsCallback(writer, stop)], optimizers=optimizers,
+    )
+
+
+def _save_final(
+    config: RunConfig, run_: RunDir, trainer: Any, tokenizer: Any, choice: TemplateChoice | None, base: str
+) -> None:
+    """Save the adapter (PEFT format) or full model, with the chat template, via a temp folder + rename."""
+    adapter = config.method in ("lora", "qlora")
+    target = run_.adapter_dir if adapter else run_.model_dir
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.model.save_pretrained(str(staging))
+    if choice is not None:
+        tokenizer.chat_template = choice.template.source
+    tokenizer.save_pretrained(str(staging))
+    if choice is not None:
+        from tunelab.core.ollama import write_modelfile
+
+        write_modelfile(staging, choice.template, base=base if adapter else ".", adapter="." if adapter else None)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    log.info("saved %s", target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: python -m tunelab.engine.train RUN_DIR."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tunelab.engine.train RUN_DIR", file=sys.stderr)
+        return 2
+    return run(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
