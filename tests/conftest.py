@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated TUNELAB_HOME per session, tiny local models, the demo model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import tiny_llama, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tunelab_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Caches (demo model, tokenized data) live in a per-session folder, never the user's."""
+    home = Path(os.environ.get("TUNELAB_TEST_HOME") or tmp_path_factory.mktemp("tunelab-home"))
+    os.environ["TUNELAB_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PYTHONPATH", str(ROOT / "src"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with a ChatML tokenizer (the registry's chatml template)."""
+    from tunelab.core.templates import registry
+
+    template = registry().get("chatml")
+    tokenizer = tiny_tokenizer(["<|im_start|>", "<|im_end|>"], chat_template=template.source, eos="<|im_end|>")
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tunelab_home: Path) -> Path:
+    """The embedded demo model, built once per session."""
+    from tunelab.engine.demo import build_demo_model
+
+    return build_demo_model()
