@@ -47,10 +47,11 @@ def _families(limit: int = 40) -> list[str]:
         if "completion" in template.quirks:
             continue
         try:
-            _messages_for(template)
+            spans = template.render(_messages_for(template), track_spans=True).spans
         except TemplateRefusal:
             continue
-        chosen.append(name)
+        if len(spans) == 2:  # classifier formats (e.g. a safety judge) have no reply turns to train
+            chosen.append(name)
     return chosen[:limit]
 
 
