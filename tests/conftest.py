@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     template = registry().get("chatml")
     tokenizer = tiny_tokenizer(["<|im_start|>", "<|im_end|>"], chat_template=template.source, eos="<|im_end|>")
-    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer, hidden=128, heads=4)
 
 
 @pytest.fixture(scope="session")
