@@ -118,7 +118,7 @@ def test_freeze_trains_only_the_last_layers(tmp_path: Path, tiny_model_dir: Path
 
 
 def test_pretraining_with_packing(tmp_path: Path, tiny_model_dir: Path) -> None:
-    run = train(tmp_path, tiny_model_dir, "stage=pt", "dataset=text_demo", "packing=true", "method=lora", "max_steps=10")
+    run = train(tmp_path, tiny_model_dir, "stage=pt", "dataset=text_demo", "packing=true", "method=full", "max_steps=10", "learning_rate=1e-3")
     assert run.status()["state"] == "succeeded" and loss_fell(run)
     assert events(run, "data")[0]["examples"] == 400
 

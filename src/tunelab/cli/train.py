@@ -38,16 +38,19 @@ def preflight(config: RunConfig) -> None:
 
 
 def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    if args.config and "=" in args.config and not Path(args.config).exists():
-        return None, [args.config, *args.overrides]
-    return args.config, list(args.overrides)
+    """The config file may come before or after the key=value overrides."""
+    items = [i for i in [args.config, *args.overrides] if i is not None]
+    files = [i for i in items if "=" not in i or Path(i).is_file()]
+    if len(files) > 1:
+        raise ConfigError(f"give one config file, not {len(files)}: {', '.join(files)}")
+    return (files[0] if files else None), [i for i in items if i not in files]
 
 
 def _train(args: argparse.Namespace) -> int:
     from tunelab.services.runner import reconcile, start_run
 
-    path, overrides = _split_args(args)
     try:
+        path, overrides = _split_args(args)
         config = load_config(path, overrides)
         preflight(config)
     except (ConfigError, DataError, UnknownTemplate) as exc:
