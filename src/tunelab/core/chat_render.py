@@ -89,6 +89,21 @@ def template_date() -> _dt.date:
     return _dt.date.fromisoformat(value)
 
 
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def alias_reasoning(messages: list[dict]) -> list[dict]:
+    """Give each message's reasoning under every common name, as transformers does before rendering."""
+    out = []
+    for message in messages:
+        if isinstance(message, dict):
+            reasoning = next((message[k] for k in REASONING_FIELDS if message.get(k) is not None), None)
+            if reasoning is not None:
+                message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        out.append(message)
+    return out
+
+
 def render_source(
     source: str,
     messages: list[dict],
@@ -104,7 +119,7 @@ def render_source(
         "tools": None,
         "documents": None,
         **kwargs,
-        "messages": messages,
+        "messages": alias_reasoning(messages),
         "add_generation_prompt": add_generation_prompt,
         "strftime_now": lambda fmt: _dt.datetime.combine(day, _dt.time()).strftime(fmt),
         "_track_spans": track_spans,

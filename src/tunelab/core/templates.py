@@ -43,6 +43,7 @@ class ModelEntry(BaseModel):
     bos_token: str | None = None
     eos_token: str | None = None
     base: bool = False
+    render_kwargs: dict[str, Any] = {}
 
 
 class ChatTemplate(BaseModel):
@@ -105,7 +106,8 @@ class ChatTemplate(BaseModel):
             "eos_token": (model.eos_token if model and model.eos_token is not None else self.eos_token) or "",
         }
         return render_source(
-            self.source, messages, add_generation_prompt, track_spans=track_spans, **{**tokens, **self.render_kwargs, **kwargs}
+            self.source, messages, add_generation_prompt, track_spans=track_spans,
+            **{**tokens, **self.render_kwargs, **(model.render_kwargs if model else {}), **kwargs},
         )
 
 
