@@ -1,0 +1,1 @@
+"""tunelab's web studio (Gradio). Shipped in the wheel as tunelab.webui."""
