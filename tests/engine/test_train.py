@@ -131,6 +131,7 @@ def test_resume_continues_the_step_count(tmp_path: Path, tiny_model_dir: Path) -
     steps = [e["step"] for e in events(first, "train")]
     assert steps == list(range(1, 11)), steps  # 1..6, then 7..10 after resuming from checkpoint-6
     assert first.status()["global_step"] == 10
+    assert "tokenized data from cache" in first.log_file.read_text()  # same data, tokenizer, template: cached
 
 
 def test_sigterm_finishes_the_step_saves_and_aborts(tmp_path: Path, tiny_model_dir: Path) -> None:
