@@ -197,3 +197,20 @@ def test_lora_variants_train(tmp_path: Path, tiny_model_dir: Path, options: list
     config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     for key, value in adapter_fields.items():
         assert config[key] == value, (key, config[key])
+
+
+def test_missing_model_folder_is_a_config_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "train", "model=/no/such/model", "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "model: '/no/such/model' is not a folder" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_run_reports_failed_with_the_reason(tmp_path: Path) -> None:
+    """A hub id cannot be fetched here (no hub): the run ends 'failed' with a summary, the CLI exits 1."""
+    run = train(tmp_path, "no-such-org/no-such-model", "max_steps=2", expect=1)
+    status = run.status()
+    assert status["state"] == "failed" and status["exit_code"] == 1
+    assert "no-such-org/no-such-model" in status["error"]
