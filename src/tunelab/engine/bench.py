@@ -87,11 +87,11 @@ def run_bench(
         raise
 
 
-def _metrics(task_result: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
-    """metric,filter -> (value, stderr) from one task's results."""
+def _metrics(task_result: dict[str, Any], names: set[str]) -> dict[str, tuple[float, float | None]]:
+    """metric,filter -> (value, stderr) from one task's results (only the task's declared metrics)."""
     out = {}
     for key, value in task_result.items():
-        if key == "alias" or "_stderr," in key or not isinstance(value, (int, float)):
+        if key.split(",")[0] not in names or not isinstance(value, (int, float)):
             continue
         stderr = task_result.get(key.replace(",", "_stderr,", 1))
         out[key] = (float(value), float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None)
@@ -119,8 +119,9 @@ def bench_rows(tuned: dict[str, Any], base: dict[str, Any] | None) -> list[dict[
     rows = []
     for task, result in tuned.get("results", {}).items():
         base_result = (base or {}).get("results", {}).get(task, {})
-        for key, (value, stderr) in _metrics(result).items():
-            base_value, base_stderr = _metrics(base_result).get(key, (None, None)) if base else (None, None)
+        better = tuned.get("higher_is_better", {}).get(task, {})
+        for key, (value, stderr) in _metrics(result, set(better)).items():
+            base_value, base_stderr = _metrics(base_result, set(better)).get(key, (None, None)) if base else (None, None)
             delta_se, method = None, "lm-eval stderr"
             if base_value is not None:
                 delta_se, method = _delta_stderr(tuned, base or {}, task, key, stderr, base_stderr)
@@ -129,7 +130,7 @@ def bench_rows(tuned: dict[str, Any], base: dict[str, Any] | None) -> list[dict[
                 "name": name, "base": base_value, "tuned": value,
                 "delta": value - base_value if base_value is not None else None, "base_stderr": base_stderr,
                 "tuned_stderr": stderr, "delta_stderr": delta_se, "n": tuned.get("n-samples", {}).get(task, {}).get("effective"),
-                "stderr_method": method, "higher_is_better": bool(tuned.get("higher_is_better", {}).get(task, {}).get(key.split(",")[0], True)),
+                "stderr_method": method, "higher_is_better": bool(better.get(key.split(",")[0], True)),
             })
     return rows
 
