@@ -18,7 +18,7 @@ import numpy as np
 from tunelab.core.eval_config import EvalConfig
 
 log = logging.getLogger(__name__)
-_OFFLINE_HINTS = ("offline", "couldn't reach", "connection", "resolve", "network", "hub", "getaddrinfo", "max retries")
+_OFFLINE_HINTS = ("offline", "couldn't reach", "connectionerror", "connection error", "name resolution", "getaddrinfo", "max retries")
 
 
 class BenchError(ValueError):
@@ -67,21 +67,27 @@ def run_bench(
 
     specs = task_specs(cfg.tasks)
     manager = task_manager(specs)
+    _guard_offline(manager.load, specs)  # fail before loading any model when task data cannot be had
     lm = HFLM(
         pretrained=pretrained, peft=peft, tokenizer=tokenizer, device=device, dtype=dtype, batch_size=cfg.batch_size,
         trust_remote_code=cfg.trust_remote_code,
     )
+    return _guard_offline(
+        simple_evaluate, model=lm, tasks=specs, task_manager=manager, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
+        log_samples=True, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed, bootstrap_iters=max(cfg.bootstrap, 0),
+    ) or {}
+
+
+def _guard_offline(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``function``; a failure to reach the hub becomes a one-line BenchError."""
     try:
-        return simple_evaluate(
-            model=lm, tasks=specs, task_manager=manager, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
-            log_samples=True, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-            fewshot_random_seed=cfg.seed, bootstrap_iters=max(cfg.bootstrap, 0),
-        ) or {}
+        return function(*args, **kwargs)
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         if any(hint in text.lower() for hint in _OFFLINE_HINTS):
             raise BenchError(
-                f"a benchmark task's data must be downloaded from the Hugging Face hub, which is not reachable here "
+                f"benchmark task data must be downloaded from the Hugging Face hub, which is not reachable here "
                 f"(offline): {text.splitlines()[0][:300]}. Use a local task YAML (dataset_path: json with local data_files)"
             ) from None
         raise
