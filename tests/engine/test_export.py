@@ -200,3 +200,22 @@ def test_push_to_hub_offline_says_why(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ExportError, match=r"pushing to someone/model failed"):
         push_to_hub(tmp_path, "someone/model", lambda message: None)
+
+
+def test_gguf_export_generates_like_transformers_in_llama_cpp(demo_export) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds from source)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = demo_export
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    llm = llama_cpp.Llama(model_path=str(out / "model-q8_0.gguf"), n_ctx=256, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    assert llm.token_eos() == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    theirs = llm.create_completion(text, max_tokens=10, temperature=0.0)["choices"][0]["text"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        ours = model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)
+    assert theirs == tokenizer.decode(ours[0, len(ids):], skip_special_tokens=True)
