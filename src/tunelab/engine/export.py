@@ -145,6 +145,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
             "files": files, "verify": verify, "gguf": gguf_report, "elapsed_s": round(time.time() - started, 2),
         }
         write_json_atomic(staging / "tunelab_export.json", report)
+        _readable(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -154,6 +155,15 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     if cfg.push_to_hub:
         report["pushed"] = push_to_hub(out, cfg.push_to_hub, say)
     return report
+
+
+def _readable(folder: Path) -> None:
+    """Files written through temp files are 0600; an export is meant to be served by others (e.g. ollama)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _load_fp32(path: str | Path, trust_remote_code: bool) -> Any:
@@ -279,6 +289,8 @@ def verify_export(folder: Path, prompt_ids: Any, reference: dict[str, Any], dtyp
         + f"; greedy tokens {'match' if tokens == reference['tokens'] else 'differ'}"
         + f"; chat_template {'renders the prompt identically' if template_ok else 'renders a DIFFERENT prompt'}"
     )
+    if effect is not None and effect <= tolerance:
+        summary += "; note: the adapter moves logits less than the tolerance, so this check cannot tell merged from unmerged"
     say(("verified: " if passed else "verification FAILED: ") + summary)
     return {
         "passed": passed, "max_abs_diff": diff, "tolerance": tolerance, "adapter_effect": effect,
