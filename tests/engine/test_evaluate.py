@@ -180,3 +180,22 @@ def test_standard_errors_are_paired() -> None:
     row = corpus_metric("loss", sums_t, sums_b, loss_from_sums, 300, 0, higher_is_better=False)
     assert row["delta"] == pytest.approx(-0.1 * sums_b[:, 0].sum() / sums_b[:, 1].sum())
     assert 0 < row["delta_stderr"] < row["base_stderr"]
+
+
+def test_eval_job_stops_on_sigterm(demo_lora_run: Path, tmp_path: Path) -> None:
+    import time
+
+    from tunelab.services.model_jobs import start_job
+    from tunelab.services.runner import group_alive, stop_run
+
+    options = {"run": str(demo_lora_run), "metrics": ["predict"], "max_samples": 200, "max_new_tokens": 64}
+    job, process = start_job("eval", options, path=tmp_path / "job")
+    deadline = time.time() + 120
+    while job.status().get("state") != "running" and time.time() < deadline:
+        time.sleep(0.2)
+    assert job.status().get("state") == "running"
+    assert stop_run(job, grace_s=60)
+    assert process.wait(timeout=30) == 130
+    status = job.status()
+    assert status["state"] == "aborted" and "SIGTERM" in status["message"] and not group_alive(status["pgid"])
+    assert not job.results_file.exists()
