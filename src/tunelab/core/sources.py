@@ -43,6 +43,11 @@ class ModelSource:
             return self.run.run_id
         return (self.tuned_path or Path(self.model)).name
 
+    def tokenizer_dir(self, base_path: str) -> str:
+        """Where to load the tokenizer from: the tuned folder when it saved one, else the base model."""
+        tuned = self.tuned_path
+        return str(tuned) if tuned is not None and (tuned / "tokenizer_config.json").is_file() else base_path
+
     @property
     def template_dir(self) -> Path | None:
         """The folder whose chat_template the run trained with (the adapter or model folder written at save)."""

@@ -82,7 +82,7 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
     base_path = resolve_model_path(source.model)
     device, dtype, dtype_name = _device_and_dtype(cfg)
-    tokenizer = load_tokenizer(str(source.tuned_path or base_path), source.trust_remote_code)
+    tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
     choice = resolve_template(source, base_path)
     sides = ["base", "tuned"] if cfg.compare_base else ["tuned"]
     results: dict[str, Any] = {
@@ -145,7 +145,7 @@ def _score_bench(cfg: EvalConfig, source: ModelSource, base_path: str, device: s
     from tunelab.engine.bench import bench_rows, run_bench
 
     runs = {}
-    tokenizer = str(source.tuned_path or base_path)
+    tokenizer = source.tokenizer_dir(base_path)
     for side in sides:
         log.info("%s: lm-eval tasks %s (limit %s)", side, ", ".join(cfg.tasks), cfg.limit)
         if side == "base":

@@ -113,7 +113,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     choice = resolve_template(source, base_path)
     dtype_name = save_dtype(cfg, base_path)
     say(f"loading {source.model} in fp32 (template: {choice.name})")
-    tokenizer = load_tokenizer(str(source.tuned_path or base_path), source.trust_remote_code)
+    tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
     model = _load_fp32(source.weights or base_path, source.trust_remote_code)
     check_unquantized(model)
     prompt_ids = _prompt_ids(tokenizer, choice)
