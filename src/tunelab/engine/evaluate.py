@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunelab.core.config import ConfigError
 from tunelab.core.datasets import DataError
 from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.events import EventWriter
@@ -40,7 +41,10 @@ def _device_and_dtype(cfg: EvalConfig) -> tuple[str, Any, str]:
 def _load(path: str | Path, cfg: EvalConfig, device: str, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
     return model.to(device).eval()
 
 

@@ -170,7 +170,10 @@ def _load_fp32(path: str | Path, trust_remote_code: bool) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
     model.eval()
     return model
 

@@ -67,8 +67,9 @@ def run_job(
 
 def finish(job: JobDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
     """Write the final status event and status.json; return the exit status."""
+    code = {"succeeded": 0, "failed": 1, "aborted": 130}[state]
     writer.write("status", state=state, message=message)
     key = "error" if state == "failed" else "message"
-    job.set_status(state, **{key: message}, **fields)
+    job.set_status(state, **{key: message}, exit_code=code, **fields)
     log.info("%s job %s: %s (%s)", job.kind, job.run_id, state, message)
-    return {"succeeded": 0, "failed": 1, "aborted": 130}[state]
+    return code
