@@ -45,6 +45,7 @@ class EvalConfig(BaseModel):
     tasks: list[str] = Field([], description="bench: lm-eval task names, or local task YAML files or folders.")
     limit: int | None = Field(None, ge=1, description="bench: quick mode, at most N examples per task.")
     num_fewshot: int | None = Field(None, ge=0, description="bench: few-shot examples per prompt.")
+    chat_template: bool = Field(False, description="bench: wrap task prompts in the model's chat template.")
     compare_base: bool = Field(True, description="Also score the base model and report deltas.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for corpus-level standard errors.")
     seed: int = Field(42, description="Seed for bootstrap resampling and lm-eval.")

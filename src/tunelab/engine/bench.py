@@ -75,7 +75,7 @@ def run_bench(
     return _guard_offline(
         simple_evaluate, model=lm, tasks=specs, task_manager=manager, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
         log_samples=True, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-        fewshot_random_seed=cfg.seed, bootstrap_iters=max(cfg.bootstrap, 0),
+        fewshot_random_seed=cfg.seed, bootstrap_iters=max(cfg.bootstrap, 0), apply_chat_template=cfg.chat_template,
     ) or {}
 
 
