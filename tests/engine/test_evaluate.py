@@ -86,15 +86,14 @@ def test_predict_scores_match_sacrebleu_and_rouge_score(tiny_model_dir: Path, tm
     from rouge_score import rouge_scorer
 
     from tests.engine.test_export import _tiny_adapter
-    from tunelab.services.model_jobs import start_job
+    from tunelab.services.model_jobs import run_job_and_wait
 
     adapter = _tiny_adapter(tiny_model_dir, tmp_path / "adapter", use_dora=False)
     data = _write_qa_dataset(tmp_path / "sums.json")
     options = {"model": str(tiny_model_dir), "adapter": str(adapter), "metrics": ["predict"], "dataset": [str(data)],
                "max_new_tokens": 8, "bootstrap": 200}
-    job, process = start_job("eval", options, tmp_path / "runs")
-    assert process.wait(timeout=600) == 0, job.log_file.read_text()[-3000:]
-    rows = _rows(job)
+    job, results = run_job_and_wait("eval", options, tmp_path / "runs", timeout=600)
+    rows = {row["name"]: row for row in results["metrics"]}
     predictions = [json.loads(line) for line in job.predictions_file.read_text().splitlines()]
     references = [p["reference"] for p in predictions]
     assert references == ["3", "4", "7", "6", "8", "8"]  # the replies of the data, without the end-of-turn token

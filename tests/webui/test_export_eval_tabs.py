@@ -73,15 +73,19 @@ def test_eval_tab_shows_base_vs_finetuned(studio_app) -> None:
 
     url, run, _ = studio_app
     client = Client(url, verbose=False)
-    status, table = client.predict(str(run), ["loss"], [], 10, "", None, api_name="/evaluate")
+    status, table, predictions = client.predict(str(run), ["loss", "predict"], [], 5, "", None, api_name="/evaluate")
     assert "Evaluation finished" in status, status
     headers, rows = table["headers"], table["data"]
     assert headers[:4] == ["metric", "base", "fine-tuned", "delta"]
     loss = next(r for r in rows if r[0] == "loss")
     assert float(loss[2]) < float(loss[1]) and loss[3].startswith("-") and "▲" in loss[3]  # lower loss is better
-    latest_status, latest_table = client.predict(str(run), api_name="/eval_latest")
+    assert {"bleu4", "rougeL"} <= {r[0] for r in rows}
+    assert predictions["headers"] == ["prompt", "reference", "base", "fine-tuned"] and len(predictions["data"]) == 5
+    assert all("Tuna" in row[1] for row in predictions["data"])  # references are the identity replies
+    latest_status, latest_table, latest_predictions = client.predict(str(run), api_name="/eval_latest")
     assert "Latest evaluation" in latest_status and latest_table["data"] == rows
-    bad_status, _ = client.predict(str(run), ["bench"], [], 10, "", None, api_name="/evaluate")
+    assert latest_predictions["data"] == predictions["data"]
+    bad_status, _, _ = client.predict(str(run), ["bench"], [], 10, "", None, api_name="/evaluate")
     assert "needs at least one lm-eval task" in bad_status
 
 

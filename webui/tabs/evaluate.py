@@ -71,8 +71,24 @@ def results_notes(studio: Studio, results: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def latest_results(studio: Studio, run: str | None) -> tuple[str, Any]:
-    """The newest succeeded evaluation of ``run`` (status line and table)."""
+def predictions_table(studio: Studio, job: Any = None, limit: int = 50) -> Any:
+    """The first predictions side by side: the prompt's end, the reference, base and fine-tuned replies."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    if job is not None and job.predictions_file.is_file():
+        with job.predictions_file.open(encoding="utf-8") as handle:
+            for line, _ in zip(handle, range(limit)):
+                p = json.loads(line)
+                prompt = p["prompt"] if len(p["prompt"]) <= 160 else "…" + p["prompt"][-160:]
+                rows.append([prompt, p["reference"], p.get("base", ""), p.get("tuned", "")])
+    return pd.DataFrame(rows, columns=[studio.t(f"eval.pcol.{c}") for c in ("prompt", "reference", "base", "tuned")])
+
+
+def latest_results(studio: Studio, run: str | None) -> tuple[str, Any, Any]:
+    """The newest succeeded evaluation of ``run`` (status line, metrics table, predictions)."""
     from tunelab.services.model_jobs import jobs_of
 
     if run:
@@ -80,22 +96,22 @@ def latest_results(studio: Studio, run: str | None) -> tuple[str, Any]:
             if job.status().get("state") == "succeeded" and job.results():
                 results = job.results()
                 head = f"**{studio.t('eval.latest')}** `{job.run_id}`\n\n"
-                return head + results_notes(studio, results), results_table(studio, results)
-    return studio.t("eval.none_yet"), results_table(studio, None)
+                return head + results_notes(studio, results), results_table(studio, results), predictions_table(studio, job)
+    return studio.t("eval.none_yet"), results_table(studio, None), predictions_table(studio)
 
 
 def start_eval(
     studio: Studio, run: str | None, metrics: list[str], datasets: list[str] | None, max_samples: float | None,
     tasks: str, limit: float | None,
-) -> Iterator[tuple[str, Any]]:
-    """Start the evaluation job; yield (status, table) until it ends."""
+) -> Iterator[tuple[str, Any, Any]]:
+    """Start the evaluation job; yield (status, metrics table, predictions) until it ends."""
     from tunelab.core.sources import SourceError, from_run
     from tunelab.services.model_jobs import is_final, job_state, start_job
 
     t = studio.t
-    empty = results_table(studio, None)
+    empty = results_table(studio, None), predictions_table(studio)
     if not run:
-        yield f"**{t('eval.pick_run')}**", empty
+        yield f"**{t('eval.pick_run')}**", *empty
         return
     try:
         config = validate_eval_config({
@@ -105,20 +121,21 @@ def start_eval(
         }, "eval")
         from_run(run)
     except (ConfigError, SourceError) as exc:
-        yield f"❌ {exc}", empty
+        yield f"❌ {exc}", *empty
         return
     job, _ = start_job("eval", config.model_dump(mode="json", exclude_none=True), studio.runs_dir)
     while True:
         status = job_state(job)
         if is_final(status):
             break
-        yield f"⏳ {status.get('message') or t('eval.running')} (`{job.run_id}`)", empty
+        yield f"⏳ {status.get('message') or t('eval.running')} (`{job.run_id}`)", *empty
         time.sleep(POLL_S)
     results = job.results()
     if status.get("state") == "succeeded" and results:
-        yield f"✅ {t('eval.done')} `{job.run_id}`\n\n" + results_notes(studio, results), results_table(studio, results)
+        yield (f"✅ {t('eval.done')} `{job.run_id}`\n\n" + results_notes(studio, results), results_table(studio, results),
+               predictions_table(studio, job))
     else:
-        yield f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`", empty
+        yield f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`", *empty
 
 
 def build(studio: Studio) -> None:
@@ -150,14 +167,19 @@ def build(studio: Studio) -> None:
     table = studio.register(gr.Dataframe(
         value=results_table(studio, None), label=t("eval.results"), elem_id="eval_results", interactive=False, wrap=True,
     ))
+    with gr.Accordion(t("eval.predictions_title"), open=False):
+        predictions = studio.register(gr.Dataframe(
+            value=predictions_table(studio), label=t("eval.predictions"), elem_id="eval_predictions", interactive=False,
+            wrap=True,
+        ))
 
     def refresh_runs(current: str | None) -> Any:
         choices = finished_runs(studio)
         return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
 
     refresh.click(refresh_runs, run, run, api_name="eval_refresh")
-    run.change(lambda r: latest_results(studio, r), run, [status, table], api_name="eval_latest")
+    run.change(lambda r: latest_results(studio, r), run, [status, table, predictions], api_name="eval_latest")
     button.click(
         lambda *args: (yield from start_eval(studio, *args)), [run, metrics, datasets, max_samples, tasks, limit],
-        [status, table], api_name="evaluate",
+        [status, table, predictions], api_name="evaluate",
     )
