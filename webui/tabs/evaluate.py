@@ -178,6 +178,7 @@ def build(studio: Studio) -> None:
         return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
 
     refresh.click(refresh_runs, run, run, api_name="eval_refresh")
+    run.focus(refresh_runs, run, run, api_name=False, show_progress="hidden")  # runs finished since the page loaded
     run.change(lambda r: latest_results(studio, r), run, [status, table, predictions], api_name="eval_latest")
     button.click(
         lambda *args: (yield from start_eval(studio, *args)), [run, metrics, datasets, max_samples, tasks, limit],

@@ -121,6 +121,7 @@ def build(studio: Studio) -> None:
         return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
 
     refresh.click(refresh_runs, run, run, api_name="export_refresh")
+    run.focus(refresh_runs, run, run, api_name=False, show_progress="hidden")  # runs finished since the page loaded
     run.change(default_dir, run, out, api_name=False)
     button.click(
         lambda *args: (yield from start_export(studio, *args)), [run, out, dtype, gguf, shard, unquantized], status,
