@@ -114,6 +114,12 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     dtype_name = save_dtype(cfg, base_path)
     say(f"loading {source.model} in fp32 (template: {choice.name})")
     tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
+    if cfg.gguf:  # refuse an unsupported GGUF export before the slow part
+        from transformers import AutoConfig
+
+        from tunelab.engine.gguf import check_supported
+
+        check_supported(AutoConfig.from_pretrained(str(source.weights or base_path)), tokenizer)
     model = _load_fp32(source.weights or base_path, source.trust_remote_code)
     check_unquantized(model)
     prompt_ids = _prompt_ids(tokenizer, choice)

@@ -32,5 +32,6 @@ def _work(job: JobDir, writer: EventWriter) -> dict[str, Any]:
 def run_job(job_dir: str | Path) -> int:
     """Run the export job in ``job_dir``."""
     from tunelab.engine.export import ExportError
+    from tunelab.engine.gguf import GgufUnsupported
 
-    return _run_job(JobDir(job_dir, "export"), _work, (ExportError,))
+    return _run_job(JobDir(job_dir, "export"), _work, (ExportError, GgufUnsupported))
