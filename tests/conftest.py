@@ -40,3 +40,19 @@ def demo_model_dir(tunelab_home: Path) -> Path:
     from tunelab.engine.demo import build_demo_model
 
     return build_demo_model()
+
+
+@pytest.fixture(scope="session")
+def demo_lora_run(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 20-step LoRA run of the demo example (trained through the CLI, like a user would)."""
+    import subprocess
+    import sys
+
+    runs = tmp_path_factory.mktemp("demo-runs")
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "train", str(ROOT / "examples" / "demo_cpu_lora_sft.yaml"), "max_steps=20",
+         "--runs-dir", str(runs)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return Path(next(line for line in result.stdout.splitlines() if line.startswith("run directory: ")).split(": ", 1)[1])

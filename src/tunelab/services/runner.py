@@ -16,16 +16,16 @@ from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 TRAIN_MODULE = "tunelab.engine.train"
 
 
-def trainer_command(run: RunDir) -> list[str]:
-    """The argv that trains ``run``."""
-    return [sys.executable, "-m", TRAIN_MODULE, str(run.path)]
+def trainer_command(run: RunDir, module: str = TRAIN_MODULE) -> list[str]:
+    """The argv that trains ``run`` (or runs another job ``module`` on its folder)."""
+    return [sys.executable, "-m", module, str(run.path)]
 
 
-def spawn(run: RunDir, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the trainer for ``run`` in a new session (its own process group), output to train.log."""
+def spawn(run: RunDir, env: dict[str, str] | None = None, module: str = TRAIN_MODULE) -> subprocess.Popen:
+    """Start the trainer (or job ``module``) for ``run`` in a new session (its own process group), output to its log."""
     with open(run.log_file, "ab") as log:
         process = subprocess.Popen(
-            trainer_command(run), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            trainer_command(run, module), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env={**os.environ, **(env or {})}, close_fds=True,
         )
     run.set_status(run.status().get("state", "queued"), pgid=process.pid, launched_at=time.time())

@@ -1,0 +1,71 @@
+"""`tunelab export --run RUN_DIR | --model M --adapter A [--out DIR] ...`: merge, save, verify, convert."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tunelab.core.config import ConfigError
+from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export_config
+from tunelab.core.sources import SourceError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the `export` command."""
+    parser = commands.add_parser(
+        "export", help="merge a LoRA/DoRA adapter into its base and export a verified model folder",
+        description="Merge in full precision, save sharded safetensors with tokenizer, chat_template, "
+        "generation_config, run config and an Ollama Modelfile, then reload it with plain transformers and "
+        "compare logits with the unmerged model. GGUF: " + "Llama-architecture models with a byte-level BPE tokenizer.",
+    )
+    source = parser.add_argument_group("source (a run, or a model and/or adapter)")
+    source.add_argument("--run", help="training run directory")
+    source.add_argument("--model", help="base model folder, hub id or 'demo' (default: the adapter's base)")
+    source.add_argument("--adapter", help="PEFT adapter folder")
+    parser.add_argument("--out", help="output folder (default: RUN_DIR/merged)")
+    parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="saved weight dtype")
+    parser.add_argument("--gguf", choices=GGUF_TYPES, help="also write a GGUF file (Llama architecture)")
+    parser.add_argument("--template", default="auto", help="chat template family (default: the run's)")
+    parser.add_argument("--reload-unquantized", action="store_true", help="merge a QLoRA run into the base reloaded unquantized")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the reload-and-compare check")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this hub model repo")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+    parser.set_defaults(handler=_export)
+
+
+def config_from_args(args: argparse.Namespace) -> ExportConfig:
+    """The ExportConfig the arguments ask for (ConfigError on bad input)."""
+    fields = {
+        name: getattr(args, name)
+        for name in ("run", "model", "adapter", "out", "shard_size", "dtype", "gguf", "template", "reload_unquantized",
+                     "verify", "overwrite", "push_to_hub", "trust_remote_code")
+    }
+    return validate_export_config(fields, "tunelab export")
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from tunelab.engine.export import ExportError, export_model
+    from tunelab.engine.gguf import GgufUnsupported
+
+    try:
+        report = export_model(config, progress=lambda message: print(message, flush=True))
+    except (ConfigError, SourceError, GgufUnsupported, ExportError, FileNotFoundError) as exc:
+        print(f"tunelab export: {exc}", file=sys.stderr)
+        return 2 if not str(exc).startswith("verification failed") else 1
+    verify = report.get("verify")
+    print(f"exported: {report['out']}")
+    if verify:
+        print(f"verify: {'PASSED' if verify['passed'] else 'FAILED'}: {verify['summary']}")
+    if report.get("gguf"):
+        g = report["gguf"]
+        print(f"gguf: {g['file']} ({g['bytes'] / 2**20:.1f} MiB, {g['tensors']} tensors, read back within {g['max_rel_err']:.2g})")
+    return 0

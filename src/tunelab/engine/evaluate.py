@@ -1,0 +1,186 @@
+"""The evaluation job process: ``python -m tunelab.engine.evaluate JOB_DIR``.
+
+Reads JOB_DIR/eval.yaml (an EvalConfig), scores the base model and the fine-tuned one on the same examples
+(loss and perplexity; generation with BLEU/ROUGE/exact match; lm-eval benchmark tasks), and writes
+predictions.jsonl, results.json (every metric for both sides with the delta and standard errors), ``metric``
+events and status.json, the same way a training run does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.config import ConfigError
+from tunelab.core.datasets import DataError
+from tunelab.core.eval_config import EvalConfig, validate_eval_config
+from tunelab.core.events import EventWriter
+from tunelab.core.files import write_atomic, write_json_atomic
+from tunelab.core.jobs import JobDir
+from tunelab.core.sources import ModelSource, resolve_source
+
+log = logging.getLogger("tunelab.evaluate")
+RESULTS_VERSION = 1
+
+
+def _device_and_dtype(cfg: EvalConfig) -> tuple[str, Any, str]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    return ("cuda" if cuda else "cpu"), dtype, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[name]
+
+
+def _load(path: str | Path, cfg: EvalConfig, device: str, dtype: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _sides(source: ModelSource, base_path: str, cfg: EvalConfig, device: str, dtype: Any) -> Iterator[Any]:
+    """Yields a function side -> model context: the adapter switched off for 'base', on for 'tuned'."""
+    if source.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_load(base_path, cfg, device, dtype), str(source.adapter)).eval()
+
+        @contextlib.contextmanager
+        def use(side: str) -> Iterator[Any]:
+            with model.disable_adapter() if side == "base" else contextlib.nullcontext():
+                yield model
+
+        yield use
+        return
+
+    @contextlib.contextmanager
+    def use_full(side: str) -> Iterator[Any]:
+        loaded = _load(base_path if side == "base" else source.weights, cfg, device, dtype)
+        try:
+            yield loaded
+        finally:
+            del loaded
+
+    yield use_full
+
+
+def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
+    """Run every configured metric for both sides; write results.json and predictions.jsonl."""
+    from tunelab.engine.eval_lm import load_rows
+    from tunelab.engine.export import resolve_template
+    from tunelab.engine.model import load_tokenizer, resolve_model_path
+
+    cfg = validate_eval_config(job.options(), str(job.config_file))
+    started = time.time()
+    source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
+    base_path = resolve_model_path(source.model)
+    device, dtype, dtype_name = _device_and_dtype(cfg)
+    tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
+    choice = resolve_template(source, base_path)
+    sides = ["base", "tuned"] if cfg.compare_base else ["tuned"]
+    results: dict[str, Any] = {
+        "v": RESULTS_VERSION, "source": {"label": source.label, "model": source.model, "adapter": str(source.tuned_path or "")},
+        "template": choice.name, "metrics": [], "notes": [], "sides": sides, "device": device, "dtype": dtype_name,
+    }
+    if {"loss", "predict"} & set(cfg.metrics):
+        data = load_rows(cfg, source, tokenizer, choice)
+        results["data"] = {"description": data.description, "examples": len(data.rows)}
+        results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
+        with _sides(source, base_path, cfg, device, dtype) as use:
+            _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides)
+    if "bench" in cfg.metrics:
+        _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides)
+    results["elapsed_s"] = round(time.time() - started, 2)
+    write_json_atomic(job.results_file, results)
+    return {"message": f"{len(results['metrics'])} metrics for {' and '.join(sides)}", "metrics": len(results["metrics"])}
+
+
+def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, data: Any, tokenizer: Any,
+              choice: Any, use: Any, sides: list[str]) -> None:
+    from tunelab.engine.eval_lm import decode_reference, example_losses, generate, prompt_and_reference
+    from tunelab.engine.export import stop_token_ids
+    from tunelab.engine.scoring import generation_rows, loss_rows
+
+    losses: dict[str, Any] = {}
+    replies: dict[str, list[str]] = {}
+    stops = choice.template.stop_strings
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if "predict" in cfg.metrics and data.stage == "pt":
+        raise DataError("predict needs chat data (prompts and replies); these datasets are plain text: use metrics=loss")
+    split = [prompt_and_reference(row) for row in data.rows] if "predict" in cfg.metrics else []
+    for side in sides:
+        with use(side) as model:
+            if "loss" in cfg.metrics:
+                log.info("%s: loss on %d examples", side, len(data.rows))
+                losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
+            if split:
+                log.info("%s: generating for %d prompts", side, len(split))
+                replies[side] = generate(
+                    model, tokenizer, [p for p, _ in split], cfg.max_new_tokens, cfg.batch_size,
+                    stop_token_ids(tokenizer, stops), stops,
+                )
+    if losses:
+        _add(results, writer, loss_rows(losses["tuned"], losses.get("base"), cfg.bootstrap, cfg.seed))
+    if split:
+        references = [decode_reference(tokenizer, ref, stops) for _, ref in split]
+        _add(results, writer, generation_rows(references, replies["tuned"], replies.get("base"), cfg.bootstrap, cfg.seed))
+        lines = []
+        for i, ((prompt, _), reference) in enumerate(zip(split, references)):
+            record = {"index": i, "prompt": tokenizer.decode(prompt), "reference": reference}
+            record.update({side: replies[side][i] for side in sides})
+            lines.append(json.dumps(record, ensure_ascii=False))
+        write_atomic(job.predictions_file, "\n".join(lines) + "\n")
+        results["predictions"] = job.predictions_file.name
+
+
+def _score_bench(cfg: EvalConfig, source: ModelSource, base_path: str, device: str, dtype_name: str,
+                 writer: EventWriter, results: dict, sides: list[str]) -> None:
+    from tunelab.engine.bench import bench_rows, run_bench
+
+    runs = {}
+    tokenizer = source.tokenizer_dir(base_path)
+    for side in sides:
+        log.info("%s: lm-eval tasks %s (limit %s)", side, ", ".join(cfg.tasks), cfg.limit)
+        if side == "base":
+            runs[side] = run_bench(cfg, base_path, None, tokenizer, device, dtype_name)
+        elif source.adapter is not None:
+            runs[side] = run_bench(cfg, base_path, str(source.adapter), tokenizer, device, dtype_name)
+        else:
+            runs[side] = run_bench(cfg, str(source.weights or base_path), None, tokenizer, device, dtype_name)
+    _add(results, writer, bench_rows(runs["tuned"], runs.get("base")))
+    if cfg.limit:
+        results["notes"].append(f"benchmark quick mode: at most {cfg.limit} examples per task")
+
+
+def _add(results: dict, writer: EventWriter, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        results["metrics"].append(row)
+        writer.write("metric", **row)
+        log.info("%s: base %s tuned %s delta %s (+- %s)", row["name"], row["base"], row["tuned"], row["delta"], row["delta_stderr"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: python -m tunelab.engine.evaluate JOB_DIR."""
+    from tunelab.engine.bench import BenchError
+    from tunelab.engine.jobproc import run_job
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tunelab.engine.evaluate JOB_DIR", file=sys.stderr)
+        return 2
+    return run_job(JobDir(argv[0], "eval"), evaluate, (BenchError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

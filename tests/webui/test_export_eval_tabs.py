@@ -1,0 +1,140 @@
+"""The Export and Eval tabs, standalone in a Blocks app: driven through gradio_client and a real browser.
+
+One click on Export writes a verified merged model that plain transformers loads; one click on Evaluate shows
+base-vs-fine-tuned metrics. The UI process never imports torch (both run as job processes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def studio_app(demo_lora_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    import gradio as gr
+
+    from tunelab.webui.i18n import load_translations
+    from tunelab.webui.studio import Studio
+    from tunelab.webui.tabs import evaluate, export
+
+    runs_dir = tmp_path_factory.mktemp("ui-runs")
+    run = runs_dir / demo_lora_run.name
+    shutil.copytree(demo_lora_run, run, ignore=shutil.ignore_patterns("merged", "evals", "exports"))
+    studio = Studio(runs_dir=runs_dir, translations=load_translations())
+    with gr.Blocks() as app:
+        for module in (export, evaluate):
+            with gr.Tab(studio.t(module.TITLE_KEY), elem_id=f"tab_{module.__name__.rsplit('.', 1)[-1]}"):
+                module.build(studio)
+    app.queue()
+    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", ssr_mode=False, quiet=True)
+    yield url, run, studio
+    app.close()
+
+
+def test_tabs_do_not_import_torch() -> None:
+    code = "import sys, tunelab.webui.tabs.export, tunelab.webui.tabs.evaluate; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_export_tab_one_click_writes_a_verified_model(studio_app) -> None:
+    from gradio_client import Client
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    url, run, _ = studio_app
+    client = Client(url, verbose=False)
+    status = client.predict(str(run), "", "auto", "", "5GB", False, api_name="/export")
+    assert "Verified" in status and "greedy tokens match" in status, status
+    out = run / "merged"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+    assert (out / "Modelfile").is_file() and (out / "chat_template.jinja").is_file()
+    report = json.loads((out / "tunelab_export.json").read_text())
+    assert report["verify"]["passed"]
+    # a job folder records it, like a run directory
+    job = next((run / "exports").iterdir())
+    assert json.loads((job / "status.json").read_text())["state"] == "succeeded"
+
+
+def test_eval_tab_shows_base_vs_finetuned(studio_app) -> None:
+    from gradio_client import Client
+
+    url, run, _ = studio_app
+    client = Client(url, verbose=False)
+    status, table, predictions = client.predict(str(run), ["loss", "predict"], [], 5, "", None, api_name="/evaluate")
+    assert "Evaluation finished" in status, status
+    headers, rows = table["headers"], table["data"]
+    assert headers[:4] == ["metric", "base", "fine-tuned", "delta"]
+    loss = next(r for r in rows if r[0] == "loss")
+    assert float(loss[2]) < float(loss[1]) and loss[3].startswith("-") and "▲" in loss[3]  # lower loss is better
+    assert {"bleu4", "rougeL"} <= {r[0] for r in rows}
+    assert predictions["headers"] == ["prompt", "reference", "base", "fine-tuned"] and len(predictions["data"]) == 5
+    assert all("Tuna" in row[1] for row in predictions["data"])  # references are the identity replies
+    latest_status, latest_table, latest_predictions = client.predict(str(run), api_name="/eval_latest")
+    assert "Latest evaluation" in latest_status and latest_table["data"] == rows
+    assert latest_predictions["data"] == predictions["data"]
+    bad_status, _, _ = client.predict(str(run), ["bench"], [], 10, "", None, api_name="/evaluate")
+    assert "needs at least one lm-eval task" in bad_status
+
+
+def test_export_tab_refuses_a_quantized_run_until_asked(studio_app) -> None:
+    from gradio_client import Client
+
+    from tunelab.core.config import dump_config, load_config
+
+    url, run, _ = studio_app
+    qlora = run.parent / "qlora-copy"
+    shutil.copytree(run / "adapter", qlora / "adapter")
+    shutil.copy(run / "status.json", qlora / "status.json")
+    config = load_config(run / "config.yaml").model_copy(update={"method": "qlora", "quantization": "4bit"})
+    (qlora / "config.yaml").write_text(dump_config(config))
+    status = Client(url, verbose=False).predict(str(qlora), "", "auto", "", "5GB", False, api_name="/export")
+    assert "4bit quantized base" in status and "Reload the base unquantized" in status
+    assert not (qlora / "merged").exists() and not (qlora / "exports").exists()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_export_and_eval_in_a_real_browser(studio_app) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, run, _ = studio_app
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Export").click()
+        expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
+        later = run.parent / "20991231-000000-finished-later"  # a run that finished after the page loaded
+        shutil.copytree(run / "adapter", later / "adapter")
+        shutil.copy(run / "config.yaml", later / "config.yaml")
+        shutil.copy(run / "status.json", later / "status.json")
+        page.locator("#export_run input").click()
+        expect(page.get_by_role("option", name=f"{later.name} (succeeded)")).to_be_visible()
+        page.keyboard.press("Escape")
+        shutil.rmtree(later)
+        expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
+        page.locator("#export_dir textarea, #export_dir input").first.fill(str(run / "merged-browser"))
+        page.locator("#export_button").click()
+        expect(page.locator("#export_status")).to_contain_text("Verified", timeout=300_000)
+        assert (run / "merged-browser" / "model.safetensors").is_file()
+        page.screenshot(path=str(run / "export-tab.png"), full_page=True)
+        page.get_by_role("tab", name="Evaluate").click()
+        page.locator("#eval_max_samples input").fill("6")
+        page.locator("#eval_metrics").get_by_label("predict").uncheck()
+        page.locator("#eval_button").click()
+        expect(page.locator("#eval_status")).to_contain_text("Evaluation finished", timeout=300_000)
+        expect(page.locator("#eval_results")).to_contain_text("perplexity")
+        page.screenshot(path=str(run / "eval-tab.png"), full_page=True)
+        browser.close()

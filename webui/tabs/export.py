@@ -1,0 +1,129 @@
+"""Export tab: pick a finished run, press one button, get a merged, verified model folder (and optionally GGUF).
+
+The export runs as its own process (``python -m tunelab.engine.export JOB_DIR``); this tab only starts it
+and follows its status.json, so the UI process never imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.config import ConfigError
+from tunelab.core.export_config import GGUF_TYPES, validate_export_config
+from tunelab.core.rundir import list_runs
+from tunelab.webui.studio import Studio
+
+TITLE_KEY = "tab.export"
+POLL_S = 0.5
+
+
+def finished_runs(studio: Studio) -> list[tuple[str, str]]:
+    """(label, path) of runs that saved an adapter or model, newest first."""
+    out = []
+    for run in list_runs(studio.runs_dir):
+        if run.final_weights() is not None:
+            out.append((f"{run.run_id} ({run.status().get('state', '?')})", str(run.path)))
+    return out
+
+
+def default_dir(run: str | None) -> str:
+    """Where a run's export goes by default."""
+    return str(Path(run) / "merged") if run else ""
+
+
+def report_markdown(studio: Studio, report: dict[str, Any]) -> str:
+    """The export report as Markdown: where, what files, and the verification."""
+    t = studio.t
+    lines = [f"### {t('export.done')}", f"`{report['out']}`", ""]
+    verify = report.get("verify")
+    if verify:
+        mark = "✅" if verify["passed"] else "❌"
+        lines.append(f"{mark} **{t('export.verified') if verify['passed'] else t('export.verify_failed')}**: {verify['summary']}")
+        lines.append(f"- {t('export.sample')}: {verify.get('generated', '')!r}")
+    lines.append(f"- {t('export.template')}: `{report['template']}` ({report.get('template_reason', '')})")
+    lines.append(f"- dtype: `{report['dtype']}`, {t('export.files')}: " + ", ".join(f"`{f}`" for f in report.get("files", {}).values()))
+    gguf = report.get("gguf")
+    if gguf:
+        lines.append(
+            f"- GGUF `{gguf['file']}` ({gguf['bytes'] / 2**20:.1f} MiB, {gguf['tensors']} {t('export.tensors')}, "
+            f"{t('export.readback')} {gguf['max_rel_err']:.2g})"
+        )
+    return "\n".join(lines)
+
+
+def start_export(
+    studio: Studio, run: str | None, out: str | None, dtype: str, gguf: str | None, shard_size: str, unquantized: bool
+) -> Iterator[str]:
+    """Start the export job and yield its status as Markdown until it ends."""
+    from tunelab.core.sources import SourceError, from_run
+    from tunelab.services.model_jobs import is_final, job_state, start_job
+
+    t = studio.t
+    if not run:
+        yield f"**{t('export.pick_run')}**"
+        return
+    try:
+        options = validate_export_config({
+            "run": run, "out": out or None, "dtype": dtype, "gguf": gguf, "shard_size": shard_size or "5GB",
+            "reload_unquantized": bool(unquantized), "overwrite": True,
+        }).model_dump(mode="json", exclude_none=True)
+        source = from_run(run)
+    except (ConfigError, SourceError) as exc:
+        yield f"❌ {exc}"
+        return
+    if source.quantization != "none" and source.adapter is not None and not unquantized:
+        yield f"❌ {t('export.quantized').format(quantization=source.quantization)}"
+        return
+    job, _ = start_job("export", options, studio.runs_dir)
+    status: dict[str, Any] = {}
+    while True:
+        status = job_state(job)
+        if is_final(status):
+            break
+        yield f"⏳ {status.get('message') or t('export.starting')}"
+        time.sleep(POLL_S)
+    if status.get("state") == "succeeded" and job.results():
+        yield report_markdown(studio, job.results() or {})
+    else:
+        yield f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`"
+
+
+def build(studio: Studio) -> None:
+    """Lay out the Export tab."""
+    import gradio as gr
+
+    t = studio.t
+    runs = finished_runs(studio)
+    with gr.Row():
+        run = studio.register(gr.Dropdown(
+            choices=runs, value=runs[0][1] if runs else None, label=t("export.run"), elem_id="export_run",
+            allow_custom_value=True, scale=4,
+        ))
+        refresh = studio.register(gr.Button(t("export.refresh"), elem_id="export_refresh", scale=0, min_width=100))
+    out = studio.register(gr.Textbox(
+        value=default_dir(runs[0][1] if runs else None), label=t("export.dir"), info=t("export.dir_info"), elem_id="export_dir",
+    ))
+    with gr.Row():
+        dtype = studio.register(gr.Radio(["auto", "bf16", "fp16", "fp32"], value="auto", label=t("export.dtype"), elem_id="export_dtype"))
+        gguf = studio.register(gr.Dropdown(
+            [("—", ""), *[(g, g) for g in GGUF_TYPES]], value="", label=t("export.gguf"), info=t("export.gguf_info"), elem_id="export_gguf",
+        ))
+        shard = studio.register(gr.Textbox("5GB", label=t("export.shard"), elem_id="export_shard_size"))
+        unquantized = studio.register(gr.Checkbox(False, label=t("export.unquantized"), info=t("export.unquantized_info"), elem_id="export_reload_unquantized"))
+    button = studio.register(gr.Button(t("export.button"), variant="primary", elem_id="export_button"))
+    status = studio.register(gr.Markdown(elem_id="export_status"))
+
+    def refresh_runs(current: str | None) -> Any:
+        choices = finished_runs(studio)
+        return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
+
+    refresh.click(refresh_runs, run, run, api_name="export_refresh")
+    run.focus(refresh_runs, run, run, api_name=False, show_progress="hidden")  # runs finished since the page loaded
+    run.change(default_dir, run, out, api_name=False)
+    button.click(
+        lambda *args: (yield from start_export(studio, *args)), [run, out, dtype, gguf, shard, unquantized], status,
+        api_name="export",
+    )
