@@ -25,7 +25,7 @@ TABS = [
     ("export", "tunelab.webui.tabs.export"),
 ]
 LANGUAGE_NAMES = {"en": "English", "zh": "中文"}
-TRANSLATED_PROPS = ("label", "info", "placeholder")
+TRANSLATED_PROPS = ("label", "info", "placeholder", "y_title")
 TEXT_VALUED = ("Button", "UploadButton", "DownloadButton", "Markdown")
 
 CSS = """
@@ -56,8 +56,9 @@ def load_tab_modules(tabs: list[tuple[str, str]] | None = None) -> list[tuple[st
     return found
 
 
-def make_studio(runs_dir: str | Path, lang: str = "en", start_jobs: bool = True) -> Studio:
-    """A Studio with the shared services: the job queue (scheduler started) and the run history."""
+def make_studio(runs_dir: str | Path, lang: str = "en", start_jobs: bool = True, initial_config: Any = None) -> Studio:
+    """A Studio with the shared services: the job queue (scheduler started), the run history and the
+    config the Train form starts from (a RunConfig; None: the schema defaults)."""
     from tunelab.services.history import RunHistory
     from tunelab.services.jobs import JobQueue, detect_gpus
 
@@ -71,6 +72,8 @@ def make_studio(runs_dir: str | Path, lang: str = "en", start_jobs: bool = True)
         jobs.start_background()
     studio.services["jobs"] = jobs
     studio.services["history"] = RunHistory(runs_dir)
+    if initial_config is not None:
+        studio.services["initial_config"] = initial_config
     return studio
 
 

@@ -80,25 +80,26 @@ def field_specs() -> list[FieldSpec]:
     return specs
 
 
-def make_component(spec: FieldSpec, label: str, choices: list[Any] | None = None, **kwargs: Any) -> Any:
-    """The Gradio component for a field; ``choices`` ((label, value) pairs allowed) replaces the schema's."""
+def make_component(spec: FieldSpec, label: str, choices: list[Any] | None = None, value: Any = None, **kwargs: Any) -> Any:
+    """The Gradio component for a field (initial ``value``: the schema default); ``choices`` ((label, value)
+    pairs allowed) replaces the schema's."""
     import gradio as gr
 
+    value = spec.default if value is None else value
     common = dict(label=label, info=spec.description, elem_id=spec.name, interactive=True, **kwargs)
     options = choices if choices is not None else list(spec.choices)
     if spec.kind == "choice" or (spec.name in ("model", "template") and choices is not None):
-        return gr.Dropdown(choices=options, value=spec.default, allow_custom_value=spec.kind != "choice", **common)
+        return gr.Dropdown(choices=options, value=value, allow_custom_value=spec.kind != "choice", **common)
     if spec.kind in ("multichoice", "list"):
         return gr.Dropdown(
-            choices=options, value=list(spec.default or []), multiselect=True,
-            allow_custom_value=spec.kind == "list", **common,
+            choices=options, value=list(value or []), multiselect=True, allow_custom_value=spec.kind == "list", **common,
         )
     if spec.kind == "bool":
-        return gr.Checkbox(value=spec.default, **common)
+        return gr.Checkbox(value=value, **common)
     if spec.kind in ("int", "float"):
         step = 1 if spec.kind == "int" else None
-        return gr.Number(value=spec.default, precision=0 if spec.kind == "int" else None, step=step, **common)
-    return gr.Textbox(value=spec.default or "", lines=1, **common)
+        return gr.Number(value=value, precision=0 if spec.kind == "int" else None, step=step, **common)
+    return gr.Textbox(value=value or "", lines=1, **common)
 
 
 def _clean(spec: FieldSpec, value: Any) -> Any:

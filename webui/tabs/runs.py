@@ -74,8 +74,8 @@ def build(studio: Studio) -> None:
         with gr.Row():
             compare = studio.register(gr.Dropdown(label=studio.t("runs.compare_pick"), elem_id="runs_compare", multiselect=True, choices=[], scale=3))
             smoothing = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="compare_smoothing", scale=1))
-        compare_plot = studio.register(gr.LinePlot(x="step", y="loss", color="run", label=studio.t("runs.compare_plot"), elem_id="compare_plot", height=320))
-        diff_note = studio.register(gr.Markdown(studio.t("runs.no_diff"), elem_id="runs_diff_note"))
+        compare_plot = studio.register(gr.LinePlot(x="step", y="loss", color="run", label=studio.t("runs.compare_plot"), elem_id="compare_plot"))
+        diff_note = studio.register(gr.Markdown(elem_id="runs_diff_note"))  # filled by on_compare, in the page's language
         diff_table = studio.register(gr.Dataframe(label=studio.t("runs.diff"), elem_id="runs_diff", interactive=False, wrap=True, visible=False))
     timer = gr.Timer(REFRESH_S)
     language = studio.components["language"]
@@ -130,6 +130,8 @@ def build(studio: Studio) -> None:
     compare_io = dict(inputs=[language, compare, smoothing], outputs=[compare_plot, diff_note, diff_table], show_progress="hidden")
     compare.change(on_compare, api_name="compare", **compare_io)
     smoothing.change(on_compare, api_visibility="private", **compare_io)
+    language.change(on_compare, api_visibility="private", **compare_io)
+    root_blocks().load(on_compare, api_visibility="private", **compare_io)
 
     studio.services["runs_ui"] = {
         "selected": selected, "message": message, "actions": actions, "confirm_row": confirm_row,
@@ -219,7 +221,8 @@ def _connect_target(studio: Studio, button: Any, component_id: str, tab: str) ->
         run = studio.services["history"].resolve(run_id)
         return "", str(run.path), gr.Tabs(selected=tab)
 
-    button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=[ui["message"], target, studio.components["tabs"]])
+    button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=[ui["message"], target, studio.components["tabs"]],
+                 api_name=f"{tab}_run")
 
 
 def _connect_delete(studio: Studio) -> None:
@@ -244,7 +247,8 @@ def _connect_delete(studio: Studio) -> None:
         return (f"{_text(studio, 'runs.deleted', lang)} `{run_id}`", gr.update(visible=False),
                 *on_refresh(lang, None, picked, seen, force=True))
 
-    ui["actions"]["delete"].click(ask, inputs=[language, ui["selected"]], outputs=[ui["message"], ui["confirm_row"]])
-    ui["cancel"].click(lambda: ("", gr.update(visible=False)), outputs=[ui["message"], ui["confirm_row"]])
+    ui["actions"]["delete"].click(ask, inputs=[language, ui["selected"]], outputs=[ui["message"], ui["confirm_row"]],
+                                  api_visibility="private")
+    ui["cancel"].click(lambda: ("", gr.update(visible=False)), outputs=[ui["message"], ui["confirm_row"]], api_visibility="private")
     ui["confirm"].click(really, inputs=[language, ui["selected"], *refresh_inputs[1:]],
                         outputs=[ui["message"], ui["confirm_row"], *refresh_outputs], api_name="delete_run")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError
+from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.datasets import DataError, load_dataset_registry
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 from tunelab.core.templates import UnknownTemplate, registry
@@ -68,13 +68,14 @@ def build(studio: Studio) -> None:
 
     specs = form.field_specs()
     fields: dict[str, Any] = {}
+    initial = studio.services.get("initial_config") or RunConfig()  # `tunelab webui --config FILE` prefills
 
     def field(spec: form.FieldSpec, **kwargs: Any) -> Any:
-        component = form.make_component(spec, _label(studio, spec.name), _field_choices(spec), **kwargs)
+        value = getattr(initial, spec.name)
+        component = form.make_component(spec, _label(studio, spec.name), _field_choices(spec), value, **kwargs)
         fields[spec.name] = studio.register(component)
         return component
 
-    by_name = {spec.name: spec for spec in specs}
     with gr.Row():
         with gr.Column(scale=3):
             for group in form.GROUPS:
@@ -124,14 +125,14 @@ def build(studio: Studio) -> None:
                 start = studio.register(gr.Button(studio.t("train.start"), variant="primary", elem_id="start"))
                 stop = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
             form_error = studio.register(gr.Markdown(elem_id="form_error"))
-            status = studio.register(gr.Markdown(studio.t("train.no_run"), elem_id="status"))
+            status = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
             progress = studio.register(gr.HTML(live.progress_html(None, "queued", _words(studio, studio.lang)), elem_id="progress"))
             log_box = studio.register(gr.Textbox(label=studio.t("train.log"), lines=14, max_lines=14, elem_id="log", interactive=False, autoscroll=True))
     with gr.Row():
         smoothing = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing", scale=1))
     with gr.Row():
         loss_plot = studio.register(gr.LinePlot(
-            x="step", y="value", color="series", label=studio.t("train.loss_plot"), elem_id="loss_plot", height=340, scale=2,
+            x="step", y="value", color="series", label=studio.t("train.loss_plot"), elem_id="loss_plot", scale=2,  # no fixed height: it would clip the legend
             y_title=studio.t("train.loss_plot"), color_title=" ",
             color_map={**{_text(studio, f"series.{k}", lang): c for lang in ("en", "zh")
                           for k, c in (("loss", "#a9c7ee"), ("smoothed", "#1f5fbf"), ("eval_loss", "#e4572e"))}},
@@ -269,6 +270,8 @@ def watch(studio: Studio, state: dict, weight: float, lang: str) -> tuple:
 
     skip = (gr.skip(),) * 7
     if not state or not state.get("run"):
+        if state is not None and state.get("key") != ("none", lang):
+            return ({**state, "key": ("none", lang)}, _text(studio, "train.no_run", lang), *skip[2:])
         return skip
     run = RunDir(state["run"])
     metrics = studio.services["history"].metrics(run)

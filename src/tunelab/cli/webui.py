@@ -21,6 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--auth", metavar="USER:PASS", help="require this login")
     group.add_argument("--auth-file", metavar="FILE", help="require a login from FILE (user:password per line)")
     parser.add_argument("--runs-dir", help="folder of run directories (default ./runs or $TUNELAB_RUNS)")
+    parser.add_argument("--config", metavar="FILE", help="YAML run config the Train form starts from")
     parser.add_argument("--lang", default="en", choices=("en", "zh"), help="initial language (switchable in the page)")
     parser.add_argument("--open", action="store_true", help="open a browser tab")
     parser.set_defaults(handler=_webui)
@@ -71,11 +72,14 @@ def parse_auth(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]
 
 
 def _webui(args: argparse.Namespace) -> int:
+    from tunelab.core.config import ConfigError, load_config
+
     try:
         logins = parse_auth(args.auth, args.auth_file)
         if not logins and not is_loopback(args.host):
             raise UsageError(f"refusing to serve on {args.host} without a password: {AUTH_HINT}")
-    except UsageError as exc:
+        initial = load_config(args.config) if args.config else None
+    except (UsageError, ConfigError) as exc:
         print(f"tunelab webui: {exc}", file=sys.stderr)
         return 2
     import logging
@@ -87,7 +91,7 @@ def _webui(args: argparse.Namespace) -> int:
     from tunelab.core.paths import runs_dir
     from tunelab.webui.app import launch, make_studio
 
-    studio = make_studio(args.runs_dir or runs_dir(), lang=args.lang)
+    studio = make_studio(args.runs_dir or runs_dir(), lang=args.lang, initial_config=initial)
     print(f"tunelab studio: runs in {studio.runs_dir}", flush=True)
     try:
         launch(studio, host=args.host, port=args.port, auth=logins, open_browser=args.open)

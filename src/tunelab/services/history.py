@@ -54,10 +54,9 @@ class LogTail:
 
     def text(self, n: int = 40) -> str:
         """The last ``n`` lines (plus a partial last line, e.g. a progress line without newline)."""
-        tail = list(self.lines)[-n:]
-        if self._partial:
-            tail.append(self._partial.decode("utf-8", "replace"))
-        return "\n".join(tail)
+        partial = [self._partial.decode("utf-8", "replace")] if self._partial else []
+        keep = max(n - len(partial), 0)
+        return "\n".join((list(self.lines)[-keep:] if keep else []) + partial)
 
 
 @dataclass

@@ -244,6 +244,12 @@ class JobQueue:
     def forget(self, run_dir: str | Path) -> None:
         """Remove a run's finished jobs (when the run directory is deleted); ValueError while it is active."""
         path = str(Path(run_dir).resolve())
+        job = self.job_for(path)
+        if job and job.state == "running" and job.run.status().get("state") in FINAL_STATES:
+            deadline = time.time() + 20  # it reported its end and is exiting: let it
+            while runner.group_alive(job.pgid) and time.time() < deadline:
+                time.sleep(0.2)
+        self.poll()  # reap what ended
         with self._connect() as db:
             if db.execute("SELECT id FROM jobs WHERE run_dir=? AND state IN ('queued','running')", (path,)).fetchone():
                 raise ValueError(f"{Path(path).name} is queued or running: stop it first")
