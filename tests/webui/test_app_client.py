@@ -41,7 +41,7 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
     assert not list((server.runs_dir).glob("*/config.yaml")), "an invalid form must not start anything"
 
     config = dict(dataset=["identity"], max_steps=60, logging_steps=1, cutoff_len=128, batch_size=4, learning_rate=1e-2,
-                  precision="fp32", report_to=[], save_steps=100)
+                  precision="fp32", report_to=[], save_steps=30)
     yaml_text, command, error, _ = client.predict("en", str(tiny_model_dir), *form_values(**config), api_name="/check_form")
     assert error == "" and f"model={tiny_model_dir}" in command and "max_steps: 60" in yaml_text
     _, info, highlighted, _ = client.predict("en", str(tiny_model_dir), *form_values(**config), api_name="/preview")
@@ -79,8 +79,26 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
     assert row[1] == "succeeded" and row[5] == "60/60" and float(row[6]) > 0
     assert selected["value"] == run_id
 
+    run_dir = server.runs_dir / run_id
+    finished = json.loads((run_dir / "status.json").read_text())["finished_at"]
+    message = client.predict("en", run_id, api_name="/resume_run")
+    assert message == f"Resuming `{run_id}`"
+    deadline = time.time() + 200
+    while time.time() < deadline:
+        status = json.loads((run_dir / "status.json").read_text())
+        if status["state"] in ("succeeded", "failed") and status["finished_at"] > finished:
+            break
+        time.sleep(0.5)
+    assert status["state"] == "succeeded" and status["global_step"] >= 60, status
+    assert (run_dir / "config.yaml").read_text().count("resume: true") == 1
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    starts = [i for i, e in enumerate(events) if e["type"] == "status" and e["state"] == "running"]
+    assert len(starts) == 2
+    resumed = [e["step"] for e in events[starts[1]:] if e["type"] == "train"]
+    assert all(step > 60 for step in resumed), resumed  # continued from checkpoint-60, not from scratch
+
     curves, note, _ = client.predict("en", [run_id], 0.0, api_name="/compare")
-    assert len(curves["data"]) == 60 and "two or more" in note
+    assert len(curves["data"]) == len([e for e in events if e["type"] == "train"]) >= 60 and "two or more" in note
 
     updates = client.predict("zh", api_name="/set_language")  # (buttons and tabs are not API outputs: browser test)
     assert {"label": "学习率", "__type__": "update"} in updates

@@ -177,6 +177,8 @@ def connect(studio: Studio) -> None:
     def on_resume(lang: str, run_id: str | None) -> tuple:
         try:
             run = pick(lang, run_id)
+            if jobs.active(run.path):
+                raise ValueError(f"{run.run_id} is already queued or running")
             config = run.config().model_copy(update={"resume": True, "output_dir": str(run.path)})
             run = create_run(config, studio.runs_dir)
             jobs.submit(run)

@@ -241,15 +241,26 @@ class JobQueue:
         runner.stop_run(job.run, grace_s=self.stop_grace_s)
         self.poll()
 
+    def settle(self, run_dir: str | Path, wait_s: float = 20.0) -> Job | None:
+        """The run's newest job, once a trainer that already reported its end has exited (up to ``wait_s``)."""
+        job = self.job_for(run_dir)
+        if job and job.state == "running" and job.run.status().get("state") in FINAL_STATES:
+            deadline = time.time() + wait_s
+            while runner.group_alive(job.pgid) and time.time() < deadline:
+                time.sleep(0.2)
+            self.poll()
+            job = self.job_for(run_dir)
+        return job
+
+    def active(self, run_dir: str | Path) -> bool:
+        """Whether the run is queued or running (a trainer on its way out does not count)."""
+        job = self.settle(run_dir)
+        return job is not None and job.state in ACTIVE
+
     def forget(self, run_dir: str | Path) -> None:
         """Remove a run's finished jobs (when the run directory is deleted); ValueError while it is active."""
         path = str(Path(run_dir).resolve())
-        job = self.job_for(path)
-        if job and job.state == "running" and job.run.status().get("state") in FINAL_STATES:
-            deadline = time.time() + 20  # it reported its end and is exiting: let it
-            while runner.group_alive(job.pgid) and time.time() < deadline:
-                time.sleep(0.2)
-        self.poll()  # reap what ended
+        self.settle(path)
         with self._connect() as db:
             if db.execute("SELECT id FROM jobs WHERE run_dir=? AND state IN ('queued','running')", (path,)).fetchone():
                 raise ValueError(f"{Path(path).name} is queued or running: stop it first")
