@@ -58,3 +58,14 @@ def test_runs_tab_sends_a_run_to_chat_and_export(tmp_path: Path, monkeypatch) ->
         assert message == "Select a run first."
     finally:
         blocks.close()
+
+
+def test_a_config_file_prefills_the_form(tmp_path: Path) -> None:
+    from tunelab.core.config import load_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "demo_cpu_lora_sft.yaml"  # what `make webui` opens
+    studio = app.make_studio(tmp_path, start_jobs=False, initial_config=load_config(example))
+    app.build_app(studio)
+    values = {name: studio.components[name].value for name in ("model", "learning_rate", "num_epochs", "lora_rank", "warmup_ratio")}
+    assert values == {"model": "demo", "learning_rate": 3e-3, "num_epochs": 12, "lora_rank": 16, "warmup_ratio": 0.05}
+    assert studio.components["dataset"].value == ["identity"]

@@ -17,6 +17,7 @@ from tunelab.webui.studio import Studio
 TITLE_KEY = "tab.train"
 PREVIEW_FIELDS = ("model", "template", "stage", "dataset", "dataset_dir", "train_on_prompt", "mask_history", "system_prompt")
 TICK_S = 0.5
+SCROLL_LOG_JS = "() => { const box = document.querySelector('#log textarea'); if (box) box.scrollTop = box.scrollHeight; }"
 
 
 def _text(studio: Studio, key: str, lang: str) -> str:
@@ -126,7 +127,7 @@ def build(studio: Studio) -> None:
                 stop = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
             form_error = studio.register(gr.Markdown(elem_id="form_error"))
             status = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
-            progress = studio.register(gr.HTML(live.progress_html(None, "queued", _words(studio, studio.lang)), elem_id="progress"))
+            progress = studio.register(gr.HTML(elem_id="progress"))
             log_box = studio.register(gr.Textbox(label=studio.t("train.log"), lines=14, max_lines=14, elem_id="log", interactive=False, autoscroll=True))
     with gr.Row():
         smoothing = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing", scale=1))
@@ -194,12 +195,13 @@ def build(studio: Studio) -> None:
         jobs.poll()
         return "", {"run": str(run.path), "key": None}, f"{_text(studio, 'train.started', lang)}: `{run.run_id}`"
 
-    def on_stop(lang: str, state: dict) -> str:
+    def on_stop(lang: str, state: dict) -> tuple:
         if not state.get("run"):
-            return _text(studio, "train.nothing_to_stop", lang)
+            return _text(studio, "train.nothing_to_stop", lang), gr.skip()
         outcome = studio.services["jobs"].stop(state["run"])
-        return {"stopping": _text(studio, "train.stopping", lang), "dequeued": _text(studio, "train.dequeued", lang)}.get(
-            outcome, _text(studio, "train.nothing_to_stop", lang))
+        message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
+        # the next tick redraws the status even if the run already ended before this answer arrives
+        return _text(studio, message, lang), {**state, "key": None}
 
     def on_tick(state: dict, weight: float, lang: str) -> tuple:
         return watch(studio, state, weight, lang)
@@ -222,11 +224,12 @@ def build(studio: Studio) -> None:
         fields[name].change(on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
     model_path.change(on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview")
     start.click(on_start, inputs=[language, gpu_pick, model_path, *ordered], outputs=[form_error, live_state, status], api_name="start")
-    stop.click(on_stop, inputs=[language, live_state], outputs=[status], api_name="stop")
+    stop.click(on_stop, inputs=[language, live_state], outputs=[status, live_state], api_name="stop")
     load.upload(on_load_file, inputs=[language, load], outputs=[form_error, model_path, *ordered], api_name="load_config")
     live_outputs = [live_state, status, progress, loss_plot, lr_plot, speed_plot, log_box]
     live_inputs = [live_state, smoothing, language]
     timer.tick(on_tick, inputs=live_inputs, outputs=live_outputs, show_progress="hidden", api_name="watch")
+    log_box.change(None, js=SCROLL_LOG_JS, **quiet)  # keep the newest log lines in view
     smoothing.change(on_tick, inputs=live_inputs, outputs=live_outputs, **quiet)
     language.change(on_tick, inputs=live_inputs, outputs=live_outputs, **quiet)
 
@@ -271,7 +274,7 @@ def watch(studio: Studio, state: dict, weight: float, lang: str) -> tuple:
     skip = (gr.skip(),) * 7
     if not state or not state.get("run"):
         if state is not None and state.get("key") != ("none", lang):
-            return ({**state, "key": ("none", lang)}, _text(studio, "train.no_run", lang), *skip[2:])
+            return ({**state, "key": ("none", lang)}, _text(studio, "train.no_run", lang), "", *skip[3:])
         return skip
     run = RunDir(state["run"])
     metrics = studio.services["history"].metrics(run)

@@ -246,10 +246,10 @@ class JobQueue:
         job = self.job_for(run_dir)
         if job and job.state == "running" and job.run.status().get("state") in FINAL_STATES:
             deadline = time.time() + wait_s
-            while runner.group_alive(job.pgid) and time.time() < deadline:
+            while job is not None and job.state == "running" and time.time() < deadline:
                 time.sleep(0.2)
-            self.poll()
-            job = self.job_for(run_dir)
+                self.poll()  # reaps it once it has fully exited (all its threads, not only the leader)
+                job = self.job_for(run_dir)
         return job
 
     def active(self, run_dir: str | Path) -> bool:
