@@ -32,8 +32,8 @@ def free_port() -> int:
 class StudioServer:
     """One `tunelab webui` process over a runs folder; restartable on the same port."""
 
-    def __init__(self, runs_dir: Path, log: Path):
-        self.runs_dir, self.log = runs_dir, log
+    def __init__(self, runs_dir: Path, log: Path, args: tuple[str, ...] = ()):
+        self.runs_dir, self.log, self.args = runs_dir, log, args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.process: subprocess.Popen | None = None
@@ -44,7 +44,7 @@ class StudioServer:
         begin = time.time()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tunelab.cli", "webui", "--port", str(self.port), "--runs-dir", str(self.runs_dir)],
+                [sys.executable, "-m", "tunelab.cli", "webui", "--port", str(self.port), "--runs-dir", str(self.runs_dir), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
             )
         while time.time() - begin < timeout:
@@ -55,6 +55,9 @@ class StudioServer:
                     if response.status == 200:
                         self.startup_s = time.time() - begin
                         return self
+            except urllib.error.HTTPError:  # answering, e.g. 401 behind a login
+                self.startup_s = time.time() - begin
+                return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
@@ -81,8 +84,8 @@ def studio_server(tmp_path: Path):
     """A factory for studio servers over tmp_path/runs; every server is stopped afterwards."""
     servers: list[StudioServer] = []
 
-    def make() -> StudioServer:
-        server = StudioServer(tmp_path / "runs", tmp_path / "studio.log")
+    def make(*args: str) -> StudioServer:
+        server = StudioServer(tmp_path / "runs", tmp_path / "studio.log", args)
         servers.append(server)
         return server
 

@@ -20,10 +20,22 @@ def form_values(**fields: Any) -> list[Any]:
     return form.config_to_values(form.field_specs(), RunConfig(**fields))
 
 
-def test_startup_is_quick_and_torch_free(studio_server) -> None:
-    server = studio_server().start()
+def test_startup_is_quick_torch_free_and_behind_the_login(studio_server, tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    logins = tmp_path / "logins"
+    logins.write_text("ann:secret\n")
+    server = studio_server("--auth-file", str(logins)).start()
+    print(f"studio answered after {server.startup_s:.1f}s")
     assert not server.imported_torch()
-    assert server.startup_s < 60, server.startup_s  # measured ~7 s idle; generous for a loaded CI box
+    assert server.startup_s < 60, server.startup_s  # measured 5-8 s here; generous for a loaded CI box
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
+        Client(server.url, verbose=False)  # no login, no app
+    client = Client(server.url, auth=("ann", "secret"), verbose=False)
+    table, *_ = client.predict("en", None, [], api_name="/runs")
+    assert table["data"] == [] or table["data"] == [["" for _ in table["headers"]]]
 
 
 def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_model_dir: Path) -> None:

@@ -69,3 +69,35 @@ def test_a_config_file_prefills_the_form(tmp_path: Path) -> None:
     values = {name: studio.components[name].value for name in ("model", "learning_rate", "num_epochs", "lora_rank", "warmup_ratio")}
     assert values == {"model": "demo", "learning_rate": 3e-3, "num_epochs": 12, "lora_rank": 16, "warmup_ratio": 0.05}
     assert studio.components["dataset"].value == ["identity"]
+
+
+REQUIRED_IDS = ("model", "template", "method", "stage", "dataset", "learning_rate", "num_epochs", "max_steps", "start", "stop",
+                "status", "progress", "loss_plot", "runs_table")
+
+
+def test_stable_elem_ids_and_config_save_load(tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    from tunelab.webui import form
+
+    studio = app.make_studio(tmp_path / "runs", start_jobs=False)
+    blocks = app.build_app(studio)
+    assert [i for i in REQUIRED_IDS if i not in studio.components] == []
+    specs = form.field_specs()
+    blocks.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    try:
+        client = Client(blocks.local_url, verbose=False)
+        values = form.config_to_values(specs, RunConfig(dataset=["alpaca_demo"], lora_rank=32, max_steps=7))
+        yaml_text, command, error, saved = client.predict("en", "", *values, api_name="/check_form")
+        assert error == "" and Path(saved).read_text().strip() == yaml_text.strip() and "lora_rank: 32" in yaml_text
+        upload = tmp_path / "mine.yaml"
+        upload.write_text("model: demo\nmethod: full\nlearning_rate: 5.0e-5\ndataset: [identity, alpaca_demo]\n")
+        message, model_path, *loaded = client.predict("en", handle_file(str(upload)), api_name="/load_config")
+        assert message == "Config loaded: `mine.yaml`"
+        by_name = dict(zip([s.name for s in specs], loaded))
+        assert by_name["method"] == "full" and by_name["learning_rate"] == 5e-5 and by_name["dataset"] == ["identity", "alpaca_demo"]
+        upload.write_text("method: lora\nlora_rank: 0\n")
+        message, *_ = client.predict("en", handle_file(str(upload)), api_name="/load_config")
+        assert "lora_rank: 0 is not valid" in message
+    finally:
+        blocks.close()

@@ -159,9 +159,9 @@ def build(studio: Studio) -> None:
     def on_form(lang: str, *values: Any) -> tuple:
         config, error = form.validate(mapping_of(list(values)))
         if config is None:
-            return "", "", f"**{_text(studio, 'train.invalid', lang)}:** {error}", gr.update(value=None)
+            return "", "", f"**{_text(studio, 'train.invalid', lang)}:** {error}", None
         text = form.yaml_preview(config)
-        return text, form.command_preview(config), "", gr.update(value=_config_file(text))
+        return text, form.command_preview(config), "", _config_file(text)
 
     def on_preview(lang: str, *values: Any) -> tuple:
         mapping = mapping_of(list(values))
