@@ -20,10 +20,17 @@ def _thin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return picked + [rows[-1]]
 
 
-def loss_frame(metrics: RunMetrics, smoothing: float, names: dict[str, str]) -> Any:
-    """Long-format table for the loss plot: raw loss, smoothed loss and eval loss against step."""
+def _frame(rows: list[tuple], columns: list[str], kinds: list[str]) -> Any:
+    """A DataFrame with fixed column types, even when empty (an empty object column would make the plot
+    treat its axis as categories for good)."""
     import pandas as pd
 
+    data = list(zip(*rows)) if rows else [[] for _ in columns]
+    return pd.DataFrame({c: pd.Series(list(v), dtype=k) for c, v, k in zip(columns, data, kinds)})
+
+
+def loss_frame(metrics: RunMetrics, smoothing: float, names: dict[str, str]) -> Any:
+    """Long-format table for the loss plot: raw loss, smoothed loss and eval loss against step."""
     train = _thin(metrics.train)
     steps = [e["step"] for e in train]
     losses = [e["loss"] for e in train]
@@ -31,28 +38,24 @@ def loss_frame(metrics: RunMetrics, smoothing: float, names: dict[str, str]) -> 
     if smoothing > 0 and losses:
         rows += [(s, v, names["smoothed"]) for s, v in zip(steps, smooth(losses, smoothing))]
     rows += [(e["step"], e["eval_loss"], names["eval_loss"]) for e in metrics.eval if e.get("eval_loss") is not None]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    return _frame(rows, ["step", "value", "series"], ["int64", "float64", "string"])
 
 
 def series_frame(metrics: RunMetrics, key: str) -> Any:
     """Table of one train-event field (lr, tokens_per_s) against step."""
-    import pandas as pd
-
     rows = [(e["step"], e[key]) for e in _thin(metrics.train) if e.get(key) is not None]
-    return pd.DataFrame(rows, columns=["step", key])
+    return _frame(rows, ["step", key], ["int64", "float64"])
 
 
 def overlay_frame(runs: dict[str, RunMetrics], smoothing: float) -> Any:
     """Loss of several runs in one table (one series per run) for comparison."""
-    import pandas as pd
-
     rows = []
     for run_id, metrics in runs.items():
         train = _thin(metrics.train)
         losses = [e["loss"] for e in train]
         values = smooth(losses, smoothing) if smoothing > 0 else losses
         rows += [(e["step"], v, run_id) for e, v in zip(train, values)]
-    return pd.DataFrame(rows, columns=["step", "loss", "run"])
+    return _frame(rows, ["step", "loss", "run"], ["int64", "float64", "string"])
 
 
 def format_duration(seconds: float | None) -> str:
@@ -74,6 +77,8 @@ def progress_html(metrics: RunMetrics | None, state: str, words: dict[str, str])
     if state == "running" and last.get("time") and eta is not None:
         eta = max(eta - (time.time() - last["time"]), 0)
     bits = [f"{words['step']} {step}/{total or '?'}", f"{fraction:.0%}"]
+    if state == "running" and not last:
+        bits = [words["preparing"]]
     if eta is not None:
         bits.append(f"{words['eta']} {format_duration(eta)}")
     if last.get("tokens_per_s"):

@@ -223,6 +223,8 @@ def build(studio: Studio) -> None:
     for name in PREVIEW_FIELDS:
         fields[name].change(on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
     model_path.change(on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview")
+    language.change(on_form, inputs=form_inputs, outputs=outputs_form, **quiet)
+    language.change(on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
     start.click(on_start, inputs=[language, gpu_pick, model_path, *ordered], outputs=[form_error, live_state, status], api_name="start")
     stop.click(on_stop, inputs=[language, live_state], outputs=[status, live_state], api_name="stop")
     load.upload(on_load_file, inputs=[language, load], outputs=[form_error, model_path, *ordered], api_name="load_config")
@@ -260,7 +262,7 @@ def reattach(studio: Studio) -> str | None:
 
 
 def _words(studio: Studio, lang: str) -> dict[str, str]:
-    keys = ("step", "eta", "tokens_per_s", "loss")
+    keys = ("step", "eta", "tokens_per_s", "loss", "preparing")
     words = {k: _text(studio, f"live.{k}", lang) for k in keys}
     for state in ("queued", "running", "stopping", "succeeded", "failed", "aborted", "unknown"):
         words[f"state.{state}"] = _text(studio, f"state.{state}", lang)

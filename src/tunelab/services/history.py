@@ -168,6 +168,7 @@ class RunHistory:
     def __init__(self, runs_dir: str | Path):
         self.runs_dir = Path(runs_dir).resolve()
         self._metrics: dict[str, RunMetrics] = {}
+        self._configs: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def runs(self) -> list[RunDir]:
@@ -195,11 +196,23 @@ class RunHistory:
 
     def summaries(self) -> list[dict[str, Any]]:
         """A summary per run, newest first."""
-        return [summarize(run, self.metrics(run)) for run in self.runs()]
+        return [summarize(run, self.metrics(run), self.config(run)) for run in self.runs()]
+
+    def config(self, run: RunDir) -> dict[str, Any]:
+        """The run's config.yaml as a mapping (parsed again only when the file changes)."""
+        try:
+            stamp = run.config_file.stat().st_mtime_ns
+        except OSError:
+            return {}
+        key = str(run.path.resolve())
+        cached = self._configs.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = self._configs[key] = (stamp, _read_config(run))
+        return cached[1]
 
     def configs(self, runs: list[RunDir]) -> dict[str, dict[str, Any]]:
         """run id -> its resolved config as a mapping."""
-        return {run.run_id: _read_config(run) for run in runs}
+        return {run.run_id: self.config(run) for run in runs}
 
     def delete(self, run: RunDir) -> None:
         """Delete a run's folder; ValueError while its trainer still runs."""
@@ -209,4 +222,5 @@ class RunHistory:
             raise ValueError(f"{run.path} is not inside {self.runs_dir}")
         with self._lock:
             self._metrics.pop(str(run.path.resolve()), None)
+            self._configs.pop(str(run.path.resolve()), None)
         shutil.rmtree(run.path)
