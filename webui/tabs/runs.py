@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import gradio as gr
+import gradio as gr  # SelectData must resolve at module level for the row-click handler
 
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
+from tunelab.services.history import config_diff
 from tunelab.webui import form, live
 from tunelab.webui.studio import Studio
+from tunelab.webui.tabs.train import root_blocks
 
 TITLE_KEY = "tab.runs"
 COLUMNS = ("run", "status", "model", "method", "datasets", "steps", "final_loss", "best_loss", "duration")
@@ -47,8 +49,6 @@ def table(studio: Studio, lang: str) -> tuple[Any, list[dict[str, Any]]]:
 
 def build(studio: Studio) -> None:
     """Lay out the runs table, the run actions and the comparison."""
-    import gradio as gr
-
     with gr.Row():
         refresh = studio.register(gr.Button(studio.t("runs.refresh"), elem_id="runs_refresh", scale=0, min_width=120))
     runs_table = studio.register(gr.Dataframe(
@@ -100,8 +100,6 @@ def build(studio: Studio) -> None:
     refresh.click(forced, inputs=refresh_inputs, outputs=refresh_outputs, api_name="runs")
     timer.tick(on_refresh, inputs=refresh_inputs, outputs=refresh_outputs, **quiet)
     language.change(forced, inputs=refresh_inputs, outputs=refresh_outputs, **quiet)
-    from tunelab.webui.tabs.train import root_blocks
-
     root_blocks().load(forced, inputs=refresh_inputs, outputs=refresh_outputs, **quiet)
 
     def on_row(event: gr.SelectData) -> Any:
@@ -118,7 +116,7 @@ def build(studio: Studio) -> None:
         if len(runs) < 2:
             return curves, _text(studio, "runs.no_diff", lang), gr.update(value=None, visible=False)
         configs = history.configs(runs)
-        diff = history_diff(configs)
+        diff = config_diff(configs)
         if not diff:
             return curves, _text(studio, "runs.same_config", lang), gr.update(value=None, visible=False)
         import pandas as pd
@@ -139,13 +137,6 @@ def build(studio: Studio) -> None:
     }
 
 
-def history_diff(configs: dict[str, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
-    """The fields that differ between the runs' configs."""
-    from tunelab.services.history import config_diff
-
-    return config_diff(configs)
-
-
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
@@ -154,8 +145,6 @@ def _show(value: Any) -> str:
 
 def connect(studio: Studio) -> None:
     """Run actions that reach into other tabs: watch/resume/load (Train), chat (Chat), export (Export)."""
-    import gradio as gr
-
     ui = studio.services["runs_ui"]
     selected, message, actions = ui["selected"], ui["message"], ui["actions"]
     language, tabs = studio.components["language"], studio.components["tabs"]
@@ -209,8 +198,6 @@ def connect(studio: Studio) -> None:
 
 def _connect_target(studio: Studio, button: Any, component_id: str, tab: str) -> None:
     """'Chat with it' / 'Export it': put the run directory into the other tab's component and switch to it."""
-    import gradio as gr
-
     target = studio.components.get(component_id)
     if target is None:
         button.visible = False
@@ -228,8 +215,6 @@ def _connect_target(studio: Studio, button: Any, component_id: str, tab: str) ->
 
 
 def _connect_delete(studio: Studio) -> None:
-    import gradio as gr
-
     ui = studio.services["runs_ui"]
     language = studio.components["language"]
     on_refresh, refresh_inputs, refresh_outputs = ui["refresh"]

@@ -184,13 +184,7 @@ class JobQueue:
     def submit(self, run: RunDir, devices: list[str] | None = None, gpu_count: int = 1) -> Job:
         """Queue a run (created with core.rundir.create_run); ValueError if it is already queued or running."""
         path = str(run.path.resolve())
-        known = {gpu.index for gpu in self.gpus}
-        unknown = [d for d in devices or [] if d not in known]
-        if unknown:
-            valid = ", ".join(sorted(known)) or "none (no CUDA device found)"
-            raise ValueError(f"devices: {', '.join(unknown)} not found; valid: {valid}")
-        if self.gpus and not devices and gpu_count > len(self.gpus):
-            raise ValueError(f"gpu_count: {gpu_count} GPUs asked for, {len(self.gpus)} present")
+        self.check_request(devices, gpu_count)
         with self._lock, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             busy = db.execute("SELECT id FROM jobs WHERE run_dir = ? AND state IN ('queued','running')", (path,)).fetchone()
@@ -207,6 +201,16 @@ class JobQueue:
             run.set_status("queued", run_id=run.run_id)
         log.info("queued %s (job %s)", run.run_id, job_id)
         return next(j for j in self.jobs() if j.id == job_id)
+
+    def check_request(self, devices: list[str] | None = None, gpu_count: int = 1) -> None:
+        """ValueError naming the problem when the devices asked for do not exist."""
+        known = {gpu.index for gpu in self.gpus}
+        unknown = [d for d in devices or [] if d not in known]
+        if unknown:
+            valid = ", ".join(sorted(known)) or "none (no CUDA device found)"
+            raise ValueError(f"devices: {', '.join(unknown)} not found; valid: {valid}")
+        if self.gpus and not devices and gpu_count > len(self.gpus):
+            raise ValueError(f"gpu_count: {gpu_count} GPUs asked for, {len(self.gpus)} present")
 
     def stop(self, run_dir: str | Path) -> str:
         """Stop a run: drop it from the queue, or signal its process group. Returns what happened:
