@@ -29,6 +29,7 @@ TRANSLATED_PROPS = ("label", "info", "placeholder", "y_title")
 TEXT_VALUED = ("Button", "UploadButton", "DownloadButton", "Markdown")
 
 CSS = """
+#app_title p { font-size: 1.6em; font-weight: 700; margin: 0.2em 0; }
 .tl-progress { font-size: 0.95em; }
 .tl-progress-head { display: flex; gap: 0.8em; align-items: center; margin-bottom: 0.3em; flex-wrap: wrap; }
 .tl-state { font-weight: 600; padding: 0.05em 0.6em; border-radius: 0.8em; background: var(--neutral-200); color: #222; }
@@ -111,7 +112,7 @@ def build_app(studio: Studio) -> Any:
     modules = load_tab_modules()
     with gr.Blocks(title=studio.t("app.title"), analytics_enabled=False) as app:
         with gr.Row(equal_height=True):
-            gr.Markdown(f"## {studio.t('app.title')}")
+            gr.Markdown(studio.t("app.title"), elem_id="app_title")
             language = gr.Radio(
                 choices=[(LANGUAGE_NAMES[code], code) for code in LANGUAGES], value=studio.lang,
                 label=studio.t("app.language"), elem_id="language", scale=0, min_width=220,

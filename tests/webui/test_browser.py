@@ -153,6 +153,7 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         expect(page.locator("#start")).to_have_text("开始", timeout=10_000)
         expect(page.locator("#tabs button[role=tab]").first).to_have_text("训练")
         expect(page.locator("#status")).to_contain_text("已中止")
+        expect(page.locator("#app_title")).to_have_text("tunelab 微调工作室")
         assert page.evaluate("window.__kept") == "same page"  # switched without a reload
         browser.close()
     assert not server.imported_torch()
