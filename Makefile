@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tunelab-installed
 
-.PHONY: venv webui test test-all demo clean
+.PHONY: venv webui test test-all demo screenshots clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) install -q -c constraints-cpu.txt -e '.[test]'
 	touch $@
 
+# The studio on http://127.0.0.1:7860, its Train form filled with the demo LoRA example (CPU, about a minute).
 webui: $(STAMP)
-	$(VENV)/bin/tunelab webui
+	$(VENV)/bin/tunelab webui --config examples/demo_cpu_lora_sft.yaml
+
+# Re-take the README screenshots (docs/screenshots/*.png) with the browser test.
+screenshots: $(STAMP)
+	TUNELAB_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/webui/test_browser.py
 
 demo: $(STAMP)
 	$(VENV)/bin/tunelab demo

@@ -1,0 +1,361 @@
+"""A persistent job queue (SQLite) and the scheduler that starts queued runs when their devices are free.
+
+A job is one run directory waiting for (or holding) devices. The queue lives in ``<runs_dir>/.jobs.sqlite``,
+so queued and running jobs survive a restart of whatever process schedules them (the web studio). Trainers
+are started by ``tunelab.services.runner.spawn``: their own process group, output to train.log, nothing for
+the scheduler to drain. With GPUs, each job gets the devices it asked for (or any free ones) through
+CUDA_VISIBLE_DEVICES and waits while they are busy; without GPUs one job runs at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.rundir import FINAL_STATES, RunDir
+from tunelab.services import runner
+
+log = logging.getLogger(__name__)
+
+DB_NAME = ".jobs.sqlite"
+ACTIVE = ("queued", "running")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_dir TEXT NOT NULL,
+    state TEXT NOT NULL,            -- queued | running | finished
+    want_devices TEXT NOT NULL,     -- JSON list of device ids asked for ([] = any)
+    gpu_count INTEGER NOT NULL,     -- how many devices when any will do
+    devices TEXT NOT NULL,          -- JSON list of device ids assigned
+    pgid INTEGER,
+    result TEXT,                    -- the run's final state once finished
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One CUDA device as the scheduler sees it (``index`` is what goes into CUDA_VISIBLE_DEVICES)."""
+
+    index: str
+    name: str = ""
+    memory_mib: int | None = None
+
+    @property
+    def label(self) -> str:
+        """A short human-readable label: 'GPU 0: NVIDIA H100 (80 GiB)'."""
+        memory = f" ({self.memory_mib / 1024:.0f} GiB)" if self.memory_mib else ""
+        return f"GPU {self.index}: {self.name or 'CUDA device'}{memory}"
+
+
+def _nvidia_smi(binary: str) -> list[Gpu]:
+    try:
+        out = subprocess.run(
+            [binary, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0].isdigit():
+            gpus.append(Gpu(parts[0], parts[1], int(parts[2]) if parts[2].isdigit() else None))
+    return gpus
+
+
+def detect_gpus(env: Mapping[str, str] | None = None, nvidia_smi: str | None = "auto") -> list[Gpu]:
+    """CUDA devices without importing torch: nvidia-smi's list, narrowed by CUDA_VISIBLE_DEVICES if set."""
+    env = os.environ if env is None else env
+    binary = shutil.which("nvidia-smi") if nvidia_smi == "auto" else nvidia_smi
+    listed = _nvidia_smi(binary) if binary else []
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return listed
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    if not ids or ids[0] == "-1" or ids[0].lower() == "none":
+        return []
+    by_index = {gpu.index: gpu for gpu in listed}
+    return [by_index.get(i, Gpu(i)) for i in ids]
+
+
+@dataclass
+class Job:
+    """One row of the queue."""
+
+    id: int
+    run_dir: str
+    state: str
+    want_devices: list[str]
+    gpu_count: int
+    devices: list[str]
+    pgid: int | None
+    result: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def run(self) -> RunDir:
+        """The job's run directory."""
+        return RunDir(self.run_dir)
+
+
+Launcher = Callable[[RunDir, dict[str, str]], subprocess.Popen]
+
+
+def _default_launcher(run: RunDir, env: dict[str, str]) -> subprocess.Popen:
+    return runner.spawn(run, env)
+
+
+@dataclass
+class JobQueue:
+    """The queue of training jobs over one runs folder, and the scheduler that starts them."""
+
+    runs_dir: Path
+    gpus: list[Gpu] = field(default_factory=list)
+    launcher: Launcher = _default_launcher
+    stop_grace_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir).resolve()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.runs_dir / DB_NAME
+        self._lock = threading.RLock()
+        self._children: dict[int, subprocess.Popen] = {}
+        self._stopping: dict[str, threading.Thread] = {}
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    # -- storage -------------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        data = dict(row)
+        for key in ("want_devices", "devices"):
+            data[key] = json.loads(data[key])
+        return Job(**data)
+
+    def jobs(self, states: tuple[str, ...] | None = None) -> list[Job]:
+        """Jobs (oldest first), optionally only those in ``states``."""
+        with self._connect() as db:
+            if states:
+                marks = ",".join("?" * len(states))
+                rows = db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+            else:
+                rows = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        return [self._job(r) for r in rows]
+
+    def job_for(self, run_dir: str | Path) -> Job | None:
+        """The newest job of a run directory."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE run_dir = ? ORDER BY id DESC LIMIT 1", (str(Path(run_dir).resolve()),)
+            ).fetchone()
+        return self._job(row) if row else None
+
+    def _update(self, job_id: int, **fields: Any) -> None:
+        fields = {k: json.dumps(v) if k in ("devices", "want_devices") else v for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+
+    # -- public operations ---------------------------------------------------------------------------------
+    def submit(self, run: RunDir, devices: list[str] | None = None, gpu_count: int = 1) -> Job:
+        """Queue a run (created with core.rundir.create_run); ValueError if it is already queued or running."""
+        path = str(run.path.resolve())
+        self.check_request(devices, gpu_count)
+        with self._lock, self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            busy = db.execute("SELECT id FROM jobs WHERE run_dir = ? AND state IN ('queued','running')", (path,)).fetchone()
+            if busy:
+                db.execute("ROLLBACK")
+                raise ValueError(f"run {run.run_id} is already queued or running")
+            cursor = db.execute(
+                "INSERT INTO jobs (run_dir, state, want_devices, gpu_count, devices, created_at) VALUES (?,?,?,?,?,?)",
+                (path, "queued", json.dumps(list(devices or [])), max(gpu_count, 1), "[]", time.time()),
+            )
+            db.execute("COMMIT")
+            job_id = cursor.lastrowid
+        if run.status().get("state") != "queued":
+            run.set_status("queued", run_id=run.run_id)
+        log.info("queued %s (job %s)", run.run_id, job_id)
+        return next(j for j in self.jobs() if j.id == job_id)
+
+    def check_request(self, devices: list[str] | None = None, gpu_count: int = 1) -> None:
+        """ValueError naming the problem when the devices asked for do not exist."""
+        known = {gpu.index for gpu in self.gpus}
+        unknown = [d for d in devices or [] if d not in known]
+        if unknown:
+            valid = ", ".join(sorted(known)) or "none (no CUDA device found)"
+            raise ValueError(f"devices: {', '.join(unknown)} not found; valid: {valid}")
+        if self.gpus and not devices and gpu_count > len(self.gpus):
+            raise ValueError(f"gpu_count: {gpu_count} GPUs asked for, {len(self.gpus)} present")
+
+    def stop(self, run_dir: str | Path) -> str:
+        """Stop a run: drop it from the queue, or signal its process group. Returns what happened:
+        'dequeued', 'stopping' (the trainer saves and ends as aborted) or 'idle' (nothing to stop)."""
+        job = self.job_for(run_dir)
+        if job is None or job.state == "finished":
+            return "idle"
+        if job.state == "queued":
+            with self._connect() as db:
+                claimed = db.execute(
+                    "UPDATE jobs SET state='finished', result='aborted', finished_at=? WHERE id=? AND state='queued'",
+                    (time.time(), job.id),
+                ).rowcount
+            if claimed:
+                job.run.set_status("aborted", message="removed from the queue before it started")
+                return "dequeued"
+            job = self.job_for(run_dir) or job
+        with self._lock:
+            worker = self._stopping.get(job.run_dir)
+            if worker is None or not worker.is_alive():
+                worker = threading.Thread(target=self._stop_job, args=(job,), name=f"stop-{job.id}", daemon=True)
+                self._stopping[job.run_dir] = worker
+                worker.start()
+        return "stopping"
+
+    def stopping(self, run_dir: str | Path) -> bool:
+        """Whether a stop of this run is in progress."""
+        worker = self._stopping.get(str(Path(run_dir).resolve()))
+        return bool(worker and worker.is_alive())
+
+    def _stop_job(self, job: Job) -> None:
+        runner.stop_run(job.run, grace_s=self.stop_grace_s)
+        self.poll()
+
+    def settle(self, run_dir: str | Path, wait_s: float = 20.0) -> Job | None:
+        """The run's newest job, once a trainer that already reported its end has exited (up to ``wait_s``)."""
+        job = self.job_for(run_dir)
+        if job and job.state == "running" and job.run.status().get("state") in FINAL_STATES:
+            deadline = time.time() + wait_s
+            while job is not None and job.state == "running" and time.time() < deadline:
+                time.sleep(0.2)
+                self.poll()  # reaps it once it has fully exited (all its threads, not only the leader)
+                job = self.job_for(run_dir)
+        return job
+
+    def active(self, run_dir: str | Path) -> bool:
+        """Whether the run is queued or running (a trainer on its way out does not count)."""
+        job = self.settle(run_dir)
+        return job is not None and job.state in ACTIVE
+
+    def forget(self, run_dir: str | Path) -> None:
+        """Remove a run's finished jobs (when the run directory is deleted); ValueError while it is active."""
+        path = str(Path(run_dir).resolve())
+        self.settle(path)
+        with self._connect() as db:
+            if db.execute("SELECT id FROM jobs WHERE run_dir=? AND state IN ('queued','running')", (path,)).fetchone():
+                raise ValueError(f"{Path(path).name} is queued or running: stop it first")
+            db.execute("DELETE FROM jobs WHERE run_dir = ?", (path,))
+
+    # -- scheduling ----------------------------------------------------------------------------------------
+    def poll(self) -> list[Job]:
+        """Reap finished jobs and start queued ones whose devices are free; returns the jobs started."""
+        with self._lock:
+            self._reap()
+            return self._start_ready()
+
+    def _reap(self) -> None:
+        for job_id, process in list(self._children.items()):
+            if process.poll() is not None:
+                del self._children[job_id]
+        for job in self.jobs(("running",)):
+            if job.id in self._children or runner.group_alive(job.pgid):
+                continue
+            if job.pgid is None and time.time() - (job.started_at or 0) < 30:
+                continue  # another scheduler is launching it right now
+            status = runner.reconcile(job.run)
+            state = status.get("state")
+            if state not in FINAL_STATES:  # ended before it ever wrote a status
+                state = job.run.set_status("failed", error="the trainer exited without reporting").get("state")
+            self._update(job.id, state="finished", result=state, finished_at=time.time())
+            log.info("job %s (%s) finished: %s", job.id, job.run.run_id, state)
+
+    def _free_devices(self) -> list[str]:
+        busy = {d for job in self.jobs(("running",)) for d in job.devices}
+        return [gpu.index for gpu in self.gpus if gpu.index not in busy]
+
+    def _start_ready(self) -> list[Job]:
+        started = []
+        for job in self.jobs(("queued",)):
+            if self.gpus:
+                free = self._free_devices()
+                if job.want_devices:
+                    devices = job.want_devices if set(job.want_devices) <= set(free) else None
+                else:
+                    devices = free[: job.gpu_count] if len(free) >= job.gpu_count else None
+                if devices is None:
+                    continue  # waits; a later job may still fit on other devices
+            else:
+                if self.jobs(("running",)):
+                    break  # CPU: one job at a time, in order
+                devices = []
+            if self._launch(job, devices):
+                started.append(job)
+        return started
+
+    def _launch(self, job: Job, devices: list[str]) -> bool:
+        with self._connect() as db:
+            claimed = db.execute(
+                "UPDATE jobs SET state='running', devices=?, started_at=? WHERE id=? AND state='queued'",
+                (json.dumps(devices), time.time(), job.id),
+            ).rowcount
+        if not claimed:
+            return False  # another scheduler took it, or it was stopped meanwhile
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if self.gpus else {}
+        try:
+            process = self.launcher(job.run, env)
+        except OSError as exc:
+            job.run.set_status("failed", error=f"could not start the trainer: {exc}")
+            self._update(job.id, state="finished", result="failed", finished_at=time.time())
+            return False
+        self._children[job.id] = process
+        self._update(job.id, pgid=process.pid)
+        job.run.set_status(job.run.status().get("state", "queued"), devices=devices)
+        log.info("started %s (job %s, pgid %s, devices %s)", job.run.run_id, job.id, process.pid, devices or "cpu")
+        return True
+
+    def start_background(self, interval_s: float = 1.0) -> None:
+        """Poll in a daemon thread every ``interval_s`` seconds (idempotent)."""
+        if self._thread and self._thread.is_alive():
+            return
+        self._halt.clear()
+
+        def loop() -> None:
+            while not self._halt.is_set():
+                try:
+                    self.poll()
+                except Exception:  # keep scheduling; the error is in the log
+                    log.exception("job scheduler poll failed")
+                self._halt.wait(interval_s)
+
+        self._thread = threading.Thread(target=loop, name="tunelab-jobs", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background scheduler (running trainers are left alone)."""
+        self._halt.set()
+        if self._thread:
+            self._thread.join(timeout=5)

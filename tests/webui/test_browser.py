@@ -1,0 +1,159 @@
+"""The studio in a real browser (Playwright driving Debian's /usr/bin/chromium) over a real `tunelab webui`
+process: pick the demo model and a dataset, start a run, watch the curve grow, close the page, reopen it,
+restart the studio, find the run still training, stop it and see it aborted with no trainer process left.
+
+Screenshots of each tab go to $TUNELAB_SCREENSHOTS (``make screenshots`` points it at docs/screenshots).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tunelab.core.rundir import RunDir
+from tunelab.services.runner import group_alive, group_members
+
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)"),
+]
+
+MAX_STEP_JS = """() => Math.max(0, ...Array.from(document.querySelectorAll('#loss_plot [aria-roledescription="point"]'))
+  .map(e => /series: loss$/.test(e.getAttribute('aria-label') || '') ? Number((/step: (\\d+)/.exec(e.getAttribute('aria-label')) || [0, 0])[1]) : 0))"""
+
+
+def max_plotted_step(page) -> int:
+    """The highest step drawn on the loss curve (raw loss series)."""
+    return page.evaluate(MAX_STEP_JS)
+
+
+def wait_for_step(page, above: int, timeout_s: float) -> int:
+    """Wait until the curve shows a step beyond ``above``; return it."""
+    page.wait_for_function(f"({MAX_STEP_JS})() > {above}", timeout=timeout_s * 1000, polling=250)
+    return max_plotted_step(page)
+
+
+def event_time(run: RunDir, step: int) -> float:
+    """When the trainer wrote the train event of ``step``."""
+    for line in run.events_file.read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "train" and event["step"] == step:
+            return event["time"]
+    raise AssertionError(f"no train event for step {step}")
+
+
+def pick(page, elem_id: str, text: str, option: str) -> None:
+    """Choose ``option`` in a Gradio dropdown by typing ``text`` into it."""
+    box = page.locator(f"#{elem_id} input[role=combobox]")
+    box.click()
+    box.fill(text)
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def shot(page, name: str, locator=None) -> None:
+    folder = os.environ.get("TUNELAB_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (locator or page).screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url)
+    page.wait_for_selector("#start", timeout=60_000)
+    return page
+
+
+def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_model_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    server = studio_server().start()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = open_page(browser, server.url)
+        pick(page, "model", "demo", "demo")
+        page.locator("#dataset .remove-all").click()
+        pick(page, "dataset", "identity", "identity (alpaca)")
+        for elem_id, value in (("max_steps", "400"), ("learning_rate", "0.003")):
+            page.locator(f"#{elem_id} input").fill(value)
+            page.locator(f"#{elem_id} input").press("Tab")
+        expect(page.locator("#template_info")).to_contain_text("chatml")
+        expect(page.locator("#data_preview")).to_contain_text("<|im_start|>assistant")
+        page.get_by_role("button", name=re.compile("^Config")).click()
+        expect(page.locator("#config_command")).to_contain_text("max_steps=400", timeout=10_000)
+        page.locator("#start").click()
+        expect(page.locator("#status")).to_contain_text("demo-lora-sft", timeout=30_000)
+
+        first = wait_for_step(page, 0, timeout_s=240)  # the trainer imports torch/trl and tokenizes first
+        [run_dir] = [p for p in server.runs_dir.iterdir() if (p / "config.yaml").is_file()]
+        run = RunDir(run_dir)
+        lags = []
+        more = first
+        for _ in range(3):
+            more = wait_for_step(page, more, timeout_s=60)
+            lags.append(time.time() - event_time(run, more))
+        print(f"event -> page lag over {len(lags)} updates: {', '.join(f'{lag:.2f}s' for lag in lags)}")
+        assert sorted(lags)[1] < 2.0, lags  # about a second: a 0.5 s timer, incremental read, Vega redraw
+        pgid = run.status()["pgid"]
+        assert run.config().model == "demo" and run.config().dataset == ["identity"]
+        assert run.config().max_steps == 400 and run.config().learning_rate == 0.003
+
+        page.close()  # closing the page changes nothing
+        time.sleep(2)
+        assert group_alive(pgid) and run.status()["state"] == "running"
+        page = open_page(browser, server.url)
+        expect(page.locator("#status")).to_contain_text(run.run_id, timeout=30_000)
+        again = wait_for_step(page, more, timeout_s=60)
+        page.close()
+
+        server.stop()  # restart the studio: the trainer is not its child any more
+        assert group_alive(pgid), "stopping the studio must not stop the training"
+        server.start()
+        page = open_page(browser, server.url)
+        expect(page.locator("#status")).to_contain_text(run.run_id, timeout=30_000)
+        expect(page.locator("#progress")).to_contain_text("running")
+        latest = wait_for_step(page, again, timeout_s=60)
+        assert latest > again
+        shot(page, "train")
+        page.locator("#loss_plot").scroll_into_view_if_needed()
+        time.sleep(1)
+        shot(page, "train-live")
+
+        page.get_by_role("tab", name="Runs").click()
+        table = page.locator("#runs_table")
+        expect(table).to_contain_text(run.run_id, timeout=15_000)
+        expect(table).to_contain_text("running")
+        pick(page, "runs_compare", run.run_id[:15], run.run_id)
+        page.wait_for_function("document.querySelectorAll('#compare_plot [aria-roledescription=\"point\"]').length > 3")
+        shot(page, "runs")
+        page.get_by_role("tab", name="Train").click()
+
+        page.locator("#stop").click()
+        expect(page.locator("#status")).to_contain_text("aborted", timeout=120_000)
+        expect(page.locator("#progress")).to_contain_text("aborted")
+        deadline = time.time() + 30
+        while group_members(pgid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert group_members(pgid) == [], "no trainer process may be left"
+        status = run.status()
+        assert status["state"] == "aborted" and "SIGTERM" in status.get("message", "")
+        assert run.final_weights() is not None and run.last_checkpoint() is not None  # saved on the way out
+        events = [json.loads(line) for line in run.events_file.read_text().splitlines()]
+        assert events[-1]["type"] == "status" and events[-1]["state"] == "aborted"
+
+        page.evaluate("window.__kept = 'same page'")
+        page.locator("#language label", has_text="中文").click()
+        expect(page.locator("#start")).to_have_text("开始", timeout=10_000)
+        expect(page.locator("#tabs button[role=tab]").first).to_have_text("训练")
+        expect(page.locator("#status")).to_contain_text("已中止")
+        expect(page.locator("#app_title")).to_have_text("tunelab 微调工作室")
+        assert page.evaluate("window.__kept") == "same page"  # switched without a reload
+        browser.close()
+    assert not server.imported_torch()

@@ -1,0 +1,188 @@
+"""The run-config form, generated from RunConfig's schema: one component per field, no field written twice.
+
+``field_specs()`` reads type, default, description and the ``group``/``main`` metadata of every RunConfig
+field; ``make_component`` turns a spec into a Gradio component (elem_id = the field name); the helpers below
+turn form values into a config mapping, a YAML preview and the equivalent ``tunelab train`` command.
+"""
+
+from __future__ import annotations
+
+import shlex
+import types
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, validate_config
+
+GROUPS = ("model", "method", "data", "train", "output")
+ALWAYS_IN_PREVIEW = ("model", "stage", "method", "dataset")
+HIDDEN = ("output_dir", "resume")  # set by the studio (the run directory, the Resume button), not typed in
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What the form needs to know about one RunConfig field."""
+
+    name: str
+    kind: str  # choice | multichoice | bool | int | float | text | list
+    default: Any
+    description: str
+    group: str
+    main: bool
+    optional: bool
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(annotation without None, whether None is allowed)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else annotation), len(args) < len(get_args(annotation))
+    return annotation, False
+
+
+def _kind(name: str, annotation: Any) -> str:
+    base, _ = _base_type(annotation)
+    if get_origin(base) is Literal:
+        return "choice"
+    if get_origin(base) is list:
+        return "multichoice" if field_choices(name) else "list"
+    return {bool: "bool", int: "int", float: "float"}.get(base, "text")
+
+
+def _minimum(info: Any) -> float | None:
+    for item in info.metadata:
+        for attr in ("ge", "gt"):
+            value = getattr(item, attr, None)
+            if value is not None:
+                return float(value)
+    return None
+
+
+def field_specs() -> list[FieldSpec]:
+    """A spec per RunConfig field, in schema order (the studio-managed fields left out)."""
+    specs = []
+    for name, info in RunConfig.model_fields.items():
+        if name in HIDDEN:
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        choices = tuple(field_choices(name) or ())
+        if name == "stage":
+            choices = tuple(c for c in choices if c in STAGES_AVAILABLE)
+        specs.append(FieldSpec(
+            name=name, kind=_kind(name, info.annotation), default=info.default, description=info.description or "",
+            group=str(extra.get("group", "other")), main=bool(extra.get("main")),
+            optional=_base_type(info.annotation)[1], choices=choices, minimum=_minimum(info),
+        ))
+    return specs
+
+
+def make_component(spec: FieldSpec, label: str, choices: list[Any] | None = None, value: Any = None, **kwargs: Any) -> Any:
+    """The Gradio component for a field (initial ``value``: the schema default); ``choices`` ((label, value)
+    pairs allowed) replaces the schema's."""
+    import gradio as gr
+
+    value = spec.default if value is None else value
+    common = dict(label=label, info=spec.description, elem_id=spec.name, interactive=True, **kwargs)
+    options = choices if choices is not None else list(spec.choices)
+    if spec.kind == "choice" or (spec.name in ("model", "template") and choices is not None):
+        return gr.Dropdown(choices=options, value=value, allow_custom_value=spec.kind != "choice", **common)
+    if spec.kind in ("multichoice", "list"):
+        return gr.Dropdown(
+            choices=options, value=list(value or []), multiselect=True, allow_custom_value=spec.kind == "list", **common,
+        )
+    if spec.kind == "bool":
+        return gr.Checkbox(value=value, **common)
+    if spec.kind in ("int", "float"):
+        step = 1 if spec.kind == "int" else None
+        return gr.Number(value=value, precision=0 if spec.kind == "int" else None, step=step, **common)
+    return gr.Textbox(value=value or "", lines=1, **common)
+
+
+def _clean(spec: FieldSpec, value: Any) -> Any:
+    """A form value as the config expects it (empty optional fields become None)."""
+    if isinstance(value, str):
+        value = value.strip()
+    if value in ("", None) or (isinstance(value, float) and value != value):
+        return None if spec.optional or spec.kind in ("int", "float") else value
+    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.kind in ("multichoice", "list") and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def form_to_mapping(specs: list[FieldSpec], values: list[Any]) -> dict[str, Any]:
+    """Form values (in spec order) -> a config mapping for validate_config."""
+    mapping = {}
+    for spec, value in zip(specs, values):
+        value = _clean(spec, value)
+        if value is None and not spec.optional and spec.kind in ("int", "float"):
+            value = spec.default
+        mapping[spec.name] = value
+    return mapping
+
+
+def config_to_values(specs: list[FieldSpec], config: RunConfig) -> list[Any]:
+    """A config's values in spec order (to fill the form)."""
+    values = []
+    for spec in specs:
+        value = getattr(config, spec.name)
+        values.append("" if value is None and spec.kind in ("text",) else value)
+    return values
+
+
+def validate(mapping: dict[str, Any]) -> tuple[RunConfig | None, str]:
+    """(config, '') when valid, else (None, the schema's message)."""
+    try:
+        return validate_config(mapping, "form"), ""
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def non_defaults(config: RunConfig) -> dict[str, Any]:
+    """The fields that differ from the defaults (plus the ones every preview shows), as plain data."""
+    data = config.model_dump(mode="json")
+    out = {}
+    for name, info in RunConfig.model_fields.items():
+        if name in HIDDEN and not data.get(name):
+            continue
+        default = info.default
+        if name in ALWAYS_IN_PREVIEW or data[name] != (list(default) if isinstance(default, (list, tuple)) else default):
+            out[name] = data[name]
+    return out
+
+
+def yaml_preview(config: RunConfig) -> str:
+    """The config as a compact YAML file (fields that differ from the defaults)."""
+    return yaml.safe_dump(non_defaults(config), sort_keys=False, allow_unicode=True)
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) if value else "none"
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def command_preview(config: RunConfig) -> str:
+    """The equivalent ``tunelab train key=value ...`` command line."""
+    parts = ["tunelab", "train"]
+    for name, value in non_defaults(config).items():
+        parts.append(shlex.quote(f"{name}={_override_value(value)}"))
+    return " ".join(parts)
+
+
+def load_yaml_config(text: str, source: str) -> RunConfig:
+    """Parse an uploaded YAML config (ConfigError with a readable message)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    return validate_config(data, source)

@@ -1,0 +1,126 @@
+"""What the Train tab shows before anything starts: which template 'auto' picks, and a few examples rendered
+through it with the loss-carrying text marked. Pure Python: the template's own ``{% generation %}`` spans
+give the trained characters, so no tokenizer (and no torch) is needed."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.core.chat_render import TemplateRefusal
+from tunelab.core.datasets import DataError, convert_row, iter_rows, load_dataset_registry
+from tunelab.core.template_choice import TemplateChoice, choose_template
+from tunelab.core.templates import UnknownTemplate, registry
+
+DEMO_MODEL = "demo"
+DEMO_TEMPLATE = "chatml"  # the embedded demo model is built with the registry's chatml template
+PREVIEW_ROWS = 3
+
+
+@dataclass
+class Preview:
+    """Highlighted segments ((text, label or None) pairs) and a one-line note."""
+
+    segments: list[tuple[str, str | None]]
+    note: str = ""
+
+
+def model_folder(model: str) -> Path | None:
+    """The local folder of a model reference ('demo' -> the built demo model, if built)."""
+    if model == DEMO_MODEL:
+        from tunelab.engine.demo import demo_model_dir  # imports no torch
+
+        folder = demo_model_dir()
+        return folder if (folder / "config.json").is_file() else None
+    path = Path(model).expanduser()
+    return path if path.is_dir() else None
+
+
+def resolve_template(requested: str, model: str) -> TemplateChoice:
+    """What the trainer will use for ``template`` with ``model`` (UnknownTemplate for a bad name)."""
+    folder = model_folder(model)
+    if model == DEMO_MODEL and folder is None and requested == "auto":
+        return TemplateChoice(registry().get(DEMO_TEMPLATE), f"the demo model's template '{DEMO_TEMPLATE}'")
+    return choose_template(requested, model, folder)
+
+
+def _with_system(messages: list[dict], system: str | None) -> list[dict]:
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def _examples(datasets: list[str], dataset_dir: str | None, limit: int) -> tuple[list[dict], str]:
+    """Up to ``limit`` canonical examples from the first local datasets, and a note about the rest."""
+    reg = load_dataset_registry(dataset_dir)
+    found: list[dict] = []
+    notes = []
+    for name in datasets:
+        name, spec, local = reg.resolve(name)
+        if local is None:
+            notes.append(f"{name}: hub dataset, downloaded when training starts (no preview)")
+            continue
+        for number, record in itertools.islice(iter_rows(local), limit * 4):
+            try:
+                found.append(convert_row(record, spec))
+            except ValueError as exc:
+                notes.append(f"{name} row {number}: {exc}")
+            if len(found) >= limit:
+                return found, "; ".join(notes)
+    return found, "; ".join(notes)
+
+
+def _segments(text: str, spans: tuple[tuple[int, int], ...], label: str) -> list[tuple[str, str | None]]:
+    out, at = [], 0
+    for start, end in spans:
+        if start > at:
+            out.append((text[at:start], None))
+        out.append((text[start:end], label))
+        at = end
+    if at < len(text):
+        out.append((text[at:], None))
+    return out
+
+
+def render_examples(
+    *, model: str, template: str, stage: str, datasets: list[str], dataset_dir: str | None = None,
+    train_on_prompt: bool = False, mask_history: bool = False, system_prompt: str | None = None,
+    label: str = "trained", limit: int = PREVIEW_ROWS,
+) -> Preview:
+    """A few examples as they will be trained, the loss-carrying characters labelled ``label``."""
+    try:
+        examples, note = _examples(datasets, dataset_dir, limit)
+        choice = None if stage == "pt" else resolve_template(template, model)
+    except (DataError, UnknownTemplate) as exc:
+        return Preview([], str(exc))
+    segments: list[tuple[str, str | None]] = []
+    for number, example in enumerate(examples, 1):
+        if segments:
+            segments.append((f"\n\n── {number} ──\n\n", None))
+        if "text" in example:
+            segments.append((example["text"], label))
+            continue
+        if choice is None:
+            return Preview([], f"stage {stage!r} trains plain text; pick a text dataset")
+        messages = _with_system(example["messages"], system_prompt)
+        try:
+            rendered = _render(choice, messages)
+        except TemplateRefusal as exc:
+            segments.append((f"[the template refuses this example: {exc}]", None))
+            continue
+        spans = rendered.spans[-1:] if mask_history else rendered.spans
+        if train_on_prompt:
+            spans = ((0, len(rendered.text)),)
+        segments += _segments(rendered.text, spans, label)
+    if choice is not None:
+        note = "; ".join(p for p in (f"template: {choice.name} ({choice.reason})", note) if p)
+    return Preview(segments, note)
+
+
+def _render(choice: TemplateChoice, messages: list[dict]):
+    if "generation" in choice.template.source:
+        return choice.template.render(messages, track_spans=True, model=choice.entry)
+    from tunelab.engine.tokenize import render_with_spans  # pure Python: spans from prefix renders
+
+    return render_with_spans(choice.template, messages, choice.entry)

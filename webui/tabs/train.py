@@ -1,0 +1,179 @@
+"""Train tab: the schema-generated run form, data preview, YAML/command preview, Start/Stop and the live view.
+
+Layout and event wiring only; what the events do is in tunelab.webui.train_actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.core.config import RunConfig
+from tunelab.webui import form
+from tunelab.webui.studio import Studio
+from tunelab.webui.train_actions import TrainActions, dataset_choices, model_choices, template_choices
+
+TITLE_KEY = "tab.train"
+PREVIEW_FIELDS = ("model", "template", "stage", "dataset", "dataset_dir", "train_on_prompt", "mask_history", "system_prompt")
+TICK_S = 0.5
+SCROLL_LOG_JS = "() => { const box = document.querySelector('#log textarea'); if (box) box.scrollTop = box.scrollHeight; }"
+SERIES_COLORS = (("loss", "#a9c7ee"), ("smoothed", "#1f5fbf"), ("eval_loss", "#e4572e"))
+
+
+def root_blocks() -> Any:
+    """The Blocks being built (tabs are built inside its context)."""
+    from gradio.context import Context
+
+    return Context.root_block
+
+
+def _label(studio: Studio, name: str) -> str:
+    key = f"field.{name}"
+    return studio.t(key) if key in studio.translations.table else name
+
+
+def _choices(spec: form.FieldSpec) -> list[Any] | None:
+    """Choices from the registries for the fields that have them (the schema's Literal choices otherwise)."""
+    return {"model": model_choices, "template": lambda: template_choices(spec.default)[0],
+            "dataset": dataset_choices}.get(spec.name, lambda: None)()
+
+
+def _form(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any]) -> None:
+    """Main fields by group, then every other field under Advanced, all generated from the schema."""
+    import gradio as gr
+
+    initial = studio.services.get("initial_config") or RunConfig()  # `tunelab webui --config FILE` prefills
+
+    def field(spec: form.FieldSpec, **kwargs: Any) -> None:
+        component = form.make_component(spec, _label(studio, spec.name), _choices(spec), getattr(initial, spec.name), **kwargs)
+        ui["fields"][spec.name] = studio.register(component)
+
+    ui["fields"] = {}
+    for group in form.GROUPS:
+        main = [s for s in specs if s.group == group and s.main]
+        if not main:
+            continue
+        with gr.Row():
+            for spec in main:
+                field(spec, scale=2 if spec.name in ("model", "dataset") else 1)
+                if spec.name == "model":
+                    ui["model_path"] = studio.register(gr.Textbox(
+                        label=studio.t("train.model_path"), info=studio.t("train.model_path_hint"), elem_id="model_path", scale=2,
+                    ))
+    ui["template_info"] = studio.register(gr.Markdown(elem_id="template_info"))
+    with gr.Accordion(studio.t("train.advanced"), open=False, elem_id="advanced"), gr.Tabs():
+        for group in form.GROUPS:
+            rest = [s for s in specs if s.group == group and not s.main]
+            if not rest:
+                continue
+            with gr.Tab(studio.t(f"group.{group}")):
+                for start in range(0, len(rest), 3):
+                    with gr.Row():
+                        for spec in rest[start:start + 3]:
+                            field(spec)
+
+
+def _previews(studio: Studio, ui: dict[str, Any]) -> None:
+    import gradio as gr
+
+    with gr.Accordion(studio.t("train.preview"), open=True):
+        ui["data_preview"] = studio.register(gr.HighlightedText(
+            label=studio.t("train.preview_label"), elem_id="data_preview", show_legend=True,
+            color_map={studio.t("train.trained"): "green"},
+        ))
+        ui["preview_note"] = studio.register(gr.Markdown(elem_id="preview_note"))
+    with gr.Accordion(studio.t("train.config"), open=False):
+        with gr.Row():
+            ui["yaml"] = studio.register(gr.Code(label=studio.t("train.yaml"), language="yaml", elem_id="config_yaml", interactive=False))
+            ui["command"] = studio.register(gr.Code(label=studio.t("train.command"), language="shell", elem_id="config_command", interactive=False))
+        with gr.Row():
+            ui["save"] = studio.register(gr.DownloadButton(studio.t("train.save"), elem_id="save_config"))
+            ui["load"] = studio.register(gr.UploadButton(studio.t("train.load"), file_types=[".yaml", ".yml"], elem_id="load_config"))
+
+
+def _controls(studio: Studio, ui: dict[str, Any]) -> None:
+    """GPU picker, Start/Stop, the validation message, status, progress bar and log tail."""
+    import gradio as gr
+
+    gpus = studio.services["jobs"].gpus
+    ui["gpus"] = studio.register(gr.CheckboxGroup(
+        choices=[(g.label, g.index) for g in gpus], label=studio.t("train.gpus"), elem_id="gpus", visible=bool(gpus),
+    ))
+    if not gpus:
+        gr.Markdown(studio.t("train.gpus_none"))
+    with gr.Row():
+        ui["start"] = studio.register(gr.Button(studio.t("train.start"), variant="primary", elem_id="start"))
+        ui["stop"] = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
+    ui["form_error"] = studio.register(gr.Markdown(elem_id="form_error"))
+    ui["status"] = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
+    ui["progress"] = studio.register(gr.HTML(elem_id="progress"))
+    ui["log"] = studio.register(gr.Textbox(
+        label=studio.t("train.log"), lines=14, max_lines=14, elem_id="log", interactive=False, autoscroll=True,
+    ))
+
+
+def _plots(studio: Studio, ui: dict[str, Any]) -> None:
+    import gradio as gr
+
+    ui["smoothing"] = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing"))
+    colors = {studio.translations.text(f"series.{key}", lang): color for lang in ("en", "zh") for key, color in SERIES_COLORS}
+    with gr.Row():
+        ui["loss_plot"] = studio.register(gr.LinePlot(  # no fixed height: it would clip the legend
+            x="step", y="value", color="series", label=studio.t("train.loss_plot"), elem_id="loss_plot", scale=2,
+            y_title=studio.t("train.loss_plot"), color_title=" ", color_map=colors,
+        ))
+        with gr.Column(scale=1):
+            ui["lr_plot"] = studio.register(gr.LinePlot(x="step", y="lr", label=studio.t("train.lr_plot"), elem_id="lr_plot", height=150))
+            ui["speed_plot"] = studio.register(gr.LinePlot(
+                x="step", y="tokens_per_s", label=studio.t("train.speed_plot"), elem_id="speed_plot", height=150,
+            ))
+
+
+def build(studio: Studio) -> None:
+    """Lay out the form, the run controls and the live view; wire their events."""
+    import gradio as gr
+
+    specs = form.field_specs()
+    ui: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            _form(studio, specs, ui)
+            _previews(studio, ui)
+        with gr.Column(scale=2):
+            _controls(studio, ui)
+    _plots(studio, ui)
+    ui["live"] = gr.State({"run": None, "key": None})
+    studio.components["train_live"] = ui["live"]
+    _wire(studio, specs, ui, TrainActions(studio, specs))
+
+
+def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: TrainActions) -> None:
+    import gradio as gr
+
+    fields = ui["fields"]
+    ordered = [fields[s.name] for s in specs]
+    language = studio.components["language"]
+    form_inputs = [language, ui["model_path"], *ordered]
+    quiet = dict(show_progress="hidden", api_visibility="private")
+    form_outputs = [ui["yaml"], ui["command"], ui["form_error"], ui["save"]]
+    preview_outputs = [fields["template"], ui["template_info"], ui["data_preview"], ui["preview_note"]]
+    for component in ordered:
+        component.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
+    for name in PREVIEW_FIELDS:
+        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+    ui["model_path"].change(act.on_form, inputs=form_inputs, outputs=form_outputs, show_progress="hidden", api_name="check_form")
+    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview")
+    language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
+    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+    ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
+                      outputs=[ui["form_error"], ui["live"], ui["status"]], api_name="start")
+    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["status"], ui["live"]], api_name="stop")
+    ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],
+                      api_name="load_config")
+
+    live_inputs = [ui["live"], ui["smoothing"], language]
+    live_outputs = [ui["live"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"]]
+    gr.Timer(TICK_S).tick(act.watch, inputs=live_inputs, outputs=live_outputs, show_progress="hidden", api_name="watch")
+    ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
+    language.change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
+    ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)  # keep the newest log lines in view
+    root_blocks().load(act.on_page_load, inputs=form_inputs, outputs=[*form_outputs, *preview_outputs, ui["live"]], **quiet)

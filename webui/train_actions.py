@@ -1,0 +1,199 @@
+"""What the Train tab's events do: validate and preview the form, start and stop jobs, and the live view.
+
+Every handler takes the page's language first, so messages follow the language switch without a reload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.config import ConfigError
+from tunelab.core.datasets import DataError, load_dataset_registry
+from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
+from tunelab.core.templates import UnknownTemplate, registry
+from tunelab.webui import form, live, preview
+from tunelab.webui.studio import Studio
+
+STATES = ("queued", "running", "stopping", "succeeded", "failed", "aborted", "unknown")
+LIVE_OUTPUTS = 7  # state, status, progress, loss plot, lr plot, speed plot, log
+
+
+def model_choices() -> list[str]:
+    """'demo' first, then every model id of the template catalog."""
+    return ["demo", *sorted({hit.entry.id for hit in registry().catalog.values()}, key=str.lower)]
+
+
+def template_choices(model: str) -> tuple[list[tuple[str, str]], str]:
+    """Template dropdown choices ('auto' labelled with what it resolves to) and the reason."""
+    try:
+        choice = preview.resolve_template("auto", model or "demo")
+        auto, reason = f"auto → {choice.name}", choice.reason
+    except Exception as exc:  # a broken model folder must not break the form
+        auto, reason = "auto", str(exc)
+    return [(auto, "auto"), *[(name, name) for name in registry().names()]], reason
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    """(label, name) per registered dataset."""
+    try:
+        specs = load_dataset_registry().specs
+    except DataError:
+        return []
+    return [(f"{name} ({spec.format}{', hub' if spec.hub else ''})", name) for name, spec in specs.items()]
+
+
+def reattach(studio: Studio) -> str | None:
+    """The run a freshly opened page should watch: the newest queued/running job, else the newest run."""
+    active = studio.services["jobs"].jobs(("running", "queued"))
+    if active:
+        return active[-1].run_dir
+    runs = studio.services["history"].runs()
+    return str(runs[0].path) if runs else None
+
+
+def config_file(text: str) -> str:
+    """Write a config to a temp file named by its content (for the Save button)."""
+    folder = Path(tempfile.gettempdir()) / "tunelab-configs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"config-{hashlib.sha256(text.encode()).hexdigest()[:10]}.yaml"
+    if not path.exists():
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+class TrainActions:
+    """The Train tab's event handlers over one studio and the form's field specs."""
+
+    def __init__(self, studio: Studio, specs: list[form.FieldSpec]):
+        self.studio, self.specs = studio, specs
+
+    def text(self, key: str, lang: str) -> str:
+        """A string of the translations table."""
+        return self.studio.translations.text(key, lang)
+
+    def invalid(self, lang: str, error: Any) -> str:
+        """The 'Not started: <schema message>' line shown next to the form."""
+        return f"**{self.text('train.invalid', lang)}:** {error}"
+
+    def mapping(self, values: tuple) -> dict[str, Any]:
+        """(model_path, *field values) -> config mapping; a filled-in path replaces the model dropdown."""
+        path, rest = values[0], list(values[1:])
+        mapping = form.form_to_mapping(self.specs, rest)
+        if isinstance(path, str) and path.strip():
+            mapping["model"] = path.strip()
+        return mapping
+
+    def on_form(self, lang: str, *values: Any) -> tuple:
+        """YAML preview, command preview, validation message, config file to save."""
+        config, error = form.validate(self.mapping(values))
+        if config is None:
+            return "", "", self.invalid(lang, error), None
+        text = form.yaml_preview(config)
+        return text, form.command_preview(config), "", config_file(text)
+
+    def on_preview(self, lang: str, *values: Any) -> tuple:
+        """Template choices (auto labelled), what auto resolves to, highlighted examples and a note."""
+        import gradio as gr
+
+        mapping = self.mapping(values)
+        model = mapping.get("model") or "demo"
+        choices, reason = template_choices(model)
+        label = self.text("train.trained", lang)
+        result = preview.render_examples(
+            model=model, template=mapping.get("template") or "auto", stage=mapping.get("stage") or "sft",
+            datasets=mapping.get("dataset") or [], dataset_dir=mapping.get("dataset_dir"),
+            train_on_prompt=bool(mapping.get("train_on_prompt")), mask_history=bool(mapping.get("mask_history")),
+            system_prompt=mapping.get("system_prompt"), label=label,
+        )
+        info = f"{self.text('train.auto_is', lang)} **{choices[0][0].removeprefix('auto → ')}** — {reason}"
+        return gr.update(choices=choices), info, gr.update(value=result.segments, color_map={label: "green"}), result.note
+
+    def on_start(self, lang: str, devices: list[str], *values: Any) -> tuple:
+        """Validate, create the run directory, queue it; the page then watches it."""
+        import gradio as gr
+
+        from tunelab.cli.train import preflight
+
+        jobs = self.studio.services["jobs"]
+        config, error = form.validate(self.mapping(values))
+        try:
+            if config is None:
+                raise ConfigError(error)
+            preflight(config)
+            jobs.check_request(list(devices or []))
+        except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
+            return self.invalid(lang, exc), gr.skip(), gr.skip()
+        run = create_run(config, self.studio.runs_dir)
+        jobs.submit(run, devices=list(devices or []))
+        jobs.poll()
+        return "", {"run": str(run.path), "key": None}, f"{self.text('train.started', lang)}: `{run.run_id}`"
+
+    def on_stop(self, lang: str, state: dict) -> tuple:
+        """Stop the watched run (dequeue it, or signal its process group)."""
+        import gradio as gr
+
+        if not state.get("run"):
+            return self.text("train.nothing_to_stop", lang), gr.skip()
+        outcome = self.studio.services["jobs"].stop(state["run"])
+        message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
+        # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
+        return self.text(message, lang), {**state, "key": None}
+
+    def on_load_file(self, lang: str, file: Any) -> list[Any]:
+        """Fill the form from an uploaded YAML config."""
+        import gradio as gr
+
+        path = Path(file if isinstance(file, str) else file.name)
+        try:
+            config = form.load_yaml_config(path.read_text(encoding="utf-8"), path.name)
+        except (ConfigError, OSError) as exc:
+            return [self.invalid(lang, exc), gr.skip()] + [gr.skip()] * len(self.specs)
+        return [f"{self.text('train.loaded', lang)}: `{path.name}`", ""] + form.config_to_values(self.specs, config)
+
+    def on_page_load(self, lang: str, *values: Any) -> tuple:
+        """Fill the previews and reattach the live view."""
+        return (*self.on_form(lang, *values), *self.on_preview(lang, *values), {"run": reattach(self.studio), "key": None})
+
+    def words(self, lang: str) -> dict[str, str]:
+        """The live view's words in ``lang``."""
+        words = {k: self.text(f"live.{k}", lang) for k in ("step", "eta", "tokens_per_s", "loss", "preparing")}
+        words.update({f"state.{s}": self.text(f"state.{s}", lang) for s in STATES})
+        return words
+
+    def watch(self, state: dict, weight: float, lang: str) -> tuple:
+        """One live-view update for the watched run (all gr.skip() when nothing changed)."""
+        import gradio as gr
+
+        skip = (gr.skip(),) * LIVE_OUTPUTS
+        if not state or not state.get("run"):
+            if state is not None and state.get("key") != ("none", lang):
+                return ({**state, "key": ("none", lang)}, self.text("train.no_run", lang), "", *skip[3:])
+            return skip
+        run = RunDir(state["run"])
+        metrics = self.studio.services["history"].metrics(run)
+        status = run.status()
+        run_state = status.get("state", "unknown")
+        if run_state not in FINAL_STATES and self.studio.services["jobs"].stopping(run.path):
+            run_state = "stopping"
+        key = (str(run.path), metrics.version, metrics.log.offset, run_state, weight, lang)
+        if key == state.get("key"):
+            return skip
+        words = self.words(lang)
+        names = {k: self.text(f"series.{k}", lang) for k in ("loss", "smoothed", "eval_loss")}
+        return (
+            {**state, "key": key}, self.headline(run, status, run_state, words, lang),
+            live.progress_html(metrics, run_state, words), live.loss_frame(metrics, weight, names),
+            live.series_frame(metrics, "lr"), live.series_frame(metrics, "tokens_per_s"), metrics.log.text(60),
+        )
+
+    def headline(self, run: RunDir, status: dict, run_state: str, words: dict[str, str], lang: str) -> str:
+        """'Run <id> — running · GPU 0' plus the run's last message."""
+        devices = status.get("devices")
+        where = f" · GPU {','.join(devices)}" if devices else ""
+        state_text = words.get(f"state.{run_state}", run_state)
+        text = f"**{self.text('train.watching', lang)}** `{run.run_id}` — **{state_text}**{where}"
+        message = status.get("error") or status.get("message") or ""
+        return f"{text}\n\n{message}" if message else text
