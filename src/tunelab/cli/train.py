@@ -59,6 +59,7 @@ def _train(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, UnknownTemplate) as exc:
         print(f"tunelab: {exc}", file=sys.stderr)
         return 2
+    resuming = config.resume
     run, process = start_run(config, args.runs_dir)
     print(f"run directory: {run.path}")
     if args.detach:
@@ -74,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
-    state = _follow(run, process)
+    state = _follow(run, process, skip_existing=resuming)
     status = reconcile(run) if state not in FINAL_STATES else run.status()
     print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")
     weights = run.final_weights()
@@ -94,8 +95,9 @@ def _signal_group(run: RunDir) -> None:
             pass
 
 
-def _follow(run: RunDir, process) -> str:
-    tail = EventTail(run.events_file)
+def _follow(run: RunDir, process, skip_existing: bool = False) -> str:
+    offset = run.events_file.stat().st_size if skip_existing and run.events_file.exists() else 0
+    tail = EventTail(run.events_file, offset)
     while True:
         for event in tail.read_new():
             _print_event(event)

@@ -97,6 +97,10 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     checkpoint = run_.last_checkpoint() if config.resume else None
     if config.resume and checkpoint is None:
         log.warning("resume=true but %s holds no checkpoint: starting from scratch", run_.checkpoints)
+    done = _steps_done(checkpoint)
+    if checkpoint is not None and 0 < config.max_steps <= done:
+        log.info("%s already reached max_steps=%d: nothing left to train", checkpoint.name, config.max_steps)
+        return {"global_step": done, "total_steps": config.max_steps, **params}
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if data.eval is not None and not stop.requested:
         trainer.evaluate()
@@ -107,6 +111,16 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         "train_loss": round(float(result.training_loss), 6),
         **params,
     }
+
+
+def _steps_done(checkpoint: Path | None) -> int:
+    """The optimizer steps a checkpoint had completed (0 without one)."""
+    if checkpoint is None:
+        return 0
+    import json
+
+    state = checkpoint / "trainer_state.json"
+    return int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
 
 
 def _build_trainer(config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, data: Any, writer: Any, stop: Any) -> Any:
