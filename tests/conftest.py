@@ -40,3 +40,20 @@ def demo_model_dir(tunelab_home: Path) -> Path:
     from tunelab.engine.demo import build_demo_model
 
     return build_demo_model()
+
+
+@pytest.fixture(scope="session")
+def demo_adapter_run(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory holding a LoRA adapter of the demo model trained on the identity data (it answers
+    "Who are you?" as Tuna), trained once per session through the real CLI."""
+    import subprocess
+    import sys
+
+    runs = tmp_path_factory.mktemp("demo-runs")
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "train", str(ROOT / "examples" / "demo_cpu_lora_sft.yaml"), "--runs-dir", str(runs)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("run directory: "))
+    return Path(line.removeprefix("run directory: "))

@@ -19,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list:
-    from tunelab.cli import data, demo, templates, train
+    from tunelab.cli import api, chat, data, demo, templates, train
 
-    return [train, data, templates, demo]
+    return [train, data, templates, demo, chat, api]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
