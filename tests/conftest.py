@@ -45,10 +45,14 @@ def demo_model_dir(tunelab_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_adapter_run(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory holding a LoRA adapter of the demo model trained on the identity data (it answers
-    "Who are you?" as Tuna), trained once per session through the real CLI."""
+    "Who are you?" as Tuna), trained once per session through the real CLI. While developing, setting
+    TUNELAB_TEST_DEMO_RUN to such a run directory (trained under the same TUNELAB_TEST_HOME) skips the training."""
     import subprocess
     import sys
 
+    reuse = os.environ.get("TUNELAB_TEST_DEMO_RUN")
+    if reuse:
+        return Path(reuse)
     runs = tmp_path_factory.mktemp("demo-runs")
     result = subprocess.run(
         [sys.executable, "-m", "tunelab.cli", "train", str(ROOT / "examples" / "demo_cpu_lora_sft.yaml"), "--runs-dir", str(runs)],

@@ -2,7 +2,8 @@
 compare the base model with a fine-tuned adapter side by side.
 
 The model lives in a `tunelab api` worker (services.chat_worker.ChatService, kept in studio.services["chat"]);
-this module imports no torch. The Runs tab's 'chat with it' lands here through ``chat_with_run``.
+this module imports no torch. The Runs tab's 'chat with it' puts a run directory into ``chat_adapter``; the
+tab then selects the base model that run was trained on.
 """
 
 from __future__ import annotations
@@ -42,16 +43,6 @@ def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
     return [(label, value) for value, label in choices.items()]
 
 
-def chat_with_run(studio: Any, run_path: str) -> tuple[Any, Any]:
-    """Updates for (chat_model, chat_adapter) that select a run: its adapter on its base model, or its model."""
-    from tunelab.core.rundir import RunDir
-
-    run = RunDir(run_path)
-    if (run.model_dir / "config.json").is_file():
-        return gr.update(value=str(run.model_dir)), gr.update(value=[])
-    return gr.update(value=run.config().model), gr.update(choices=adapter_choices(studio.runs_dir), value=[str(run.path)])
-
-
 def _service(studio: Any) -> ChatService:
     if "chat" not in studio.services:
         studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers")
@@ -68,7 +59,7 @@ def build(studio: Any) -> None:
                                   label=t("chat.adapter"), info=t("chat.adapter.info"), elem_id="chat_adapter", scale=4))
         engine = reg(gr.Radio(list(ENGINES), value="hf", label=t("chat.engine"), elem_id="chat_engine", scale=2))
         dtype = reg(gr.Dropdown(list(DTYPES), value="auto", label=t("chat.dtype"), elem_id="chat_dtype", scale=1))
-    with gr.Accordion(t("chat.engine_options"), open=False):
+    with gr.Accordion(t("chat.engine_options"), open=False, elem_id="chat_engine_options"):
         with gr.Row():
             base_url = reg(gr.Textbox(label=t("chat.base_url"), placeholder="http://127.0.0.1:8000/v1", elem_id="chat_base_url"))
             remote_key = reg(gr.Textbox(label=t("chat.remote_key"), type="password", elem_id="chat_remote_key"))
@@ -81,7 +72,7 @@ def build(studio: Any) -> None:
         refresh = reg(gr.Button(t("chat.refresh"), elem_id="chat_refresh", size="sm"))
     status = reg(gr.Markdown(t("chat.status.none"), elem_id="chat_status"))
     with gr.Row():
-        target = reg(gr.Dropdown([], label=t("chat.target"), elem_id="chat_target", scale=3))
+        target = reg(gr.Dropdown([], label=t("chat.target"), elem_id="chat_target", scale=3, allow_custom_value=True))
         compare = reg(gr.Checkbox(False, label=t("chat.compare"), elem_id="chat_compare", scale=2))
     system = reg(gr.Textbox(label=t("chat.system"), lines=1, elem_id="chat_system"))
     sampling = _sampling_controls(studio)
@@ -109,8 +100,21 @@ def build(studio: Any) -> None:
             return
         names = [m.id for m in served]
         first = next((m.id for m in served if m.parent), names[0] if names else None)
-        text = t("chat.status.loaded").format(engine=engine_v, where=service.description, names=", ".join(names))
-        yield text, gr.update(choices=names, value=first), [], [], [], []
+        text = t("chat.status.loaded").format(engine=service.engine_name, where=service.description, names=", ".join(names))
+        base = next((m.id for m in served if m.parent is None), None)
+        yield text, gr.update(choices=names, value=first), [], gr.update(value=[], label=base or t("chat.output_base")), [], []
+
+    def sync():
+        """A fresh page shows what is loaded (the worker is shared by every browser session)."""
+        if not service.loaded:
+            return t("chat.status.none"), gr.update(choices=[], value=None)
+        try:
+            served = service.models()
+        except (InferenceError, EngineCrashed) as exc:
+            return t("chat.status.error").format(message=exc), gr.update(choices=[], value=None)
+        names = [m.id for m in served]
+        first = next((m.id for m in served if m.parent), names[0] if names else None)
+        return t("chat.status.loaded").format(engine=service.engine_name, where=service.description, names=", ".join(names)), gr.update(choices=names, value=first)
 
     def do_unload():
         service.unload()
@@ -135,9 +139,13 @@ def build(studio: Any) -> None:
     load.click(do_load, [model, adapter, engine, dtype, base_url, remote_key, vllm_python, template], loaded_outputs,
                api_name="chat_load")
     unload.click(do_unload, None, [status, target], api_name="chat_unload")
+    if gr.context.Context.root_block is not None:
+        gr.context.Context.root_block.load(sync, None, [status, target], api_visibility="private")
     refresh.click(lambda: (gr.update(choices=model_choices(studio.runs_dir)), gr.update(choices=adapter_choices(studio.runs_dir))),
                   None, [model, adapter], api_name="chat_refresh")
     compare.change(lambda on: gr.update(visible=on), compare, output_base, api_visibility="private")
+    adapter.change(_base_for_adapters, [adapter, model], [model, adapter], api_visibility="private")
+    target.change(lambda name: gr.update(label=name or t("chat.output")), target, output, api_visibility="private")
     chat_outputs = [output, output_base, history, history_base, status, user_input]
     knob_inputs = [target, compare, system, history, history_base, *sampling]
     sent = send.click(do_send, [user_input, *knob_inputs], chat_outputs, api_name="chat_send")
@@ -149,7 +157,7 @@ def build(studio: Any) -> None:
 
 def _sampling_controls(studio: Any) -> list[Any]:
     t, reg, d = studio.t, studio.register, SamplingParams()
-    with gr.Accordion(t("chat.sampling"), open=False):
+    with gr.Accordion(t("chat.sampling"), open=False, elem_id="chat_sampling"):
         with gr.Row():
             temperature = reg(gr.Slider(0, 2, value=d.temperature, step=0.05, label=t("chat.temperature"), elem_id="chat_temperature"))
             top_p = reg(gr.Slider(0.05, 1, value=d.top_p, step=0.05, label=t("chat.top_p"), elem_id="chat_top_p"))
@@ -158,8 +166,27 @@ def _sampling_controls(studio: Any) -> list[Any]:
             max_new = reg(gr.Slider(1, 4096, value=d.max_new_tokens, step=1, label=t("chat.max_new_tokens"), elem_id="chat_max_new_tokens"))
             penalty = reg(gr.Slider(0.5, 2, value=d.repetition_penalty, step=0.05, label=t("chat.repetition_penalty"),
                                     elem_id="chat_repetition_penalty"))
-            seed = reg(gr.Number(value=None, precision=0, label=t("chat.seed"), elem_id="chat_seed"))
+            seed = reg(gr.Number(value=-1, precision=0, minimum=-1, label=t("chat.seed"), elem_id="chat_seed"))
     return [temperature, top_p, top_k, max_new, penalty, seed]
+
+
+def _base_for_adapters(adapters: list[str] | str | None, model: str | None) -> Any:
+    """When a run or adapter is picked (e.g. by the Runs tab's 'chat with it'), select the base model it was
+    trained on; a run that saved a full model becomes the model itself."""
+    from tunelab.core.rundir import RunDir
+    from tunelab.services.inference import resolve_adapter
+
+    picked = [adapters] if isinstance(adapters, str) else list(adapters or [])
+    if not picked:
+        return gr.update(), gr.update()
+    full = RunDir(picked[0]).model_dir
+    if (full / "config.json").is_file():
+        return gr.update(value=str(full)), gr.update(value=picked[1:])
+    try:
+        base = resolve_adapter(picked[0]).base_model
+    except InferenceError:
+        return gr.update(), gr.update()
+    return (gr.update(value=base) if base and base != model else gr.update()), gr.update()
 
 
 def _template_names() -> list[str]:
@@ -179,7 +206,7 @@ def _drop_reply(hist: list[dict]) -> list[dict]:
 def _params(knobs: tuple) -> SamplingParams:
     temperature, top_p, top_k, max_new, penalty, seed = knobs
     return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k), max_new_tokens=int(max_new),
-                          repetition_penalty=float(penalty), seed=None if seed in (None, "") else int(seed))
+                          repetition_penalty=float(penalty), seed=None if seed in (None, "") or int(seed) < 0 else int(seed))
 
 
 def _respond(service: ChatService, t: Any, target: str | None, compare: bool, system: str, hist: list, hist_base: list, knobs: tuple):
@@ -198,7 +225,7 @@ def _respond(service: ChatService, t: Any, target: str | None, compare: bool, sy
     sides = [(target, hist)] + ([(base, hist_base)] if compare else [])
     prefix = [{"role": "system", "content": system}] if (system or "").strip() else []
     replies = ["" for _ in sides]
-    started, notes, errors = time.monotonic(), ["" for _ in sides], []
+    started, notes, errors, failed = time.monotonic(), ["" for _ in sides], [], set()
 
     def opener(name: str, conversation: list):
         return lambda cancel: service.chat(name, prefix + conversation, params, cancel)
@@ -207,7 +234,8 @@ def _respond(service: ChatService, t: Any, target: str | None, compare: bool, sy
         return sides[i][1] + [{"role": "assistant", "content": replies[i]}]
 
     def views(final: bool = False) -> tuple[list, list]:
-        shown = [view(i) if replies[i] or not final else sides[i][1] for i in range(len(sides))]
+        # a side that failed before writing anything keeps no empty answer in its history
+        shown = [sides[i][1] if final and i in failed and not replies[i] else view(i) for i in range(len(sides))]
         return shown[0], (shown[1] if compare else hist_base)
 
     yield *views(), *views(), gr.update(), ""
@@ -216,6 +244,7 @@ def _respond(service: ChatService, t: Any, target: str | None, compare: bool, sy
         for index, item in streams:
             if isinstance(item, BaseException):
                 errors.append(t("chat.status.error").format(message=item))
+                failed.add(index)
                 continue
             replies[index] += item.text
             if item.finish_reason:

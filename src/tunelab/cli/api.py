@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -77,8 +78,16 @@ def _serve(engine, sock: socket.socket, args: argparse.Namespace, api_key: str |
     threading.Thread(target=_announce, args=(server, port, names, args.ready_file), daemon=True).start()
     print(f"tunelab api: serving {', '.join(names)} with {engine.name} at http://{host}:{port}/v1"
           f"{' (API key required)' if api_key else ''}", flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the previous handler: make
+    # that a normal exit, so the engine (and a vllm server it started) is closed by the caller's `finally`.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_quietly)
     server.run(sockets=[sock])
     return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _announce(server, port: int, names: list[str], ready_file: str | None) -> None:

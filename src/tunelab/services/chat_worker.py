@@ -132,6 +132,7 @@ class ChatService:
         self.worker: Worker | None = None
         self.client: Any = None
         self.description = ""
+        self.engine_name = ""
         self._lock = threading.Lock()
 
     @property
@@ -148,7 +149,7 @@ class ChatService:
 
             if options.engine == "openai":
                 self.client = OpenAIEngine.connect(options.base_url or "", options.api_key)
-                self.description = f"{options.base_url}"
+                self.description, self.engine_name = f"{options.base_url}", options.engine
                 return self.client.models()
             self.log_dir.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -164,7 +165,8 @@ class ChatService:
             except BaseException:
                 worker.stop()
                 raise
-            self.worker, self.description = worker, f"{options.engine} worker pid {worker.process.pid}"
+            self.worker, self.engine_name = worker, options.engine
+            self.description = f"worker pid {worker.process.pid}"
             return models
 
     def unload(self) -> None:
@@ -177,7 +179,7 @@ class ChatService:
             self.client.close()
         if self.worker is not None:
             self.worker.stop()
-        self.client, self.worker, self.description = None, None, ""
+        self.client, self.worker, self.description, self.engine_name = None, None, "", ""
 
     def models(self) -> list[Any]:
         """Served models (empty when nothing is loaded)."""

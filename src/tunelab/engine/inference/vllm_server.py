@@ -143,5 +143,5 @@ def serve_with_vllm(spec: ModelSpec, options: EngineOptions, python: str) -> Ope
         raise
     log.info("vllm serve ready on port %d after %.1f s", port, time.monotonic() - started)
     engine = OpenAIEngine(server.base_url, api_key, spec=spec, on_close=server.stop, vllm=True)
-    engine.name = "vllm"
+    engine.name = "vllm-serve"
     return engine
