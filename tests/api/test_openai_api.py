@@ -99,21 +99,22 @@ def test_completions_endpoint(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, words",
+    "kwargs, error, words, param",
     [
-        ({"temperature": -1}, openai.BadRequestError, "temperature"),
-        ({"n": 2}, openai.BadRequestError, "n: 2"),
-        ({"model": "no-such-model"}, openai.NotFoundError, "available: demo"),
-        ({"messages": []}, openai.BadRequestError, "messages"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "role"),
+        ({"temperature": -1}, openai.BadRequestError, "temperature: -1", "temperature"),
+        ({"n": 2}, openai.BadRequestError, "n: 2", "n"),
+        ({"model": "no-such-model"}, openai.NotFoundError, "available: demo", "model"),
+        ({"messages": []}, openai.BadRequestError, "at least 1 item", "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "'robot'", "messages[0].role"),
+        ({"max_tokens": "many"}, openai.BadRequestError, "valid integer", "max_tokens"),
     ],
 )
-def test_bad_requests_get_openai_errors(client: openai.OpenAI, kwargs: dict, error: type, words: str) -> None:
+def test_bad_requests_get_openai_errors(client: openai.OpenAI, kwargs: dict, error: type, words: str, param: str) -> None:
     request = {"model": "demo", "messages": WHO, "max_tokens": 4, **kwargs}
     with pytest.raises(error) as caught:
         client.chat.completions.create(**request)
     body = caught.value.body
-    assert words in body["message"] and body["type"] == "invalid_request_error"
+    assert words in body["message"] and body["type"] == "invalid_request_error" and body["param"] == param
 
 
 def test_wrong_or_missing_key_is_refused(server) -> None:

@@ -57,3 +57,10 @@ def test_vllm_engine_absent_gives_a_clear_message(tmp_path: Path) -> None:
     assert "vLLM is not installed in this Python" in result.stderr and "TUNELAB_VLLM_PYTHON" in result.stderr
     missing = tunelab("chat", "--engine", "vllm", "--vllm-python", str(tmp_path / "nope"), "--model", "demo", "--prompt", "hi")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_api_and_worker_modules_import_no_torch() -> None:
+    code = ("import sys, tunelab.api.app, tunelab.services.chat_worker, tunelab.engine.inference.remote, tunelab.cli.chat; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

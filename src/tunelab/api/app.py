@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelN
 
 log = logging.getLogger(__name__)
 _END = object()
+_FIELD = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)?): ")
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -101,7 +103,8 @@ def _install_errors(app: FastAPI) -> None:
     async def _bad(request: Request, exc: InferenceError) -> JSONResponse:
         if isinstance(exc, ModelNotFound):
             return error_response(404, str(exc), code="model_not_found", param="model")
-        return error_response(400, str(exc))
+        field = _FIELD.match(str(exc))
+        return error_response(400, str(exc), param=field.group(1) if field else None)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -30,11 +30,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key", help="require this bearer key (default $TUNELAB_API_KEY); needed off loopback")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="default max_tokens of a request")
     parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # JSON {port, pid} written once serving
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the studio's worker
     parser.set_defaults(handler=_api)
 
 
 def _api(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.exit_with_parent:
+        threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     api_key = args.api_key or os.environ.get("TUNELAB_API_KEY") or None
     if args.host not in LOOPBACK and not api_key:
         print(f"tunelab: --host {args.host} exposes the API beyond this machine; give --api-key KEY "
@@ -88,6 +91,13 @@ def _serve(engine, sock: socket.socket, args: argparse.Namespace, api_key: str |
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose parent (the studio) is gone shuts down instead of holding the model forever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _announce(server, port: int, names: list[str], ready_file: str | None) -> None:

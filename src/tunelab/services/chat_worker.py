@@ -9,6 +9,7 @@ key, a log file), or connects to a remote OpenAI-compatible server for ``openai`
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def worker_argv(model: str | None, adapters: list[str], options: EngineOptions, template: str, ready_file: Path) -> list[str]:
     """The `tunelab api` command line of a worker."""
     argv = [sys.executable, "-m", "tunelab.cli", "api", "--engine", options.engine, "--dtype", options.dtype,
-            "--template", template, "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready_file)]
+            "--template", template, "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready_file), "--exit-with-parent"]
     if model:
         argv += ["--model", model]
     for adapter in adapters:
@@ -134,6 +135,7 @@ class ChatService:
         self.description = ""
         self.engine_name = ""
         self._lock = threading.Lock()
+        atexit.register(self.unload)  # never leave a worker holding a model after the studio exits
 
     @property
     def loaded(self) -> bool:

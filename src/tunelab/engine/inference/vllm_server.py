@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,10 +72,13 @@ class VLLMServer:
     def __init__(self, argv: list[str], port: int, api_key: str, log_path: Path, env: dict[str, str]):
         self.port, self.api_key, self.log_path = port, api_key, log_path
         self.base_url = f"http://127.0.0.1:{port}/v1"
+        # The kernel's parent-death signal fires when the *thread* that started the child ends, so it is only
+        # safe from the main thread (tunelab api / tunelab chat start engines there).
+        guard = _die_with_parent if threading.current_thread() is threading.main_thread() else None
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env, close_fds=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=guard,
             )
 
     def wait_ready(self, timeout: float) -> None:
