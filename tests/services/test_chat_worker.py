@@ -29,6 +29,7 @@ def test_worker_stops_when_the_studio_is_killed(demo_model_dir: Path, tmp_path: 
     finally:
         os.kill(studio.pid, signal.SIGKILL)  # no atexit, no cleanup: only the worker's own watch can help
         studio.wait()
+        studio.stdout.close()
     deadline = time.time() + 30
     while _running(worker) and time.time() < deadline:
         time.sleep(0.2)
