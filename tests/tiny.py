@@ -21,19 +21,29 @@ def corpus() -> tuple[str, ...]:
     return tuple(texts)
 
 
-def tiny_tokenizer(specials: list[str] | None = None, vocab_size: int = 600, chat_template: str | None = None,
-                   bos: str = "<s>", eos: str = "</s>"):
-    """A byte-level BPE tokenizer with the given special tokens registered."""
+@lru_cache(maxsize=4)
+def _trained_bpe(vocab_size: int) -> str:
+    """A byte-level BPE trained once on the shipped data (serialised, so each caller gets a fresh copy)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    specials = list(dict.fromkeys(BASE_SPECIALS + [t for t in (specials or []) if t] + [t for t in (bos, eos) if t]))
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BASE_SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(corpus(), trainer=trainer)
+    return bpe.to_str()
+
+
+def tiny_tokenizer(specials: list[str] | None = None, vocab_size: int = 600, chat_template: str | None = None,
+                   bos: str = "<s>", eos: str = "</s>"):
+    """A byte-level BPE tokenizer with the given special tokens registered."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(dict.fromkeys(BASE_SPECIALS + [t for t in (specials or []) if t] + [t for t in (bos, eos) if t]))
+    bpe = Tokenizer.from_str(_trained_bpe(vocab_size))
+    bpe.add_special_tokens(specials)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos or None, eos_token=eos, pad_token="<pad>",
                                    unk_token="<unk>", chat_template=chat_template)
 

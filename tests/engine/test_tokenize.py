@@ -41,10 +41,10 @@ def _messages_for(template):
     raise TemplateRefusal("refuses the test conversation")
 
 
-def _families(limit: int = 40) -> list[str]:
+def _families() -> list[str]:
     chosen = []
     for name, template in sorted(registry().templates.items()):
-        if "completion" in template.quirks:
+        if "completion" in template.quirks or "classifier" in template.quirks:
             continue
         try:
             spans = template.render(_messages_for(template), track_spans=True).spans
@@ -52,7 +52,7 @@ def _families(limit: int = 40) -> list[str]:
             continue
         if len(spans) == 2:  # classifier formats (e.g. a safety judge) have no reply turns to train
             chosen.append(name)
-    return chosen[:limit]
+    return chosen
 
 
 FAMILIES = _families()
@@ -74,14 +74,18 @@ def test_masks_cover_exactly_the_assistant_turns(name: str) -> None:
         assert reply in trained and reply in full
     for prompt in ("What is the capital of France?", "And of Italy?", "You are terse."):
         assert prompt not in trained
-    # The prompt part of training is token-for-token what inference sends for the last turn.
-    prompt_ids = tokenizer(template.render(messages[:-1], add_generation_prompt=True).text, add_special_tokens=False)["input_ids"]
-    if "think" not in template.quirks:  # thinking-off prompts may open an empty thought block history lacks
+    # Where the template renders history as a prefix of the longer conversation (most do; some move the system
+    # prompt or drop thoughts), the prompt part of training is token-for-token what inference sends.
+    prompt_text = template.render(messages[:-1], add_generation_prompt=True).text
+    if full.startswith(prompt_text):
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         assert row["input_ids"][: len(prompt_ids)] == prompt_ids
     first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    first_prompt = tokenizer(template.render(messages[:first], add_generation_prompt=True).text, add_special_tokens=False)
-    shared = next((i for i, (a, b) in enumerate(zip(row["input_ids"], first_prompt["input_ids"])) if a != b), len(first_prompt["input_ids"]))
-    assert shared > 0 and all(label == IGNORE for label in row["labels"][:shared])
+    first_text = template.render(messages[:first], add_generation_prompt=True).text
+    if full.startswith(first_text):
+        first_ids = tokenizer(first_text, add_special_tokens=False)["input_ids"]
+        # (the last prompt token may merge with the reply's first character in history turns)
+        assert all(label == IGNORE for label in row["labels"][: len(first_ids) - 1])
     # The end-of-turn token closes the last reply and carries loss, when the family has one after replies.
     eot = template.stop_strings
     last_trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE][-1:])

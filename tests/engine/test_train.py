@@ -62,6 +62,7 @@ def test_lora_run_matches_the_contract(tmp_path: Path, tiny_model_dir: Path) -> 
     run = train(tmp_path, tiny_model_dir, "method=lora", "max_steps=16", "save_steps=8", "lora_rank=8")
     status = run.status()
     assert status["state"] == "succeeded" and status["global_step"] == 16 and status["template"] == "chatml"
+    assert status["exit_code"] == 0 and status["finished_at"] >= status["started_at"]
     for name in ("config.yaml", "command.sh", "status.json", "events.jsonl", "train.log"):
         assert (run.path / name).is_file(), name
     assert load_config(run.config_file).output_dir == str(run.path)  # fully resolved, re-loadable
@@ -131,6 +132,7 @@ def test_resume_continues_the_step_count(tmp_path: Path, tiny_model_dir: Path) -
     steps = [e["step"] for e in events(first, "train")]
     assert steps == list(range(1, 11)), steps  # 1..6, then 7..10 after resuming from checkpoint-6
     assert first.status()["global_step"] == 10
+    assert "tokenized data from cache" in first.log_file.read_text()  # same data, tokenizer, template: cached
 
 
 def test_sigterm_finishes_the_step_saves_and_aborts(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -176,3 +178,39 @@ def test_packed_rows_do_not_attend_across_examples(tiny_model_dir: Path) -> None
         joint = model(input_ids=packed, position_ids=positions, use_cache=False).logits
         alone = model(input_ids=b, use_cache=False).logits
     assert torch.allclose(joint[:, 5:], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "adapter_fields"),
+    [
+        (["use_dora=true", "use_rslora=true", "loraplus_lr_ratio=8", "neftune_alpha=5"], {"use_dora": True, "use_rslora": True}),
+        (["pissa_init=true"], {"init_lora_weights": "pissa"}),
+        (["optimizer=paged_adamw_8bit", "gradient_checkpointing=true"], {}),
+        (["method=qlora", "quantization=8bit"], {}),
+    ],
+    ids=["dora-rslora-loraplus-neftune", "pissa", "8bit-optimizer-checkpointing", "qlora-8bit"],
+)
+def test_lora_variants_train(tmp_path: Path, tiny_model_dir: Path, options: list[str], adapter_fields: dict) -> None:
+    run = train(tmp_path, tiny_model_dir, "max_steps=4", "save_steps=100", *options)
+    assert run.status()["state"] == "succeeded"
+    assert len(events(run, "train")) == 4
+    config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
+    for key, value in adapter_fields.items():
+        assert config[key] == value, (key, config[key])
+
+
+def test_missing_model_folder_is_a_config_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "train", "model=/no/such/model", "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "model: '/no/such/model' is not a folder" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_run_reports_failed_with_the_reason(tmp_path: Path) -> None:
+    """A hub id cannot be fetched here (no hub): the run ends 'failed' with a summary, the CLI exits 1."""
+    run = train(tmp_path, "no-such-org/no-such-model", "max_steps=2", expect=1)
+    status = run.status()
+    assert status["state"] == "failed" and status["exit_code"] == 1
+    assert "no-such-org/no-such-model" in status["error"]

@@ -29,6 +29,9 @@ def preflight(config: RunConfig) -> None:
     """Checks that need no torch: template name and every local dataset row. Raises on user errors."""
     if config.template != "auto":
         registry().get(config.template)
+    model = config.model
+    if model != "demo" and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"model: {model!r} is not a folder (give a local model folder, a hub id or 'demo')")
     datasets = load_dataset_registry(config.dataset_dir)
     for name in config.dataset:
         name, spec, local = datasets.resolve(name)

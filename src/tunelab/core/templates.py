@@ -31,6 +31,7 @@ Quirk = Literal[
     "alternate",  # roles must alternate user/assistant
     "strips_history_reasoning",  # earlier assistant turns lose their reasoning
     "completion",  # plain text for base models, no chat markup
+    "classifier",  # a judge format (e.g. safety): the messages are its input, there are no replies to train
 ]
 
 

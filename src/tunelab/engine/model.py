@@ -31,7 +31,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """Load a tokenizer (fast where possible), with a pad token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: {path!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

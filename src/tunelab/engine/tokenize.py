@@ -104,12 +104,36 @@ def encode_conversations(
         batch = rendered[batch_start : batch_start + 256]
         encoded = tokenizer([r.text for r in batch], add_special_tokens=False, return_offsets_mapping=True)
         for r, ids, offsets in zip(batch, encoded["input_ids"], encoded["offset_mapping"]):
+            ids, offsets = list(ids), list(offsets)
+            if r.spans and _straddles(offsets, r.spans[-1][0]):
+                ids, offsets = _encode_at_last_reply(tokenizer, r)
             spans = r.spans[-1:] if mask_history else r.spans
             labels = list(ids) if train_on_prompt else labels_for(offsets, spans, ids)
-            row = _cut(list(ids), labels, cutoff_len, stats)
+            row = _cut(ids, labels, cutoff_len, stats)
             if row is not None:
                 rows.append(row)
     return rows
+
+
+def _straddles(offsets: list[tuple[int, int]], position: int) -> bool:
+    """Whether one token covers text on both sides of ``position`` (a prompt/reply merge)."""
+    return any(start < position < end for start, end in offsets)
+
+
+def _encode_at_last_reply(tokenizer: Any, rendered: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenize prompt, last reply and the rest separately, so the prompt tokens are exactly the ones
+    inference sends (e.g. a prompt ending in "ASSISTANT: " keeps its space token instead of merging it
+    into the reply's first word)."""
+    start, end = rendered.spans[-1]
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for begin, stop in ((0, start), (start, end), (end, len(rendered.text))):
+        if stop <= begin:
+            continue
+        piece = tokenizer(rendered.text[begin:stop], add_special_tokens=False, return_offsets_mapping=True)
+        ids += list(piece["input_ids"])
+        offsets += [(a + begin, b + begin) for a, b in piece["offset_mapping"]]
+    return ids, offsets
 
 
 def encode_texts(tokenizer: Any, texts: list[str], *, cutoff_len: int, stats: EncodeStats | None = None) -> list[dict[str, list[int]]]:

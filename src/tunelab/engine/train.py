@@ -63,11 +63,12 @@ def run(run_dir: str | Path) -> int:
 
 
 def _finish(run_: RunDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
+    code = {"succeeded": 0, "failed": 1, "aborted": 130}[state]
     writer.write("status", state=state, message=message)
     key = "error" if state == "failed" else "message"
-    run_.set_status(state, **{key: message}, **fields)
+    run_.set_status(state, **{key: message}, exit_code=code, **fields)
     log.info("run %s: %s (%s)", run_.run_id, state, message)
-    return {"succeeded": 0, "failed": 1, "aborted": 130}[state]
+    return code
 
 
 def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
