@@ -42,6 +42,7 @@ def test_interactive_chat_switches_between_adapter_and_base(demo_adapter_run: Pa
         (["--model", "demo", "--temperature", "-2"], "temperature: -2.0 is not valid"),
         (["--engine", "openai"], "engine 'openai' needs a base URL"),
         (["--model", "demo", "--template", "chatmll"], "chatml"),
+        (["--model", "nobody/no-such-model"], "model: cannot load 'nobody/no-such-model'"),  # no hub here
     ],
 )
 def test_user_errors_are_one_line(args: list[str], message: str) -> None:

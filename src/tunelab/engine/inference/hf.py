@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from tunelab.core.config import ConfigError
 from tunelab.core.generation import Delta, InferenceError, SamplingParams, StopMatcher
 from tunelab.core.serving import EngineOptions, ModelSpec
 from tunelab.engine.inference.base import LocalEngine
@@ -49,8 +50,9 @@ class HFEngine(LocalEngine):
         try:
             self.tokenizer = load_tokenizer(spec.path, options.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
-        except OSError as exc:
-            raise InferenceError(f"model: cannot load {spec.model!r}: {str(exc).splitlines()[0]}") from None
+        except (OSError, ConfigError) as exc:
+            message = str(exc).removeprefix("model: ")
+            raise InferenceError(f"model: cannot load {spec.model!r}: {message.splitlines()[0]}") from None
         model.eval()
         self.model = self._attach_adapters(model)
         self.eos_ids = self._eos_ids()
