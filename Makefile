@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tunelab-installed
 # vLLM (CPU build) lives in its own venv: it pins its own torch/transformers. `make vllm-venv` builds it;
 # tests marked `vllm` use it through TUNELAB_VLLM_PYTHON (CI sets it, see .ci/run).
 VLLM_VENV ?= .venv-vllm
-VLLM_BOOT_PYTHON ?= python3.11
+VLLM_BOOT_PYTHON ?= $(shell command -v python3.11 || echo $(PYTHON))
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
