@@ -53,12 +53,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--layers", type=int, default=None, help="fewer layers than the real shape (smoke tests)")
     p.add_argument("--no-throughput", action="store_true")
-    p.add_argument("--context", default="plain,fast-offload", help="paths for the 8B QLoRA context search ('' = skip)")
+    p.add_argument("--context", default="plain,liger,fast-offload",
+                   help="paths for the 8B QLoRA context search ('' = skip)")
     p.add_argument("--context-cap-gib", type=float, default=24.0)
-    p.add_argument("--context-max", type=int, default=131072)
+    p.add_argument("--context-max", type=int, default=98304, help="longest sequence the context search tries")
     p.add_argument("--correctness", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--profile", default="fast-offload", help="paths to profile on 8B LoRA ('' = skip)")
+    p.add_argument("--profile", default="fast-offload", help="paths to profile on the first model ('' = skip)")
     p.add_argument("--unsloth-pythonpath", default=None, help="PYTHONPATH of an environment with Unsloth")
+    p.add_argument("--unsloth-models", default="llama8b", help="models Unsloth runs on (it loads them from disk)")
     p.add_argument("--smoke", action="store_true", help="2-layer models, 2 steps: checks every path quickly")
     p.add_argument("--device-cpu", action="store_true", help="tiny model on the CPU: checks this script")
     p.add_argument("--timeout", type=int, default=300, help="seconds per job")
@@ -83,26 +85,41 @@ def plan_jobs(args: argparse.Namespace) -> list[dict]:
                      "fast": {"checkpointing": "offload"}, "seq": 128 if args.device_cpu else 1024, "batch": 2,
                      "steps": 10 if args.device_cpu else 50, "lr": 1e-3,
                      "layers": 2 if args.device_cpu else 4, "timeout": args.timeout})
+    for name in [n for n in args.context.split(",") if n]:
+        path, fast = PATHS[name]
+        # both fitting probes above the fast path's 16k-token switch to recomputing the MLP (a steeper slope below)
+        start = {"fast": 32768, "liger": 8192}.get(path, 4096)
+        jobs.append({"mode": "context", "model": "llama8b", "method": "qlora", "path": path, "name": name,
+                     "fast": fast, "cap_gib": args.context_cap_gib, "start": start, "max_seq": args.context_max,
+                     "layers": args.layers, "seq": 0, "batch": 1, "timeout": max(args.timeout, 240)})
     for model in args.models.split(",") if not args.no_throughput else []:
+        wants_unsloth = "unsloth" in f"{args.lora_paths},{args.qlora_paths}" and args.unsloth_pythonpath
+        wants_unsloth = wants_unsloth and model in args.unsloth_models.split(",")
+        if wants_unsloth:
+            jobs.append({"mode": "save_model", "model": model, "method": "-", "path": "save", "layers": args.layers,
+                         "timeout": args.timeout})
         for method in args.methods.split(","):
             names = (args.lora_paths if method == "lora" else args.qlora_paths).split(",")
             for name in [n for n in names if n]:
-                if name == "unsloth" and not args.unsloth_pythonpath:
+                if name == "unsloth" and not wants_unsloth:
                     continue
                 path, fast = PATHS[name]
                 jobs.append({"mode": "throughput", "model": model, "method": method, "path": path, "name": name,
                              "fast": fast, "steps": args.steps, "warmup": args.warmup, **base,
                              "timeout": args.timeout})
+        if model == first:
+            jobs += profile_jobs(args, model, base)
+    return jobs
+
+
+def profile_jobs(args: argparse.Namespace, model: str, base: dict) -> list[dict]:
+    """Kernel-time profiles of the named paths, one per method."""
+    jobs = []
     for name in [n for n in args.profile.split(",") if n]:
         path, fast = PATHS[name]
-        jobs.append({"mode": "profile", "model": first, "method": "lora", "path": path, "name": name, "fast": fast,
-                     "steps": 2, "warmup": 1, **base, "timeout": args.timeout})
-    for name in [n for n in args.context.split(",") if n]:
-        path, fast = PATHS[name]
-        start = 16384 if path == "fast" else 4096
-        jobs.append({"mode": "context", "model": "llama8b", "method": "qlora", "path": path, "name": name,
-                     "fast": fast, "cap_gib": args.context_cap_gib, "start": start, "max_seq": args.context_max,
-                     "layers": args.layers, "seq": 0, "batch": 1, "timeout": max(args.timeout, 400)})
+        for method in args.methods.split(","):
+            jobs.append({"mode": "profile", "model": model, "method": method, "path": path, "name": name,
+                         "fast": fast, "steps": 2, "warmup": 1, **base, "timeout": args.timeout})
     return jobs
 
 

@@ -169,8 +169,11 @@ def fast_hidden(backbone: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     plan = plan_tokens(input_ids, attention_mask, position_ids, options.padding_free)
     h = plan.gather(backbone.embed_tokens(input_ids))
     cos, sin = backbone.rotary_emb(h[None], position_ids=plan.positions[None])
-    step = Step(cos[0].contiguous(), sin[0].contiguous(), plan.segments, options.checkpointing == "mlp",
-                options.mlp_chunk)
+    # Long sequences under layer checkpointing: the recomputed layer keeps only the MLP input, not its
+    # (tokens, intermediate) gate/up outputs, which would dominate memory (7 x hidden per token).
+    long_seq = options.checkpointing in ("full", "offload") and h.shape[0] > options.mlp_chunk
+    step = Step(cos[0].contiguous(), sin[0].contiguous(), plan.segments,
+                options.checkpointing == "mlp" or long_seq, options.mlp_chunk)
     layers = backbone.layers[: backbone.config.num_hidden_layers]
     store = None
     if options.checkpointing in ("full", "offload") and torch.is_grad_enabled():
