@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--context", default="plain,liger,fast-offload",
                    help="paths for the 8B QLoRA context search ('' = skip)")
     p.add_argument("--context-cap-gib", type=float, default=24.0)
-    p.add_argument("--context-max", type=int, default=98304, help="longest sequence the context search tries")
+    p.add_argument("--context-starts", default="plain=2048,liger=2048,fast=32768",
+                   help="first probe per path (the second is twice it)")
+    p.add_argument("--context-max", type=int, default=163840, help="longest sequence the context search tries")
     p.add_argument("--correctness", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--profile", default="fast-offload", help="paths to profile on the first model ('' = skip)")
     p.add_argument("--unsloth-pythonpath", default=None, help="PYTHONPATH of an environment with Unsloth")
@@ -88,7 +90,8 @@ def plan_jobs(args: argparse.Namespace) -> list[dict]:
     for name in [n for n in args.context.split(",") if n]:
         path, fast = PATHS[name]
         # both fitting probes above the fast path's 16k-token switch to recomputing the MLP (a steeper slope below)
-        start = {"fast": 32768, "liger": 8192}.get(path, 4096)
+        start = dict(kv.split("=") for kv in args.context_starts.split(",")).get(path, 4096)
+        start = int(start)
         jobs.append({"mode": "context", "model": "llama8b", "method": "qlora", "path": path, "name": name,
                      "fast": fast, "cap_gib": args.context_cap_gib, "start": start, "max_seq": args.context_max,
                      "layers": args.layers, "seq": 0, "batch": 1, "timeout": max(args.timeout, 240)})

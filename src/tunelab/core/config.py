@@ -88,13 +88,15 @@ class RunConfig(BaseModel):
     booster: Booster = _field(
         "auto", "Speed-ups: auto (tunelab's fast path on a CUDA GPU where the model supports it, else plain HF), "
         "fast, liger (liger-kernel), none (plain HF).", "train")
-    fast_kernels: bool = _field(True, "Fast path: Triton RMSNorm/RoPE/SwiGLU/cross-entropy kernels (off: PyTorch ops).", "train")
+    fast_kernels: bool = _field(
+        True, "Fast path: Triton RMSNorm/RoPE/SwiGLU/cross-entropy kernels (off: PyTorch ops).", "train")
     fast_fused_ce: bool = _field(True, "Fast path: LM head + cross-entropy in chunks, never the full logits.", "train")
     fast_padding_free: bool = _field(True, "Fast path: skip pad tokens; attention stays within each example.", "train")
     fast_checkpointing: Checkpointing = _field(
         "auto", "Fast path activations: auto (offload if gradient_checkpointing, else none), none, mlp (recompute "
         "the MLP's gate/up), full (recompute layers), offload (recompute; layer inputs in CPU RAM).", "train")
-    fast_fused_optimizer: bool = _field(True, "Fast path: the fused AdamW kernel (adamw_torch -> adamw_torch_fused).", "train")
+    fast_fused_optimizer: bool = _field(
+        True, "Fast path: the fused AdamW kernel (adamw_torch -> adamw_torch_fused).", "train")
 
     # -- output and logging --------------------------------------------------------------------------------
     output_dir: str | None = _field(None, "Run directory (default: runs/<time>-<model>-<method>).", "output")
