@@ -214,3 +214,30 @@ def test_a_failing_run_reports_failed_with_the_reason(tmp_path: Path) -> None:
     status = run.status()
     assert status["state"] == "failed" and status["exit_code"] == 1
     assert "no-such-org/no-such-model" in status["error"]
+
+
+def test_fast_booster_trains_like_plain_transformers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """booster=fast on the CPU (PyTorch ops in place of the Triton kernels) runs the trainer through the fast path:
+    padded batches unpadded, fused LoRA blocks, offloaded checkpointing; its losses follow plain transformers'
+    (identical first step), and the adapter is plain PEFT. booster=auto on the CPU falls back to plain transformers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    args = ("method=lora", "max_steps=6", "save_steps=100", "gradient_checkpointing=true", "learning_rate=3e-3")
+    plain = train(tmp_path / "plain", tiny_model_dir, *args, "booster=auto")
+    fast = train(tmp_path / "fast", tiny_model_dir, *args, "booster=fast")
+    assert plain.status()["booster"] == "none" and "no CUDA GPU" in plain.status()["booster_reason"]
+    assert fast.status()["booster"] == "fast" and "fast path on" in fast.log_file.read_text()
+    losses = [[e["loss"] for e in events(run, "train")] for run in (plain, fast)]
+    assert len(losses[0]) == len(losses[1]) == 6
+    assert abs(losses[0][0] - losses[1][0]) <= 1e-5 * losses[0][0], losses  # same model, same first batch
+    # later steps drift apart only by rounding amplified through Adam (its first updates are sign-like)
+    assert all(abs(a - b) <= 0.02 * a for a, b in zip(*losses)), losses
+    assert all(run_losses[-1] < run_losses[0] for run_losses in losses)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), fast.adapter_dir)
+    assert any(p.abs().sum() > 0 for n, p in tuned.named_parameters() if "lora_B" in n)
+
+
+def test_fast_booster_refuses_what_it_cannot_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = train(tmp_path, tiny_model_dir, "method=full", "max_steps=2", "booster=fast", expect=1)
+    assert "booster: 'fast' does not support method 'full'" in run.status()["error"]

@@ -22,7 +22,8 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Attention = Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2"]
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor"]
-Booster = Literal["auto", "none", "liger"]
+Booster = Literal["auto", "none", "fast", "liger"]
+Checkpointing = Literal["auto", "none", "mlp", "full", "offload"]
 Reporter = Literal["tensorboard", "wandb", "mlflow"]
 
 
@@ -84,7 +85,18 @@ class RunConfig(BaseModel):
     precision: Precision = _field("auto", "Compute precision: auto = bf16 on GPUs that support it, else fp32.", "train")
     gradient_checkpointing: bool = _field(False, "Recompute activations in backward to save memory.", "train")
     neftune_alpha: float | None = _field(None, "NEFTune embedding-noise alpha (e.g. 5).", "train", gt=0)
-    booster: Booster = _field("auto", "Fast GPU kernels (auto: on where supported; none: plain HF).", "train")
+    booster: Booster = _field(
+        "auto", "Speed-ups: auto (tunelab's fast path on a CUDA GPU where the model supports it, else plain HF), "
+        "fast, liger (liger-kernel), none (plain HF).", "train")
+    fast_kernels: bool = _field(
+        True, "Fast path: Triton RMSNorm/RoPE/SwiGLU/cross-entropy kernels (off: PyTorch ops).", "train")
+    fast_fused_ce: bool = _field(True, "Fast path: LM head + cross-entropy in chunks, never the full logits.", "train")
+    fast_padding_free: bool = _field(True, "Fast path: skip pad tokens; attention stays within each example.", "train")
+    fast_checkpointing: Checkpointing = _field(
+        "auto", "Fast path activations: auto (offload if gradient_checkpointing, else none), none, mlp (recompute "
+        "the MLP's gate/up), full (recompute layers), offload (recompute; layer inputs in CPU RAM).", "train")
+    fast_fused_optimizer: bool = _field(
+        True, "Fast path: the fused AdamW kernel (adamw_torch -> adamw_torch_fused).", "train")
 
     # -- output and logging --------------------------------------------------------------------------------
     output_dir: str | None = _field(None, "Run directory (default: runs/<time>-<model>-<method>).", "output")

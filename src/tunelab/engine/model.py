@@ -83,10 +83,11 @@ def lora_targets(config: RunConfig) -> str | list[str]:
     return [name.strip() for name in config.lora_target.split(",") if name.strip()]
 
 
-def apply_method(model: Any, config: RunConfig) -> Any:
-    """Make only the right parameters trainable: LoRA adapters, the last layers, or everything."""
+def apply_method(model: Any, config: RunConfig, fast: bool = False) -> Any:
+    """Make only the right parameters trainable: LoRA adapters, the last layers, or everything. With ``fast`` (the
+    fast path takes over), 4-bit models keep their bf16 norms/head and checkpointing is left to the fast layers."""
     if config.method in ("lora", "qlora"):
-        return _apply_lora(model, config)
+        return _apply_lora(model, config, fast)
     if config.method == "freeze":
         _freeze_all_but_last(model, config.freeze_trainable_layers)
     if config.gradient_checkpointing:
@@ -94,10 +95,12 @@ def apply_method(model: Any, config: RunConfig) -> Any:
     return model
 
 
-def _apply_lora(model: Any, config: RunConfig) -> Any:
+def _apply_lora(model: Any, config: RunConfig, fast: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if config.quantization != "none":
+    if fast:
+        pass  # no fp32 upcasts (the fast kernels compute norms and the loss in fp32) and no HF checkpointing
+    elif config.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

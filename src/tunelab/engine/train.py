@@ -72,6 +72,7 @@ def _finish(run_: RunDir, writer: EventWriter, state: str, message: str, **field
 
 
 def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
+    from tunelab.engine.booster import apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
     from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
 
@@ -90,10 +91,15 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     for refusal in data.stats.refusals:
         log.warning("template refused %s", refusal)
 
-    model = apply_method(load_model(config, path), config)
+    model = load_model(config, path)
+    booster = choose_booster(config, model)
+    model = apply_method(model, config, fast=booster.mode == "fast")
+    booster = apply_booster(booster, model, config)
+    log.info("booster: %s (%s)", booster.mode, booster.reason)
+    run_.set_status("running", booster=booster.mode, booster_reason=booster.reason)
     params = trainable_summary(model)
     log.info("parameters: %s", params)
-    trainer = _build_trainer(config, run_, model, tokenizer, data, writer, stop)
+    trainer = _build_trainer(config, run_, model, tokenizer, data, writer, stop, booster.mode)
     checkpoint = run_.last_checkpoint() if config.resume else None
     if config.resume and checkpoint is None:
         log.warning("resume=true but %s holds no checkpoint: starting from scratch", run_.checkpoints)
@@ -123,7 +129,9 @@ def _steps_done(checkpoint: Path | None) -> int:
     return int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
 
 
-def _build_trainer(config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, data: Any, writer: Any, stop: Any) -> Any:
+def _build_trainer(
+    config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, data: Any, writer: Any, stop: Any, booster: str = "none"
+) -> Any:
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.engine.callbacks import EventsCallback
@@ -147,7 +155,8 @@ def _build_trainer(config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, 
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        optim=config.optimizer,
+        optim=_optimizer(config, booster),
+        use_liger_kernel=booster == "liger",
         seed=config.seed,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
@@ -183,6 +192,14 @@ def _build_trainer(config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, 
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
         callbacks=[EventsCallback(writer, stop)], optimizers=optimizers,
     )
+
+
+def _optimizer(config: RunConfig, booster: str) -> str:
+    """The trl/transformers optimizer name: the fast path swaps AdamW for its fused kernel on a GPU."""
+    import torch
+
+    fused = booster == "fast" and config.fast_fused_optimizer and torch.cuda.is_available()
+    return "adamw_torch_fused" if fused and config.optimizer == "adamw_torch" else config.optimizer
 
 
 def _save_final(

@@ -1,0 +1,87 @@
+"""Layer-level activation checkpointing, with the kept layer inputs optionally offloaded to pinned CPU memory.
+
+Forward runs a layer without building its graph and keeps only its input: on the GPU (``full``) or copied to
+pinned host memory on a side stream (``offload``). Backward brings the input back (prefetching the next layer's
+while this one recomputes), re-runs the layer with grad and back-propagates through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+class ActivationStore:
+    """The checkpointed layer inputs of one forward pass, in forward order."""
+
+    def __init__(self, offload: bool, device: torch.device):
+        self.device = device
+        self.offload = offload and device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.offload else None
+        self.entries: list[Any] = []
+
+    def put(self, t: torch.Tensor) -> int:
+        """Keep ``t`` until backward; returns its slot."""
+        t = t.detach()
+        if not self.offload:
+            self.entries.append(t if t.device.type == "cuda" else t.clone())
+            return len(self.entries) - 1
+        try:
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        except RuntimeError:  # no pinned memory available: a synchronous copy is still correct
+            host = torch.empty(t.shape, dtype=t.dtype)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            host.copy_(t, non_blocking=True)
+        t.record_stream(self.stream)
+        self.entries.append([host, None, None])
+        return len(self.entries) - 1
+
+    def _fetch(self, i: int) -> None:
+        entry = self.entries[i]
+        if entry is None or entry[1] is not None:
+            return
+        with torch.cuda.stream(self.stream):
+            entry[1] = entry[0].to(self.device, non_blocking=True)
+            entry[2] = torch.cuda.Event()
+            entry[2].record(self.stream)
+
+    def take(self, i: int) -> torch.Tensor:
+        """The tensor in slot ``i`` (on the compute device); starts bringing back slot i-1."""
+        if not self.offload:
+            t, self.entries[i] = self.entries[i], None
+            return t
+        self._fetch(i)
+        _, t, event = self.entries[i]
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(event)
+        t.record_stream(current)
+        self.entries[i] = None
+        if i > 0:
+            self._fetch(i - 1)
+        return t
+
+
+class CheckpointedLayer(torch.autograd.Function):
+    """out = run(h), recomputed in backward from the stored input. ``params`` are the layer's trainable
+    parameters: passing them makes autograd call backward even when ``h`` needs no gradient (the first layer)."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], store: ActivationStore,
+                *params: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = run(h)
+        ctx.slot = store.put(h)
+        ctx.run, ctx.store = run, store
+        ctx.save_for_backward(*params)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[Any, ...]:
+        params = ctx.saved_tensors
+        h = ctx.store.take(ctx.slot).detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = ctx.run(h)
+        grads = torch.autograd.grad(out, (h, *params), dout, allow_unused=True)
+        return (grads[0], None, None, *grads[1:])

@@ -1,0 +1,66 @@
+"""Fused LM head + cross-entropy that never holds the full (tokens, vocab) logits.
+
+Only positions with a label go through the head, in chunks: each chunk's logits are made, turned in place into
+their gradient (softmax - onehot) / n by one kernel, and multiplied back into the hidden-state gradient, all in
+the forward pass; backward only scales what was kept. The peak is one (chunk, vocab) bf16 block (512 MiB).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tunelab.engine.fast import kernels as K
+from tunelab.engine.fast.lora import mm_f32
+
+IGNORE = -100
+CHUNK_BYTES = 1 << 29  # one (chunk, vocab) bf16 block: 2,048 tokens of a 128k vocabulary
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean (or sum / denom) token cross-entropy of h @ W^T against targets."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denom: float | None,
+                chunk: int | None) -> torch.Tensor:
+        keep = (targets != IGNORE).nonzero().squeeze(1)
+        n = int(keep.numel())
+        denom = float(denom) if denom is not None else float(max(n, 1))
+        chunk = chunk or max(128, CHUNK_BYTES // (weight.shape[0] * h.element_size()))
+        grad_h = torch.zeros_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        w = weight if weight.dtype == h.dtype else weight.to(h.dtype)
+        for s in range(0, n, chunk):
+            idx = keep[s:s + chunk]
+            hc = h.index_select(0, idx)
+            logits = hc @ w.t()
+            total += K.cross_entropy_grad_(logits, targets.index_select(0, idx), 1.0 / denom).sum()
+            if grad_h is not None:
+                grad_h.index_copy_(0, idx, logits @ w)
+            if grad_w is not None:
+                grad_w += mm_f32(logits.t(), hc)
+            del logits, hc
+        ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
+        ctx.has = (grad_h is not None, grad_w is not None)
+        ctx.weight_dtype = weight.dtype
+        return total / denom
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        saved = list(ctx.saved_tensors)
+        gh = saved.pop(0) if ctx.has[0] else None
+        gw = saved.pop(0) if ctx.has[1] else None
+        grad_h = gh * grad.to(gh.dtype) if gh is not None else None
+        grad_w = (gw * grad).to(ctx.weight_dtype) if gw is not None else None
+        return grad_h, grad_w, None, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         num_items: Any = None, chunk: int | None = None) -> torch.Tensor:
+    """Cross-entropy of the LM head over (N, d) hidden states and (N,) targets (-100 ignored); divided by
+    ``num_items`` when given (transformers' num_items_in_batch), else averaged over the labelled tokens."""
+    if isinstance(num_items, torch.Tensor):
+        num_items = num_items.item()
+    return LinearCrossEntropy.apply(h, weight, targets, num_items, chunk)
