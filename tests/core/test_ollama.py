@@ -45,3 +45,9 @@ def test_one_turn_matches_the_chat_template(name: str) -> None:
         rendered = go_render(go, system, "Hi", "\0")
         assert rendered.split("\0")[0] == expected_prompt
         assert rendered.split("\0")[1] == full[full.rindex("Hello") + len("Hello"):]
+
+
+def test_modelfile_has_stops_and_adapter() -> None:
+    text = modelfile(registry().get("llama3"), base="meta-llama/Meta-Llama-3-8B-Instruct", adapter=".")
+    assert text.startswith("FROM meta-llama/Meta-Llama-3-8B-Instruct\nADAPTER .\nTEMPLATE \"\"\"")
+    assert 'PARAMETER stop "<|eot_id|>"' in text

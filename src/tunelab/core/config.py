@@ -7,12 +7,13 @@ field goes; everything not marked ``main`` lands in the generated "Advanced" sec
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunelab.core.schema import ConfigError, choices_of, validate_schema
 
 STAGES_AVAILABLE = ("pt", "sft")
 Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo"]
@@ -141,50 +142,14 @@ class RunConfig(BaseModel):
         return self.lora_alpha or 2 * self.lora_rank
 
 
-class ConfigError(ValueError):
-    """A user error in a run config; the message names the field, the bad value and the valid choices."""
-
-
 def field_choices(name: str) -> list[str] | None:
-    """The allowed values of a Literal field (or of a list of Literals), else None."""
-    annotation = RunConfig.model_fields[name].annotation
-    args = get_args(annotation)
-    if args and all(isinstance(a, str) for a in args):
-        return list(args)
-    for arg in args:
-        inner = get_args(arg)
-        if inner and all(isinstance(a, str) for a in inner):
-            return list(inner)
-    return None
-
-
-def _describe(error: dict) -> str:
-    loc = [str(part) for part in error.get("loc", ())]
-    name = loc[0] if loc else ""
-    where = ".".join(loc) or "config"
-    if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(name, list(RunConfig.model_fields), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return f"{where}: unknown field{hint}"
-    value = error.get("input")
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "value_error" and not loc:
-        return message
-    choices = field_choices(name) if name in RunConfig.model_fields else None
-    if error["type"] == "literal_error" and choices:
-        return f"{where}: {value!r} is not valid; valid choices: {', '.join(choices)}"
-    return f"{where}: {value!r} is not valid: {message}"
+    """The allowed values of a RunConfig Literal field (or list of Literals), else None."""
+    return choices_of(RunConfig, name)
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from a mapping, raising ConfigError with one readable line per problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [_describe(error) for error in exc.errors()]
-        raise ConfigError(f"{source}: invalid run config:\n  " + "\n  ".join(lines)) from None
+    return validate_schema(RunConfig, data, source, "run config")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -8,12 +8,11 @@ An evaluation scores the base model and the fine-tuned one side by side:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunelab.core.config import ConfigError
+from tunelab.core.schema import validate_schema
 
 Metric = Literal["loss", "predict", "bench"]
 METRICS: tuple[str, ...] = get_args(Metric)
@@ -70,25 +69,6 @@ class EvalConfig(BaseModel):
         return self
 
 
-def _describe(error: dict) -> str:
-    loc = [str(part) for part in error.get("loc", ())]
-    where = ".".join(loc) or "eval"
-    if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc[0] if loc else "", list(EvalConfig.model_fields), n=3)
-        return f"{where}: unknown option" + (f"; did you mean {', '.join(close)}?" if close else "")
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "literal_error":
-        return f"{where}: {error.get('input')!r} is not valid; valid choices: {error['ctx']['expected']}"
-    if error["type"] == "value_error" and not loc:
-        return message
-    return f"{where}: {error.get('input')!r} is not valid: {message}"
-
-
 def validate_eval_config(data: dict[str, Any], source: str = "eval options") -> EvalConfig:
     """Build an EvalConfig, raising ConfigError with one line per problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of option: value, got {type(data).__name__}")
-    try:
-        return EvalConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    return validate_schema(EvalConfig, data, source, "eval options")

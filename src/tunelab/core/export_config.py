@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunelab.core.config import ConfigError
+from tunelab.core.schema import validate_schema
 
 ExportDtype = Literal["auto", "bf16", "fp16", "fp32"]
 GgufType = Literal["q8_0", "f16", "f32"]
@@ -73,16 +73,4 @@ class ExportConfig(BaseModel):
 
 def validate_export_config(data: dict[str, Any], source: str = "export options") -> ExportConfig:
     """Build an ExportConfig, raising ConfigError with one line per problem (field, value, valid choices)."""
-    try:
-        return ExportConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ())) or "export"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "literal_error":
-                message = f"{error.get('input')!r} is not valid; valid choices: {error['ctx']['expected']}"
-            elif error["type"] == "extra_forbidden":
-                message = "unknown option"
-            lines.append(message if where == "export" else f"{where}: {message}")
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+    return validate_schema(ExportConfig, data, source, "export options")
