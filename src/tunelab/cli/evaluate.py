@@ -14,7 +14,6 @@ import time
 from tunelab.core.config import ConfigError, parse_overrides
 from tunelab.core.eval_config import METRICS, EvalConfig, validate_eval_config
 from tunelab.core.events import EventTail
-from tunelab.core.jobs import JobDir
 from tunelab.core.rundir import FINAL_STATES
 
 
@@ -54,6 +53,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def _evaluate(args: argparse.Namespace) -> int:
     from tunelab.core.sources import SourceError, resolve_source
     from tunelab.services.model_jobs import job_state, start_job
+    from tunelab.services.runner import signal_group
 
     try:
         config = config_from_args(args)
@@ -70,7 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.detach:
         print(f"pid {process.pid}; follow with: tail -f {job.log_file}")
         return 0
-    signal.signal(signal.SIGINT, lambda *_: _stop(job))
+    signal.signal(signal.SIGINT, lambda *_: signal_group(job.status().get("pgid")))
     tail = EventTail(job.events_file)
     while process.poll() is None:
         _print_events(tail)
@@ -83,17 +83,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 130 if status.get("state") == "aborted" else 1
     print(format_results(job.results() or {}))
     return 0
-
-
-def _stop(job: JobDir) -> None:
-    import os
-
-    pgid = job.status().get("pgid")
-    if pgid:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def _print_events(tail: EventTail) -> None:

@@ -50,7 +50,7 @@ def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tunelab.services.runner import reconcile, start_run
+    from tunelab.services.runner import reconcile, signal_group, start_run
 
     try:
         path, overrides = _split_args(args)
@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         if not stopping["asked"]:
             stopping["asked"] = True
             print("\nstopping: the trainer finishes its step and saves (Ctrl-C again to wait)", file=sys.stderr)
-            _signal_group(run)
+            signal_group(run.status().get("pgid"))
 
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
@@ -82,17 +82,6 @@ def _train(args: argparse.Namespace) -> int:
     if weights:
         print(f"saved: {weights}")
     return {"succeeded": 0, "aborted": 130}.get(status.get("state"), 1)
-
-
-def _signal_group(run: RunDir) -> None:
-    import os
-
-    pgid = run.status().get("pgid")
-    if pgid:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def _follow(run: RunDir, process, skip_existing: bool = False) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from tunelab.core.files import read_json
 from tunelab.core.generation import Delta, EngineCrashed, InferenceError, SamplingParams
 from tunelab.core.serving import EngineOptions
+from tunelab.services.runner import signal_group
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +109,13 @@ class Worker:
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the process group (worker and any vllm child), SIGKILL after ``grace`` seconds."""
         if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+            signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
+                signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        _signal_group(self.process.pid, signal.SIGKILL)  # stragglers of the group (a vllm server)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        signal_group(self.process.pid, signal.SIGKILL)  # stragglers of the group (a vllm server)
 
 
 class ChatService:

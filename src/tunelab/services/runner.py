@@ -81,6 +81,17 @@ def group_alive(pgid: int | None) -> bool:
     return True
 
 
+def signal_group(pgid: int | None, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` to a process group; False when there is no such group."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     """Ask the run's process group to stop (SIGTERM: finish the step, save); SIGKILL after ``grace_s``.
 
