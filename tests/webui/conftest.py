@@ -23,6 +23,14 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def shot(page, name: str, locator=None) -> None:
+    """Save a screenshot to $TUNELAB_SCREENSHOTS/<name>.png when that is set (``make screenshots``)."""
+    folder = os.environ.get("TUNELAB_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (locator or page).screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

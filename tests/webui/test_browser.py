@@ -8,14 +8,13 @@ Screenshots of each tab go to $TUNELAB_SCREENSHOTS (``make screenshots`` points 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
 from tunelab.core.rundir import RunDir
 from tunelab.services.runner import group_alive, group_members
 
@@ -55,13 +54,6 @@ def pick(page, elem_id: str, text: str, option: str) -> None:
     box.fill(text)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
-
-
-def shot(page, name: str, locator=None) -> None:
-    folder = os.environ.get("TUNELAB_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (locator or page).screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
 def open_page(browser, url: str):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,16 +15,9 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
+from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, free_port, shot
+
 GREEDY = dict(temperature=0, top_p=1, top_k=0, max_new=40, penalty=1, seed=-1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +145,7 @@ def test_browser_compare(studio_app, browser, demo_adapter_run: Path) -> None:
     assert "Tuna" not in base.inner_text()
     box_tuned, box_base = page.locator("#chat_output").bounding_box(), base.bounding_box()
     assert box_base["x"] + box_base["width"] <= box_tuned["x"] + 1  # side by side: base left, adapter right
+    shot(page, "chat-compare")
 
 
 class _ReasoningServer:

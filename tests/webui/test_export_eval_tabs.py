@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
+from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +110,7 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
     url, run, _ = studio_app
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url)
         page.get_by_role("tab", name="Export").click()
         expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
@@ -129,12 +127,12 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         page.locator("#export_button").click()
         expect(page.locator("#export_status")).to_contain_text("Verified", timeout=300_000)
         assert (run / "merged-browser" / "model.safetensors").is_file()
-        page.screenshot(path=str(run / "export-tab.png"), full_page=True)
+        shot(page, "export")
         page.get_by_role("tab", name="Evaluate").click()
         page.locator("#eval_max_samples input").fill("6")
         page.locator("#eval_metrics").get_by_label("predict").uncheck()
         page.locator("#eval_button").click()
         expect(page.locator("#eval_status")).to_contain_text("Evaluation finished", timeout=300_000)
         expect(page.locator("#eval_results")).to_contain_text("perplexity")
-        page.screenshot(path=str(run / "eval-tab.png"), full_page=True)
+        shot(page, "evaluate")
         browser.close()
