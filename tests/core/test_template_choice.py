@@ -48,3 +48,11 @@ def test_unknown_model_without_template_falls_back_with_a_warning(tmp_path: Path
     folder = _model_dir(tmp_path, None)
     choice = choose_template("auto", str(folder), folder)
     assert choice.name == "text" and choice.warnings
+
+
+def test_a_model_specific_eos_is_a_stop_string() -> None:
+    """stablelm-zephyr uses the zephyr turns but ends replies with <|endoftext|>, not </s>."""
+    choice = choose_template("auto", "stabilityai/stablelm-zephyr-3b")
+    assert choice.name == "zephyr" and choice.stop_strings[0] == "<|endoftext|>"
+    text = choice.template.render([{"role": "user", "content": "Hi"}], model=choice.entry).text
+    assert text == "<|user|>\nHi<|endoftext|>\n"

@@ -31,6 +31,13 @@ class TemplateChoice:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def stop_strings(self) -> list[str]:
+        """Strings that end a reply: the model's own eos (a catalog override) first, then the family's."""
+        own = self.entry.eos_token if self.entry and self.entry.eos_token else None
+        stops = self.template.stop_strings
+        return ([own] if own and own not in stops else []) + stops
+
+    @property
     def name(self) -> str:
         """The family name, or 'model' for a model's own template that matches no family."""
         return self.template.name

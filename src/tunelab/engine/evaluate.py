@@ -114,7 +114,7 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
 
     losses: dict[str, Any] = {}
     replies: dict[str, list[str]] = {}
-    stops = choice.template.stop_strings
+    stops = choice.stop_strings
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if "predict" in cfg.metrics and data.stage == "pt":
         raise DataError("predict needs chat data (prompts and replies); these datasets are plain text: use metrics=loss")

@@ -264,7 +264,7 @@ def write_generation_config(folder: Path, tokenizer: Any, choice: TemplateChoice
         config = GenerationConfig.from_pretrained(base_path)
     except (OSError, ValueError):
         config = GenerationConfig()
-    eos = stop_token_ids(tokenizer, choice.template.stop_strings)
+    eos = stop_token_ids(tokenizer, choice.stop_strings)
     config.eos_token_id = eos[0] if len(eos) == 1 else eos
     if tokenizer.bos_token_id is not None:
         config.bos_token_id = tokenizer.bos_token_id

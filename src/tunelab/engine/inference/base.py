@@ -92,7 +92,7 @@ class TemplateBook:
 
     def stops(self, model: str) -> list[str]:
         """The template's stop strings for ``model``."""
-        return list(self.choice(model).template.stop_strings)
+        return list(self.choice(model).stop_strings)
 
 
 class LocalEngine(Engine):
