@@ -1,5 +1,5 @@
-"""The shell of an evaluation or export job process: status.json and events.jsonl kept current, user errors
-reported in one line, crashes with their traceback in the job's log, SIGTERM/SIGINT ending it as aborted."""
+"""The shell of a job process (training, evaluation, export): status.json and events.jsonl kept current, user
+errors reported in one line, crashes with their traceback in the job's log, SIGTERM/SIGINT ending it as aborted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tunelab.core.config import ConfigError
 from tunelab.core.datasets import DataError
 from tunelab.core.events import EventWriter
 from tunelab.core.jobs import JobDir
+from tunelab.core.rundir import RunDir
 from tunelab.core.sources import SourceError
 from tunelab.core.templates import UnknownTemplate
 
@@ -65,11 +66,11 @@ def run_job(
     return finish(job, writer, "succeeded", summary.pop("message", f"{job.kind} finished"), **summary)
 
 
-def finish(job: JobDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
+def finish(job: RunDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
     """Write the final status event and status.json; return the exit status."""
     code = {"succeeded": 0, "failed": 1, "aborted": 130}[state]
     writer.write("status", state=state, message=message)
     key = "error" if state == "failed" else "message"
     job.set_status(state, **{key: message}, exit_code=code, **fields)
-    log.info("%s job %s: %s (%s)", job.kind, job.run_id, state, message)
+    log.info("%s %s: %s (%s)", getattr(job, "kind", "run"), job.run_id, state, message)
     return code

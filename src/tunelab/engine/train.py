@@ -15,31 +15,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.chat_render import TemplateRefusal
-from tunelab.core.config import ConfigError, RunConfig
-from tunelab.core.datasets import DataError
+from tunelab.core.config import RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import RunDir
 from tunelab.core.template_choice import TemplateChoice, choose_template
-from tunelab.core.templates import UnknownTemplate
 
 log = logging.getLogger("tunelab.train")
-USER_ERRORS = (ConfigError, DataError, TemplateRefusal, UnknownTemplate, FileNotFoundError)
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run(run_dir: str | Path) -> int:
     """Train the run in ``run_dir``; returns the process exit status (0 succeeded, 1 failed, 130 aborted)."""
     from tunelab.engine.callbacks import StopRequest
+    from tunelab.engine.jobproc import USER_ERRORS, setup_logging
+    from tunelab.engine.jobproc import finish as _finish
 
-    _setup_logging()
+    setup_logging()
     run_ = RunDir(run_dir)
     stop = StopRequest()
     stop.install()
@@ -60,15 +50,6 @@ def run(run_dir: str | Path) -> int:
     if stop.requested:
         return _finish(run_, writer, "aborted", f"stopped by {stop.signal_name}; checkpoint saved", **summary)
     return _finish(run_, writer, "succeeded", "training finished", **summary)
-
-
-def _finish(run_: RunDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
-    code = {"succeeded": 0, "failed": 1, "aborted": 130}[state]
-    writer.write("status", state=state, message=message)
-    key = "error" if state == "failed" else "message"
-    run_.set_status(state, **{key: message}, exit_code=code, **fields)
-    log.info("run %s: %s (%s)", run_.run_id, state, message)
-    return code
 
 
 def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
