@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunelab.core.schema import ConfigError, choices_of, validate_schema
 from tunelab.core.stages import STAGE_NAMES
 
-STAGES_AVAILABLE = ("pt", "sft")
+STAGES_AVAILABLE = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto")
 Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo"]
 DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",

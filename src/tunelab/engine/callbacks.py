@@ -108,7 +108,7 @@ class EventsCallback(TrainerCallback):
             grad_norm=_clean(logs.get("grad_norm")),
             lr=_clean(logs.get("learning_rate")),
             tokens_seen=tokens,
-            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 else None,
+            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 and tokens else None,
             peak_mem_gb=round(_peak_memory_gb(), 3),
             elapsed_s=round(elapsed, 2),
             eta_s=round(elapsed / steps * remaining, 1),

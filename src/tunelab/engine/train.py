@@ -17,6 +17,7 @@ from typing import Any
 from tunelab.core.config import RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import RunDir
+from tunelab.core.stages import stage_info
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
 log = logging.getLogger("tunelab.train")
@@ -52,7 +53,6 @@ def run(run_dir: str | Path) -> int:
 
 
 def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
-    from tunelab.core.stages import stage_info
     from tunelab.engine.booster import apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
     from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
@@ -97,7 +97,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         log.info("%s already reached max_steps=%d: nothing left to train", checkpoint.name, config.max_steps)
         return {"global_step": done, "total_steps": config.max_steps, **params}
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if data.eval is not None and not stop.requested:
+    if data.eval is not None and not stop.requested and not _evaluated_last(trainer.state):
         trainer.evaluate()
     _save_final(config, run_, trainer, tokenizer, choice, base=path)
     return {
@@ -106,6 +106,11 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         "train_loss": round(float(result.training_loss), 6),
         **params,
     }
+
+
+def _evaluated_last(state: Any) -> bool:
+    """Whether the trainer already evaluated at its final step (no second identical eval event)."""
+    return any("eval_loss" in entry and entry.get("step") == state.global_step for entry in state.log_history)
 
 
 def _steps_done(checkpoint: Path | None) -> int:
@@ -130,7 +135,7 @@ def _save_final(
     if choice is not None:
         tokenizer.chat_template = choice.template.source
     tokenizer.save_pretrained(str(staging))
-    if choice is not None:
+    if choice is not None and stage_info(config.stage).chat:  # a reward model is not served for chat
         from tunelab.core.ollama import write_modelfile
 
         write_modelfile(staging, choice.template, base=base if adapter else ".", adapter="." if adapter else None)
