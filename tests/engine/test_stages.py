@@ -100,3 +100,18 @@ def test_kto_refuses_a_batch_of_one(tmp_path: Path, demo_model_dir: Path) -> Non
     )
     assert result.returncode != 0
     assert "batch_size: kto needs at least 2" in result.stdout + result.stderr
+
+
+def _evaluate(tmp_path: Path, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "tunelab.cli", "eval", *args, "--output-dir", str(tmp_path / "eval")],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {m["name"]: m for m in json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]}
+
+
+def test_eval_scores_a_dpo_run_by_preference_accuracy(tmp_path: Path, demo_model_dir: Path) -> None:
+    run = _train(tmp_path, "dpo", "max_steps=10")
+    metrics = _evaluate(tmp_path, "--run", str(run), "--max-samples", "16")
+    accuracy = metrics["preference_accuracy"]
+    assert accuracy["tuned"] >= accuracy["base"] and accuracy["delta_stderr"] is not None
+    assert metrics["implicit_reward_accuracy"]["tuned"] > 75.0  # 16 held-out pairs; chance is 50
