@@ -113,5 +113,7 @@ def test_eval_scores_a_dpo_run_by_preference_accuracy(tmp_path: Path, demo_model
     run = _train(tmp_path, "dpo", "max_steps=10")
     metrics = _evaluate(tmp_path, "--run", str(run), "--max-samples", "16")
     accuracy = metrics["preference_accuracy"]
-    assert accuracy["tuned"] >= accuracy["base"] and accuracy["delta_stderr"] is not None
+    # log-likelihood ranking is reported for both sides (DPO may lower both replies' likelihood, so no order is
+    # asserted); the implicit reward (tuned vs base log-ratio) is what DPO optimises
+    assert accuracy["base"] is not None and accuracy["delta_stderr"] is not None and accuracy["n"] == 16
     assert metrics["implicit_reward_accuracy"]["tuned"] > 75.0  # 16 held-out pairs; chance is 50
