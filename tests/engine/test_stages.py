@@ -117,3 +117,11 @@ def test_eval_scores_a_dpo_run_by_preference_accuracy(tmp_path: Path, demo_model
     # asserted); the implicit reward (tuned vs base log-ratio) is what DPO optimises
     assert accuracy["base"] is not None and accuracy["delta_stderr"] is not None and accuracy["n"] == 16
     assert metrics["implicit_reward_accuracy"]["tuned"] > 75.0  # 16 held-out pairs; chance is 50
+
+
+def test_a_reward_model_is_not_chatted_with_or_exported(tmp_path: Path, demo_model_dir: Path) -> None:
+    run = _train(tmp_path, "rm", "max_steps=2", "val_size=0")
+    for command in (["chat", "--model", str(run), "--prompt", "hi"], ["export", "--run", str(run)]):
+        result = subprocess.run([sys.executable, "-m", "tunelab.cli", *command], capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and "reward model" in result.stdout + result.stderr, command
+        assert "Traceback" not in result.stderr
