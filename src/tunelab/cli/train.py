@@ -11,7 +11,7 @@ from pathlib import Path
 from tunelab.core.config import ConfigError, RunConfig, load_config
 from tunelab.core.datasets import DataError, check_stage, load_dataset_registry, validate_file
 from tunelab.core.events import EventTail
-from tunelab.core.rundir import FINAL_STATES, RunDir
+from tunelab.core.rundir import RunDir
 from tunelab.core.templates import UnknownTemplate, registry
 
 
@@ -62,6 +62,8 @@ def _train(args: argparse.Namespace) -> int:
     resuming = config.resume
     run, process = start_run(config, args.runs_dir)
     print(f"run directory: {run.path}")
+    if config.node_rank > 0:
+        print(f"node {config.node_rank} of {config.nnodes}: node 0 writes the status, events and weights; this node's logs: {run.logs_dir}")
     if args.detach:
         print(f"trainer pid {process.pid}; follow with: tail -f {run.log_file}")
         return 0
@@ -76,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
     state = _follow(run, process, skip_existing=resuming)
-    status = reconcile(run) if state not in FINAL_STATES else run.status()
+    status = reconcile(run)  # also names the rank that broke a multi-process run
     print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")
     weights = run.final_weights()
     if weights:

@@ -45,6 +45,7 @@ class RunDir:
     adapter_dir = property(lambda self: self.path / "adapter")
     model_dir = property(lambda self: self.path / "model")
     tb_dir = property(lambda self: self.path / "tb")
+    logs_dir = property(lambda self: self.path / "logs")  # several processes: per-rank logs and rank errors
 
     @property
     def run_id(self) -> str:

@@ -25,19 +25,20 @@ log = logging.getLogger("tunelab.train")
 
 def run(run_dir: str | Path) -> int:
     """Train the run in ``run_dir``; returns the process exit status (0 succeeded, 1 failed, 130 aborted)."""
+    from tunelab.engine import dist
     from tunelab.engine.callbacks import StopRequest
     from tunelab.engine.jobproc import USER_ERRORS, setup_logging
     from tunelab.engine.jobproc import finish as _finish
 
     setup_logging()
-    run_ = RunDir(run_dir)
+    run_, writer = dist.for_rank(run_dir)
     stop = StopRequest()
     stop.install()
-    writer = EventWriter(run_.events_file)
     try:
         run_.set_status("running")
         writer.write("status", state="running")
         summary = _train(run_, run_.config(), writer, stop)
+        dist.finalize()
     except KeyboardInterrupt:
         return _finish(run_, writer, "aborted", f"stopped by {stop.signal_name or 'interrupt'} before training began")
     except USER_ERRORS as exc:
@@ -53,11 +54,16 @@ def run(run_dir: str | Path) -> int:
 
 
 def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
-    from tunelab.engine.booster import apply_booster, choose_booster
+    from tunelab.engine import dist
+    from tunelab.engine.booster import BoosterChoice, apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
     from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
 
-    path = resolve_model_path(config.model)
+    dist.init(config)
+    dist.check_resume(config, run_.status())
+    run_.set_status("running", world_size=dist.world_size(), strategy=config.strategy)
+    with dist.main_first():  # rank 0 fetches or builds the model first; the other ranks find it ready
+        path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(path, config.trust_remote_code)
     choice = None
     if config.stage != "pt":
@@ -66,7 +72,8 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
             log.warning("%s", warning)
         log.info("template: %s (%s)", choice.name, choice.reason)
         run_.set_status("running", template=choice.name, template_reason=choice.reason)
-    data = prepare_data(config, tokenizer, choice)
+    with dist.main_first():  # rank 0 tokenizes and fills the cache; the other ranks read it
+        data = prepare_data(config, tokenizer, choice)
     writer.write("data", **data.stats.as_event(), train_examples=len(data.train), eval_examples=len(data.eval or []))
     log.info("data: %s", data.stats.as_event())
     for refusal in data.stats.refusals:
@@ -74,6 +81,8 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
 
     model = load_model(config, path)
     booster = choose_booster(config, model)
+    if dist.world_size() > 1 and config.booster == "auto":
+        booster = BoosterChoice("none", dist.booster_note(config))
     model = apply_method(model, config, fast=booster.mode == "fast")
     booster = apply_booster(booster, model, config)
     log.info("booster: %s (%s)", booster.mode, booster.reason)
@@ -116,6 +125,7 @@ def _build_trainer(
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.engine.callbacks import EventsCallback
+    from tunelab.engine.dist import training_kwargs
     from tunelab.engine.model import compute_dtype
 
     import torch
@@ -159,6 +169,7 @@ def _build_trainer(
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         save_only_model=False,
+        **training_kwargs(config, run_),
     )
     optimizers = (None, None)
     if config.loraplus_lr_ratio and config.method in ("lora", "qlora"):
@@ -186,12 +197,23 @@ def _optimizer(config: RunConfig, booster: str) -> str:
 def _save_final(
     config: RunConfig, run_: RunDir, trainer: Any, tokenizer: Any, choice: TemplateChoice | None, base: str
 ) -> None:
-    """Save the adapter (PEFT format) or full model, with the chat template, via a temp folder + rename."""
+    """Save the adapter (PEFT format) or full model, with the chat template, via a temp folder + rename.
+    Several processes: every rank takes part in gathering the full state dict (FSDP2, ZeRO-3); rank 0 writes."""
+    from tunelab.engine import dist
+
     adapter = config.method in ("lora", "qlora")
     target = run_.adapter_dir if adapter else run_.model_dir
     staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(str(staging))
+    if dist.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    if dist.launched():
+        trainer.save_model(str(staging))  # consolidated, standard HF/PEFT files, written by rank 0 only
+        dist.barrier()
+        if not dist.is_main():
+            return
+        (staging / "training_args.bin").unlink(missing_ok=True)
+    else:
+        trainer.model.save_pretrained(str(staging))
     if choice is not None:
         tokenizer.chat_template = choice.template.source
     tokenizer.save_pretrained(str(staging))

@@ -3,6 +3,7 @@ so the UI or CLI that started it can exit, crash or restart without touching it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,13 @@ TRAIN_MODULE = "tunelab.engine.train"
 
 
 def trainer_command(run: RunDir, module: str = TRAIN_MODULE) -> list[str]:
-    """The argv that trains ``run`` (or runs another job ``module`` on its folder)."""
+    """The argv that trains ``run`` (through the launcher: torchrun for several processes) or runs job ``module``."""
+    if module == TRAIN_MODULE:
+        from tunelab.services.launch import train_argv, write_launch_files
+
+        config = run.config()
+        write_launch_files(run, config)
+        return train_argv(run, config)
     return [sys.executable, "-m", module, str(run.path)]
 
 
@@ -115,9 +122,26 @@ def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     return not group_alive(pgid)
 
 
+def rank_failure(run: RunDir) -> dict | None:
+    """The first error a rank of a multi-process run recorded (logs/rank-N.error.json), or None."""
+    errors = []
+    for path in run.logs_dir.glob("rank-*.error.json"):
+        try:
+            errors.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(errors, key=lambda e: e.get("time", 0), default=None)
+
+
 def reconcile(run: RunDir) -> dict:
-    """Mark a run whose processes vanished without a final status (killed, OOM) as failed; return status."""
+    """Once the trainer's processes are gone: a run that vanished without a final status (killed, OOM) is failed;
+    a multi-process run that did not succeed is failed with the error of the rank that broke first. Returns status."""
     status = run.status()
-    if status.get("state") in ("running", "queued") and status.get("pgid") and not group_alive(status["pgid"]):
+    if not status.get("pgid") or group_alive(status["pgid"]):
+        return status
+    first = rank_failure(run) if status.get("state") != "succeeded" else None
+    if first is not None and not str(status.get("error", "")).startswith("rank "):
+        status = run.set_status("failed", error=f"rank {first.get('rank')}: {first.get('error') or 'failed'}")
+    elif status.get("state") in ("running", "queued"):
         status = run.set_status("failed", error="the trainer process ended without reporting (killed or out of memory?)")
     return status
