@@ -68,6 +68,12 @@ def init(config: RunConfig) -> None:
     log.info("rank %d/%d (local %d) joined the process group", rank(), world_size(), local_rank())
 
 
+def record_pid(run_: RunDir) -> None:
+    """logs/rank-<N>.pid: lets Stop (services/runner.stop_run) make sure no rank outlives its job."""
+    if launched():
+        write_atomic(run_.logs_dir / f"rank-{rank()}.pid", f"{os.getpid()}\n")
+
+
 def _die_with_launcher() -> None:
     """Linux: SIGKILL this rank if its torchrun agent dies (torchrun starts ranks in their own sessions)."""
     with contextlib.suppress(OSError, AttributeError):

@@ -60,6 +60,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
 
     dist.init(config)
+    dist.record_pid(run_)
     dist.check_resume(config, run_.status())
     run_.set_status("running", world_size=dist.world_size(), strategy=config.strategy)
     with dist.main_first():  # rank 0 fetches or builds the model first; the other ranks find it ready

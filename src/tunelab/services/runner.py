@@ -3,8 +3,10 @@ so the UI or CLI that started it can exit, crash or restart without touching it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,31 +101,75 @@ def signal_group(pgid: int | None, sig: int = signal.SIGTERM) -> bool:
     return True
 
 
+def rank_processes(run: RunDir) -> list[int]:
+    """Live rank processes of a multi-process run (torchrun starts each rank in its own session)."""
+    alive = []
+    for path in run.logs_dir.glob("rank-*.pid"):
+        try:
+            pid = int(path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(run.path).encode() in cmdline and process_alive(pid):
+            alive.append(pid)
+    return alive
+
+
+def _kill_ranks(run: RunDir) -> None:
+    for pid in rank_processes(run):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     """Ask the run's process group to stop (SIGTERM: finish the step, save); SIGKILL after ``grace_s``.
+    torchrun forwards the signal to every rank; a rank still alive once its launcher is gone is killed.
 
-    Returns True when no process of the group is left.
+    Returns True when no process of the run is left.
     """
     pgid = run.status().get("pgid")
     if not group_alive(pgid):
+        _kill_ranks(run)
         return True
     os.killpg(pgid, signal.SIGTERM)
     deadline = time.time() + grace_s
     while time.time() < deadline:
         if not group_alive(pgid):
+            _kill_ranks(run)
             return True
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
+    _kill_ranks(run)
     if run.status().get("state") not in FINAL_STATES:
         run.set_status("aborted", message=f"killed after {grace_s:.0f}s without stopping")
-    return not group_alive(pgid)
+    return not group_alive(pgid) and not rank_processes(run)
+
+
+_TORCHRUN_FAILURE = re.compile(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+
+
+def _signalled_rank(run: RunDir) -> dict | None:
+    """A rank that torchrun reports killed by a signal it did not send itself (SIGKILL by the OOM killer, SIGSEGV)."""
+    try:
+        with run.log_file.open("rb") as handle:
+            handle.seek(max(run.log_file.stat().st_size - 32768, 0))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for rank, code in _TORCHRUN_FAILURE.findall(tail):
+        if int(code) < 0 and -int(code) not in (signal.SIGTERM, signal.SIGINT):
+            name = signal.Signals(-int(code)).name
+            return {"rank": int(rank), "error": f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")}
+    return None
 
 
 def rank_failure(run: RunDir) -> dict | None:
-    """The first error a rank of a multi-process run recorded (logs/rank-N.error.json), or None."""
+    """Which rank broke a multi-process run: one torchrun saw killed by a signal, else the first error a rank
+    recorded (logs/rank-N.error.json); None when no rank failed."""
+    killed = _signalled_rank(run)
+    if killed is not None:
+        return killed
     errors = []
     for path in run.logs_dir.glob("rank-*.error.json"):
         try:
