@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = ["model=demo", "dataset=identity", "cutoff_len=128", "logging_steps=1", "precision=fp32", "learning_rate=3e-3",
         "report_to=none", "save_steps=1000", "lora_rank=8"]
 # Same global batch (4) both ways; per-token losses averaged across ranks (transformers' default), so the curves
-# differ only by float summation order and padding width: measured max |diff| ~1e-5 over 4 steps.
-LOSS_TOLERANCE = 2e-3
+# differ only by float summation order: measured max |diff| <= 1e-6 (loss and grad_norm) over 4 steps.
+LOSS_TOLERANCE = 1e-4
 
 
 def cli_train(runs: Path, *overrides: str, expect: int = 0, timeout: int = 600) -> RunDir:
@@ -51,6 +51,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # two trainer processes (torchrun) on 2 cores: ~40-60 s
 def test_ddp_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, demo_model_dir: Path) -> None:
     one = cli_train(tmp_path / "one", "batch_size=4", "max_steps=4")
     two = cli_train(tmp_path / "two", "batch_size=2", "max_steps=4", "strategy=ddp", "nproc_per_node=2")
@@ -73,6 +74,7 @@ def test_ddp_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, dem
     assert any("lora_B" in name and param.abs().sum() > 0 for name, param in model.named_parameters())
 
 
+@pytest.mark.slow  # two trainer processes (torchrun) on 2 cores: ~40-60 s
 def test_two_nodes_rendezvous_on_localhost(tmp_path: Path, demo_model_dir: Path) -> None:
     port = free_port()
     common = [*BASE, "batch_size=2", "max_steps=2", "strategy=ddp", "nnodes=2", "nproc_per_node=1", f"master_port={port}"]
@@ -92,6 +94,7 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path: Path, demo_model_dir: Path)
     assert list(run1.logs_dir.glob("node1/*/attempt_0/0/stderr.log")), "node 1 keeps its rank's log"
 
 
+@pytest.mark.slow  # two trainer processes (torchrun) on 2 cores: ~40-60 s
 def test_stop_ends_every_rank(tmp_path: Path, demo_model_dir: Path) -> None:
     from tunelab.core.config import load_config
 
@@ -112,6 +115,7 @@ def test_stop_ends_every_rank(tmp_path: Path, demo_model_dir: Path) -> None:
     assert (run.checkpoints / f"checkpoint-{status['global_step']}").is_dir(), "both ranks stopped at one step and saved"
 
 
+@pytest.mark.slow  # two trainer processes (torchrun) on 2 cores: ~40-60 s
 def test_a_killed_rank_fails_the_job_naming_it(tmp_path: Path, demo_model_dir: Path) -> None:
     from tunelab.core.config import load_config
 

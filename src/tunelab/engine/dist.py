@@ -52,6 +52,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def node_main() -> bool:
+    """Whether this process keeps the status.json of its host's run folder: rank 0, or local rank 0 of another host
+    (whose folder is <run>-node<N>, see core.rundir.create_run)."""
+    return is_main() or (local_rank() == 0 and int(os.environ.get("GROUP_RANK", "0")) > 0)
+
+
 def init(config: RunConfig) -> None:
     """Join the process group (gloo on CPU, nccl on GPUs) with the configured collective timeout; pin the GPU."""
     if not launched():
@@ -132,12 +138,12 @@ class RankRun(RunDir):
     """A run directory as one rank of several sees it: rank 0 writes status.json; every rank records its failure."""
 
     def set_status(self, state: str, **fields: Any) -> dict[str, Any]:
-        """Rank 0: update status.json. Others: only a failure, into logs/rank-<N>.error.json."""
+        """Rank 0 (and local rank 0 of other hosts): update status.json. Every rank: a failure into logs/rank-<N>.error.json."""
         if state == "failed":
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             error = {"rank": rank(), "time": time.time(), "error": fields.get("error", ""), "pid": os.getpid()}
             write_atomic(self.logs_dir / f"rank-{rank()}.error.json", json.dumps(error) + "\n")
-        if is_main():
+        if node_main():
             return super().set_status(state, **fields)
         return {**self.status(), **fields, "state": state}
 
