@@ -51,11 +51,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> RunDir:
+    """The reference: one process, global batch 4."""
+    return cli_train(tmp_path_factory.mktemp("one"), "batch_size=4", "max_steps=4")
+
+
 @pytest.mark.slow  # two trainer processes (torchrun) on 2 cores: ~40-60 s
-def test_ddp_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, demo_model_dir: Path) -> None:
-    one = cli_train(tmp_path / "one", "batch_size=4", "max_steps=4")
-    two = cli_train(tmp_path / "two", "batch_size=2", "max_steps=4", "strategy=ddp", "nproc_per_node=2")
-    reference, curve = losses(one), losses(two)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_follow_the_one_process_loss_curve(
+    tmp_path: Path, demo_model_dir: Path, one_process_run: RunDir, strategy: str
+) -> None:
+    two = cli_train(tmp_path / "two", "batch_size=2", "max_steps=4", f"strategy={strategy}", "nproc_per_node=2")
+    reference, curve = losses(one_process_run), losses(two)
     assert len(curve) == 4, "rank 0 alone writes the events: one train event per step"
     assert max(abs(a - b) for a, b in zip(reference, curve)) < LOSS_TOLERANCE, (reference, curve)
     assert curve[-1] < curve[0]
@@ -63,15 +71,18 @@ def test_ddp_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, dem
     assert status["state"] == "succeeded" and status["world_size"] == 2
     assert "single-process" in status["booster_reason"]
     assert "torch.distributed.run" in two.command_file.read_text()
+    log = two.log_file.read_text()
+    assert f"strategy {strategy}: 2 processes, fsdp={strategy == 'fsdp2'}" in log
+    assert "[default1]:" in log, "every rank's output is teed into train.log"
     rank_logs = {p.parent.name: p.read_text() for p in two.logs_dir.glob("node0/*/attempt_0/*/stderr.log")}
     assert set(rank_logs) == {"0", "1"} and "rank 1/2" in rank_logs["1"], rank_logs.keys()
-    assert "[default1]:" in two.log_file.read_text(), "every rank's output is teed into train.log"
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(demo_model_dir)), str(two.adapter_dir))
-    assert any("lora_B" in name and param.abs().sum() > 0 for name, param in model.named_parameters())
+    trained = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert trained and all(p.abs().sum() > 0 for p in trained.values()), "a consolidated, trained adapter"
 
 
 @pytest.mark.slow  # two trainer processes (torchrun) on 2 cores: ~40-60 s

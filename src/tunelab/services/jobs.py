@@ -184,7 +184,9 @@ class JobQueue:
     def submit(self, run: RunDir, devices: list[str] | None = None, gpu_count: int = 1) -> Job:
         """Queue a run (created with core.rundir.create_run); ValueError if it is already queued or running."""
         path = str(run.path.resolve())
-        self.check_request(devices, gpu_count)
+        processes = run.config().nproc_per_node if run.exists() else 1
+        gpu_count = max(gpu_count, processes)  # one GPU per process of a multi-process run
+        self.check_request(devices, gpu_count, processes)
         with self._lock, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             busy = db.execute("SELECT id FROM jobs WHERE run_dir = ? AND state IN ('queued','running')", (path,)).fetchone()
@@ -202,13 +204,19 @@ class JobQueue:
         log.info("queued %s (job %s)", run.run_id, job_id)
         return next(j for j in self.jobs() if j.id == job_id)
 
-    def check_request(self, devices: list[str] | None = None, gpu_count: int = 1) -> None:
-        """ValueError naming the problem when the devices asked for do not exist."""
+    def check_request(self, devices: list[str] | None = None, gpu_count: int = 1, processes: int = 1) -> None:
+        """ValueError naming the problem when the devices asked for do not exist or do not match the processes."""
         known = {gpu.index for gpu in self.gpus}
         unknown = [d for d in devices or [] if d not in known]
         if unknown:
             valid = ", ".join(sorted(known)) or "none (no CUDA device found)"
             raise ValueError(f"devices: {', '.join(unknown)} not found; valid: {valid}")
+        if devices and len(devices) != processes:
+            hint = "set strategy (ddp, fsdp2, deepspeed_zero2, deepspeed_zero3) and " if processes == 1 else ""
+            raise ValueError(
+                f"devices: {len(devices)} GPU(s) picked for {processes} process(es); {hint}nproc_per_node = {len(devices)}, "
+                f"or pick {processes} GPU(s)"
+            )
         if self.gpus and not devices and gpu_count > len(self.gpus):
             raise ValueError(f"gpu_count: {gpu_count} GPUs asked for, {len(self.gpus)} present")
 
@@ -240,6 +248,10 @@ class JobQueue:
         """Whether a stop of this run is in progress."""
         worker = self._stopping.get(str(Path(run_dir).resolve()))
         return bool(worker and worker.is_alive())
+
+    def process(self, job_id: int) -> subprocess.Popen | None:
+        """The launcher process of a job this queue started (None if another scheduler started it)."""
+        return self._children.get(job_id)
 
     def _stop_job(self, job: Job) -> None:
         runner.stop_run(job.run, grace_s=self.stop_grace_s)
