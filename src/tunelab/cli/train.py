@@ -50,7 +50,7 @@ def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tunelab.services.runner import reconcile, signal_group, start_run
+    from tunelab.services.runner import reconcile, signal_group
 
     try:
         path, overrides = _split_args(args)
@@ -60,7 +60,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"tunelab: {exc}", file=sys.stderr)
         return 2
     resuming = config.resume
-    run, process = start_run(config, args.runs_dir)
+    try:
+        run, queue, process = _start_through_queue(config, args.runs_dir)
+    except (ValueError, KeyboardInterrupt) as exc:
+        print(f"tunelab: {exc or 'interrupted while queued'}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 130
     print(f"run directory: {run.path}")
     if config.node_rank > 0:
         print(f"node {config.node_rank} of {config.nnodes}: node 0 writes the status, events and weights; this node's logs: {run.logs_dir}")
@@ -78,12 +82,57 @@ def _train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
     state = _follow(run, process, skip_existing=resuming)
+    queue.poll()  # the job's devices are free again
     status = reconcile(run)  # also names the rank that broke a multi-process run
     print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")
     weights = run.final_weights()
     if weights:
         print(f"saved: {weights}")
     return {"succeeded": 0, "aborted": 130}.get(status.get("state"), 1)
+
+
+def _start_through_queue(config: RunConfig, runs_parent: str | None):
+    """Create the run and queue it in the runs folder's job queue (shared with a studio on the same folder), so it
+    starts only once its GPUs are free; with no studio running, this process schedules it. Returns (run, queue, process)."""
+    from tunelab.core.paths import runs_dir
+    from tunelab.core.rundir import create_run
+    from tunelab.services.jobs import JobQueue, detect_gpus
+
+    queue = JobQueue(Path(runs_parent or runs_dir()), gpus=detect_gpus())
+    queue.poll()  # reap jobs whose processes are gone, so a resumed run is not "already running"
+    run = create_run(config, runs_parent)
+    job = queue.submit(run)
+    queue.poll()
+    told = False
+    try:
+        while (process := queue.process(job.id)) is None:
+            current = queue.job_for(run.path)
+            if current is None or current.state == "finished":
+                raise ValueError(f"{run.run_id} left the queue before it started ({run.status().get('message', '')})")
+            if current.state == "running" and current.pgid:
+                return run, queue, _Group(current.pgid)  # a studio on the same folder started it
+            if not told:
+                print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
+                told = True
+            time.sleep(1.0)
+            queue.poll()
+    except KeyboardInterrupt:
+        queue.stop(run.path)
+        raise
+    return run, queue, process
+
+
+class _Group:
+    """A trainer started by another scheduler, followed through its process group."""
+
+    def __init__(self, pgid: int):
+        self.pid = pgid
+
+    def poll(self) -> int | None:
+        """None while any process of the group runs."""
+        from tunelab.services.runner import group_alive
+
+        return None if group_alive(self.pid) else 0
 
 
 def _follow(run: RunDir, process, skip_existing: bool = False) -> str:
