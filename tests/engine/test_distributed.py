@@ -72,7 +72,8 @@ def test_two_processes_follow_the_one_process_loss_curve(
     assert "single-process" in status["booster_reason"]
     assert "torch.distributed.run" in two.command_file.read_text()
     log = two.log_file.read_text()
-    assert f"strategy {strategy}: 2 processes, fsdp={strategy == 'fsdp2'}" in log
+    fsdp = "fsdp=True (version 2)" if strategy == "fsdp2" else "fsdp=False"
+    assert f"strategy {strategy}: 2 processes, {fsdp}" in log
     assert "[default1]:" in log, "every rank's output is teed into train.log"
     rank_logs = {p.parent.name: p.read_text() for p in two.logs_dir.glob("node0/*/attempt_0/*/stderr.log")}
     assert set(rank_logs) == {"0", "1"} and "rank 1/2" in rank_logs["1"], rank_logs.keys()

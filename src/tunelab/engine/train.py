@@ -100,8 +100,9 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     ctx = StageContext(config, run_, model, tokenizer, data, writer, stop, booster.mode, choice, path)
     trainer = stage.build_trainer(ctx)
     if dist.launched():
-        log.info("strategy %s: %d processes, fsdp=%s deepspeed=%s", config.strategy, dist.world_size(),
-                 trainer.is_fsdp_enabled, trainer.is_deepspeed_enabled)
+        fsdp = getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", None) if trainer.is_fsdp_enabled else None
+        log.info("strategy %s: %d processes, fsdp=%s (version %s) deepspeed=%s", config.strategy, dist.world_size(),
+                 trainer.is_fsdp_enabled, fsdp, trainer.is_deepspeed_enabled)
     checkpoint = run_.last_checkpoint() if config.resume else None
     if config.resume and checkpoint is None:
         log.warning("resume=true but %s holds no checkpoint: starting from scratch", run_.checkpoints)
