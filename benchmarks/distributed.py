@@ -45,7 +45,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="folder for results.json and jobs.log")
-    p.add_argument("--models", default="llama1b,llama3b")
+    p.add_argument("--models", default="llama3b", help="llama1b, llama3b (comma-separated)")
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--strategies", default="none,fsdp2,deepspeed_zero3", help="none = one plain process (DDP when nproc > 1)")
     p.add_argument("--nproc", default="1", help="processes (GPUs) per job, comma-separated: 1,2")
@@ -53,13 +53,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2, help="per GPU")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--timeout", type=int, default=900, help="seconds per job")
-    p.add_argument("--device-cpu", action="store_true", help="tiny model on the CPU, gloo, 2 processes: checks the script")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per job")
+    p.add_argument("--budget", type=int, default=540, help="skip jobs that would start after this many seconds")
+    p.add_argument("--device-cpu", action="store_true", help="tiny model on the CPU, gloo, 1 and 2 processes, plain/DDP only: checks the script")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device_cpu:
         args.models, args.nproc, args.seq, args.batch, args.steps, args.warmup = "tiny", "1,2", 64, 2, 3, 1
-        args.strategies = "none,fsdp2"
+        args.strategies = "none"  # accelerate applies FSDP2 and DeepSpeed only on GPUs
     if not args.worker and not args.out:
         p.error("--out is required")
     return args
@@ -121,6 +122,10 @@ def worker(spec: dict[str, Any]) -> None:
         ddp_find_unused_parameters=False, **extra,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[Timer()])
+    fsdp_version = trainer.accelerator.state.fsdp_plugin.fsdp_version if trainer.is_fsdp_enabled else None
+    if (spec["strategy"] == "fsdp2") != (fsdp_version == 2) or spec["strategy"].startswith("deepspeed") != trainer.is_deepspeed_enabled:
+        raise SystemExit(f"{spec['strategy']} asked for, but the trainer runs fsdp_version={fsdp_version} "
+                         f"deepspeed={trainer.is_deepspeed_enabled}")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -138,7 +143,7 @@ def worker(spec: dict[str, Any]) -> None:
             "peak_gib_allocated": [round(m[0], 2) for m in per_rank],
             "peak_gib_reserved": [round(m[1], 2) for m in per_rank],
             "trainable_params": trainable, "params": total, "world_size": world,
-            "fsdp_version": getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", None),
+            "fsdp_version": fsdp_version,
             "deepspeed": trainer.is_deepspeed_enabled,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
@@ -215,14 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     has_deepspeed = deepspeed_available()
+    began = time.time()
     rows: list[dict[str, Any]] = []
     for model in args.models.split(","):
         for method in args.methods.split(","):
             for strategy in args.strategies.split(","):
                 for nproc in [int(n) for n in args.nproc.split(",")]:
+                    skip = None
                     if strategy.startswith("deepspeed") and not has_deepspeed:
+                        skip = "deepspeed is not installed here"
+                    elif time.time() - began > args.budget:
+                        skip = f"over the {args.budget} s budget"
+                    if skip:
                         rows.append({"job": f"{model}-{method}-{strategy}-x{nproc}", "model": model, "method": method,
-                                     "strategy": strategy, "nproc": nproc, "skipped": "deepspeed is not installed here"})
+                                     "strategy": strategy, "nproc": nproc, "skipped": skip})
                     else:
                         rows.append(run_job(args, out, model, method, strategy, nproc))
                     print(json.dumps(rows[-1]), flush=True)

@@ -60,6 +60,7 @@ def node_main() -> bool:
 
 def init(config: RunConfig) -> None:
     """Join the process group (gloo on CPU, nccl on GPUs) with the configured collective timeout; pin the GPU."""
+    check_device(config)
     if not launched():
         return
     _die_with_launcher()
@@ -78,6 +79,20 @@ def record_pid(run_: RunDir) -> None:
     """logs/rank-<N>.pid: lets Stop (services/runner.stop_run) make sure no rank outlives its job."""
     if launched():
         write_atomic(run_.logs_dir / f"rank-{rank()}.pid", f"{os.getpid()}\n")
+
+
+def check_device(config: RunConfig) -> None:
+    """FSDP2 and DeepSpeed shard across GPUs only (accelerate falls back to plain data parallel on CPU processes):
+    refuse rather than silently run something else."""
+    import torch
+
+    from tunelab.core.config import ConfigError
+
+    if config.strategy not in ("none", "ddp") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"strategy: {config.strategy!r} needs CUDA GPUs (accelerate applies FSDP and DeepSpeed only on GPUs); "
+            "valid choices without a GPU: none, ddp"
+        )
 
 
 def _die_with_launcher() -> None:
