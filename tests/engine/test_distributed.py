@@ -164,3 +164,15 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_resume_needs_the_same_number_of_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.core.config import ConfigError, RunConfig
+    from tunelab.engine.dist import check_resume
+
+    config = RunConfig(resume=True, strategy="ddp", nproc_per_node=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_resume(config, {"world_size": 2})
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match=r"resume: the checkpoints were written by 2 process\(es\), this launch has 4"):
+        check_resume(config, {"world_size": 2})
