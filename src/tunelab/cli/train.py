@@ -101,38 +101,11 @@ def _start_through_queue(config: RunConfig, runs_parent: str | None):
     queue = JobQueue(Path(runs_parent or runs_dir()), gpus=detect_gpus())
     queue.poll()  # reap jobs whose processes are gone, so a resumed run is not "already running"
     run = create_run(config, runs_parent)
-    job = queue.submit(run)
-    queue.poll()
-    told = False
-    try:
-        while (process := queue.process(job.id)) is None:
-            current = queue.job_for(run.path)
-            if current is None or current.state == "finished":
-                raise ValueError(f"{run.run_id} left the queue before it started ({run.status().get('message', '')})")
-            if current.state == "running" and current.pgid:
-                return run, queue, _Group(current.pgid)  # a studio on the same folder started it
-            if not told:
-                print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
-                told = True
-            time.sleep(1.0)
-            queue.poll()
-    except KeyboardInterrupt:
-        queue.stop(run.path)
-        raise
-    return run, queue, process
 
+    def waiting(job) -> None:
+        print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
 
-class _Group:
-    """A trainer started by another scheduler, followed through its process group."""
-
-    def __init__(self, pgid: int):
-        self.pid = pgid
-
-    def poll(self) -> int | None:
-        """None while any process of the group runs."""
-        from tunelab.services.runner import group_alive
-
-        return None if group_alive(self.pid) else 0
+    return run, queue, queue.run_when_free(run, on_wait=waiting)
 
 
 def _follow(run: RunDir, process, skip_existing: bool = False) -> str:

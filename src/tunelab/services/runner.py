@@ -101,6 +101,26 @@ def signal_group(pgid: int | None, sig: int = signal.SIGTERM) -> bool:
     return True
 
 
+class GroupHandle:
+    """A job process started by another scheduler, watched through its process group (poll/wait like Popen)."""
+
+    def __init__(self, pgid: int):
+        self.pid = pgid
+
+    def poll(self) -> int | None:
+        """None while any process of the group runs, else 0 (its status.json says how it ended)."""
+        return None if group_alive(self.pid) else 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the group has ended."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(f"process group {self.pid}", timeout)
+            time.sleep(0.2)
+        return 0
+
+
 def rank_processes(run: RunDir) -> list[int]:
     """Live rank processes of a multi-process run (torchrun starts each rank in its own session)."""
     alive = []
