@@ -86,6 +86,12 @@ class EventsCallback(TrainerCallback):
         self.stop.training = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.world_size > 1:  # every rank stops at the same step, whichever one got the signal
+            from tunelab.engine.dist import any_rank
+
+            self.stop.requested = any_rank(self.stop.requested)
+            if self.stop.requested and not self.stop.signal_name:
+                self.stop.signal_name = "a signal to another rank"
         if self.stop.requested:
             control.should_save = True
             control.should_training_stop = True
