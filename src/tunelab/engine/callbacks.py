@@ -70,6 +70,11 @@ def stage_metrics(logs: dict) -> dict[str, Any]:
     return out
 
 
+def _rate(tokens: int, seconds: float) -> float | None:
+    """Tokens per second over a span (None for an empty span)."""
+    return round(tokens / seconds, 1) if seconds > 0 else None
+
+
 class EventsCallback(TrainerCallback):
     """Writes ``train`` and ``eval`` events, and honours the stop request."""
 
@@ -78,11 +83,14 @@ class EventsCallback(TrainerCallback):
         self.start_time = time.time()
         self.start_step = 0
         self.start_tokens = 0
+        self.last_time = self.start_time
+        self.last_tokens = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start_time = time.time()
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen or 0
+        self.last_time, self.last_tokens = self.start_time, self.start_tokens
         self.stop.training = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -94,7 +102,8 @@ class EventsCallback(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs:
             return
-        elapsed = time.time() - self.start_time
+        now = time.time()
+        elapsed = now - self.start_time
         steps = max(state.global_step - self.start_step, 1)
         tokens = state.num_input_tokens_seen or 0
         remaining = max(state.max_steps - state.global_step, 0)
@@ -108,11 +117,13 @@ class EventsCallback(TrainerCallback):
             grad_norm=_clean(logs.get("grad_norm")),
             lr=_clean(logs.get("learning_rate")),
             tokens_seen=tokens,
-            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 else None,
+            tokens_per_s=_rate(tokens - self.last_tokens, now - self.last_time),
+            tokens_per_s_avg=_rate(tokens - self.start_tokens, elapsed),
             peak_mem_gb=round(_peak_memory_gb(), 3),
             elapsed_s=round(elapsed, 2),
             eta_s=round(elapsed / steps * remaining, 1),
         )
+        self.last_time, self.last_tokens = now, tokens
         log.info(
             "step %d/%d loss %.4f lr %.2e %.0f tok/s eta %.0fs",
             event["step"], event["total_steps"], event["loss"] or float("nan"), event["lr"] or 0.0,
