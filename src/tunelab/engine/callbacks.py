@@ -48,6 +48,20 @@ def _peak_memory_gb() -> float:
     return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
 
 
+def _gpu_memory_fields() -> dict[str, float]:
+    """On a GPU: peak reserved GiB (what nvidia-smi and an out-of-memory error see) and, when the fast path
+    offloads activations, the peak pinned host GiB they held."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    fields = {"peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    store = sys.modules.get("tunelab.engine.fast.checkpoint")
+    if store is not None and store.pinned_peak_bytes():
+        fields["pinned_host_gb"] = round(store.pinned_peak_bytes() / 2**30, 3)
+    return fields
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -120,6 +134,7 @@ class EventsCallback(TrainerCallback):
             tokens_per_s=_rate(tokens - self.last_tokens, now - self.last_time),
             tokens_per_s_avg=_rate(tokens - self.start_tokens, elapsed),
             peak_mem_gb=round(_peak_memory_gb(), 3),
+            **_gpu_memory_fields(),
             elapsed_s=round(elapsed, 2),
             eta_s=round(elapsed / steps * remaining, 1),
         )

@@ -16,12 +16,12 @@ from tunelab.engine.fast.model import FastOptions, apply_fast_path, plan_tokens
 VOCAB = 300
 
 
-def tiny_lm(kind: str):
+def tiny_lm(kind: str, vocab: int = VOCAB):
     """A 2-layer random model of one family (Gemma 3: one sliding-window layer of 6 tokens, one global layer;
     Mistral: a 6-token window), with random norm weights so each family's norm convention matters."""
     import transformers as tf
 
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
     extra = {"qwen3": dict(head_dim=16), "mistral": dict(sliding_window=6),
              "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=6,
