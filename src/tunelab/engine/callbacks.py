@@ -108,6 +108,12 @@ class EventsCallback(TrainerCallback):
         self.stop.training = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.world_size > 1:  # every rank stops at the same step, whichever one got the signal
+            from tunelab.engine.dist import any_rank
+
+            self.stop.requested = any_rank(self.stop.requested)
+            if self.stop.requested and not self.stop.signal_name:
+                self.stop.signal_name = "a signal to another rank"
         if self.stop.requested:
             control.should_save = True
             control.should_training_stop = True
@@ -131,8 +137,8 @@ class EventsCallback(TrainerCallback):
             grad_norm=_clean(logs.get("grad_norm")),
             lr=_clean(logs.get("learning_rate")),
             tokens_seen=tokens,
-            tokens_per_s=_rate(tokens - self.last_tokens, now - self.last_time),
-            tokens_per_s_avg=_rate(tokens - self.start_tokens, elapsed),
+            tokens_per_s=_rate(tokens - self.last_tokens, now - self.last_time) if tokens else None,
+            tokens_per_s_avg=_rate(tokens - self.start_tokens, elapsed) if tokens else None,
             peak_mem_gb=round(_peak_memory_gb(), 3),
             **_gpu_memory_fields(),
             elapsed_s=round(elapsed, 2),
