@@ -2,6 +2,7 @@
 
     python benchmarks/product_bench.py --out benchmarks/results/h200-product      (on a GPU)
     python benchmarks/product_bench.py --out /tmp/pb --cpu                          (checks this script)
+    python benchmarks/product_bench.py --out benchmarks/results/h200-product.json --table   (the README table)
 
 Writes a Llama-3.1-8B-shaped model (random bf16 weights, seeded; a ChatML BPE tokenizer trained on the shipped
 data) and an alpaca-format dataset of long answers, then runs, each in its own process and in the same run:
@@ -62,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=600)
     p.add_argument("--timeout", type=int, default=420)
     p.add_argument("--cpu", action="store_true", help="tiny model on the CPU, 2 steps: checks this script")
+    p.add_argument("--table", action="store_true", help="print the README table of --out's results.json and exit")
     args = p.parse_args(argv)
     if args.cpu:
         args.model, args.seq, args.batch, args.steps, args.warmup, args.examples = "tiny", 256, 2, 2, 1, 60
@@ -210,6 +212,10 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    if args.table:
+        source = out if out.suffix == ".json" else out / "results.json"
+        print(table(json.loads(source.read_text())["rows"]))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TUNELAB_BENCH_DIR", "/tmp/tunelab-product-bench"))
     work.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def tiny_lm(kind: str, vocab: int = VOCAB):
     gen = torch.Generator().manual_seed(11)
     for name, param in model.named_parameters():
         if "norm" in name:
-            param.data.copy_(torch.randn(param.shape, generator=gen) * 0.2 + (0.0 if kind == "gemma3_text" else 1.0))
+            param.data.copy_(torch.randn(param.shape, generator=gen, device="cpu") * 0.2 + (0.0 if kind == "gemma3_text" else 1.0))
     return model
 
 
