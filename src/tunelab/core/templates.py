@@ -64,6 +64,7 @@ class ChatTemplate(BaseModel):
     quirks: list[Quirk] = []
     render_kwargs: dict[str, Any] = {}
     ollama: str | None = None
+    tool_parser: Literal["hermes", "xml_function"] | None = None  # how tool calls read back (core.tool_calls)
     turns: Turns | None = None
     jinja: str | None = None
 
