@@ -149,3 +149,24 @@ def test_lm_eval_loglikelihood_task_through_the_api(server, demo_model_dir: Path
         return [resp[0][0] for sample in result["samples"]["tuna_pick"] for resp in sample["resps"]]
 
     assert lls(remote) == pytest.approx(lls(local), abs=1e-3) and len(lls(remote)) == 9
+
+
+def test_openai_engine_passes_logprobs_through(client: openai.OpenAI, server) -> None:
+    """The `openai` engine (how tunelab talks to vllm serve or any server) relays logprobs and echoed prompt logprobs."""
+    from tunelab.core.generation import SamplingParams
+    from tunelab.engine.inference.remote import OpenAIEngine
+
+    engine = OpenAIEngine(server[0], KEY)
+    try:
+        deltas = list(engine.complete("demo", PROMPT, SamplingParams(temperature=0, max_new_tokens=5, logprobs=2)))
+        direct = client.completions.create(model="demo", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2).choices[0].logprobs
+        relayed = [e for d in deltas for e in d.logprobs or []]
+        assert [(e.token, e.logprob) for e in relayed] == list(zip(direct.tokens, direct.token_logprobs))
+        assert [dict(e.top) for e in relayed] == direct.top_logprobs
+        prompt = engine.prompt_logprobs("demo", PROMPT, 1)
+        echoed = client.completions.create(model="demo", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1).choices[0].logprobs
+        assert [(e.token, e.logprob) for e in prompt] == list(zip(echoed.tokens, echoed.token_logprobs))
+        chat = list(engine.chat("demo", WHO, SamplingParams(temperature=0, max_new_tokens=5, logprobs=1)))
+        assert len([e for d in chat for e in d.logprobs or []]) == chat[-1].completion_tokens == 5
+    finally:
+        engine.close()
