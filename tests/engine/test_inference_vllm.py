@@ -87,6 +87,14 @@ def test_vllm_serve_from_its_own_venv(demo_adapter_run: Path, tmp_path: Path) ->
         assert tuned.usage.completion_tokens > 5 and tuned.usage.prompt_tokens > 5
         stream = client.chat.completions.create(model=demo_adapter_run.name, messages=who, temperature=0, max_tokens=40, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == tuned.choices[0].message.content
+        # logprobs and echoed prompt logprobs pass through to vLLM (bf16 there, so compared by shape and greediness)
+        lp = client.chat.completions.create(model=demo_adapter_run.name, messages=who, temperature=0, max_tokens=10,
+                                            logprobs=True, top_logprobs=2).choices[0].logprobs.content
+        assert len(lp) >= 5 and all(e.logprob <= 0 and e.logprob == e.top_logprobs[0].logprob for e in lp)
+        echoed = client.completions.create(model="demo", prompt="The capital of France is", max_tokens=1, temperature=0,
+                                           echo=True, logprobs=1)
+        values = echoed.choices[0].logprobs.token_logprobs
+        assert values[0] is None and len(values) == echoed.usage.prompt_tokens + 1 and all(v <= 0 for v in values[1:])
     finally:
         api.terminate()
         code = api.wait(60)
