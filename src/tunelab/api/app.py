@@ -185,7 +185,15 @@ async def _drain(stream: Iterator[Delta], cancel: threading.Event) -> AsyncItera
 def _echo(engine: Any, body: CompletionRequest, prompt: str | list[int], top: int | None, count: bool) -> tuple[tuple[str, list], int]:
     """The echoed prompt: its text and (with logprobs) its tokens' logprobs; and its token count when ``count``."""
     entries = engine.prompt_logprobs(body.model, prompt, top or 0, body.add_special_tokens) if top is not None or count else []
-    text = prompt if isinstance(prompt, str) else engine.decode(body.model, prompt)
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        try:
+            text = engine.decode(body.model, prompt)
+        except InferenceError:
+            if not entries:
+                raise
+            text = "".join(e.token for e in entries)  # an engine without a local tokenizer: the server's own tokens
     return (text, entries if top is not None else []), len(entries)
 
 
