@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.core.config import ConfigError, RunConfig, load_config
+from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.datasets import DataError, check_stage, load_dataset_registry, validate_file
 from tunelab.core.events import EventTail
+from tunelab.core.lf_import import load_any_config
 from tunelab.core.rundir import FINAL_STATES, RunDir
 from tunelab.core.templates import UnknownTemplate, registry
 
@@ -18,7 +19,7 @@ from tunelab.core.templates import UnknownTemplate, registry
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the `train` command."""
     parser = commands.add_parser("train", help="train from a YAML run config (plus key=value overrides)")
-    parser.add_argument("config", nargs="?", help="YAML run config; omit to start from defaults")
+    parser.add_argument("config", nargs="?", help="YAML run config (tunelab's or LLaMA-Factory's); omit for defaults")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
     parser.add_argument("--detach", action="store_true", help="start the run in the background and exit")
     parser.add_argument("--runs-dir", help="parent folder for new run directories (default ./runs)")
@@ -54,7 +55,9 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         path, overrides = _split_args(args)
-        config = load_config(path, overrides)
+        config, notes = load_any_config(path, overrides)
+        for note in notes:
+            print(f"tunelab: {note}", file=sys.stderr)
         preflight(config)
     except (ConfigError, DataError, UnknownTemplate) as exc:
         print(f"tunelab: {exc}", file=sys.stderr)

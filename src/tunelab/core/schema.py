@@ -35,7 +35,12 @@ def describe_error(schema: type[BaseModel], error: dict) -> str:
     name = loc[0] if loc else ""
     where = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(name, list(schema.model_fields), n=3)
+        from tunelab.core.key_aliases import key_hint
+
+        hint = key_hint(name, schema.model_fields)
+        if hint:
+            return f"{where}: unknown field; {hint}"
+        close = difflib.get_close_matches(name, list(schema.model_fields), n=3, cutoff=0.75)
         return f"{where}: unknown field" + (f"; did you mean {', '.join(close)}?" if close else "")
     message = error["msg"].removeprefix("Value error, ")
     if not loc:
