@@ -20,6 +20,9 @@ RENAMED: dict[str, str] = {
     "quantization_type": "quant_type",
     "double_quantization": "double_quant",
     "pref_beta": "beta",
+    "dpo_label_smoothing": "label_smoothing",
+    "kto_chosen_weight": "kto_desirable_weight",
+    "kto_rejected_weight": "kto_undesirable_weight",
 }
 
 # LLaMA-Factory keys whose value is translated (tunelab.core.lf_import.CONVERTERS): key -> tunelab field(s).
@@ -33,13 +36,13 @@ CONVERTED: dict[str, str] = {
     "enable_liger_kernel": "booster",
     "disable_gradient_checkpointing": "gradient_checkpointing",
     "resume_from_checkpoint": "resume",
-    "pref_loss": "stage",
+    "pref_loss": "stage, dpo_loss",
+    "deepspeed": "strategy, deepspeed_config",
     "report_to": "report_to",
     "template": "template",
 }
 
 _TRAINS = "`tunelab train` always trains; evaluation is `tunelab eval` on the finished run"
-_ONE_PROCESS = "multi-GPU launch settings are not part of the run config yet; tunelab trains in one process"
 _ENCODE = "tunelab encodes the dataset once per run and caches it; no worker settings"
 
 # LLaMA-Factory keys with no tunelab equivalent: key -> the one-line reason shown when it is dropped.
@@ -49,11 +52,9 @@ UNSUPPORTED: dict[str, str] = {
     "do_predict": _TRAINS,
     "predict_with_generate": _TRAINS,
     "overwrite_output_dir": "every run gets its own run directory; resume: true continues one",
-    "deepspeed": _ONE_PROCESS,
-    "ddp_timeout": _ONE_PROCESS,
-    "fsdp": _ONE_PROCESS,
-    "fsdp_config": _ONE_PROCESS,
-    "ray_num_workers": _ONE_PROCESS,
+    "ddp_timeout": "collective_timeout_s is in seconds and applies to every collective; set it yourself",
+    "fsdp": "use strategy: fsdp2 (and fsdp_config for your own JSON)",
+    "ray_num_workers": "Ray is not supported; use nproc_per_node / nnodes",
     "plot_loss": "the loss curve is always drawn: web UI, TensorBoard, events.jsonl",
     "preprocessing_num_workers": _ENCODE,
     "preprocessing_batch_size": _ENCODE,

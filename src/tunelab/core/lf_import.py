@@ -7,6 +7,8 @@ tunelab.core.key_aliases; template names resolve through templates/aliases/llama
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,8 +84,35 @@ def _resume(value: Any, src: dict, out: dict, notes: list[str]) -> None:
 def _pref_loss(value: Any, src: dict, out: dict, notes: list[str]) -> None:
     if value in ("orpo", "simpo") and src.get("stage", "sft") == "dpo":
         out["stage"] = value
-    elif value not in (None, "sigmoid"):
-        notes.append(f"pref_loss: {value!r} has no equivalent (DPO uses the sigmoid loss); dropped")
+    elif value is not None and value != "sigmoid":
+        out["dpo_loss"] = value  # validation lists the valid losses
+
+
+def _deepspeed(value: Any, src: dict, out: dict, notes: list[str]) -> None:
+    if not value:
+        return
+    path = Path(str(value)).expanduser()
+    stage = None
+    if path.is_file():
+        try:
+            stage = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
+        except (OSError, ValueError, AttributeError):
+            raise ConfigError(f"deepspeed: {value!r} is not a DeepSpeed JSON config") from None
+    else:
+        found = re.search(r"z(?:ero)?_?(\d)", path.name)
+        stage = int(found.group(1)) if found else None
+    strategy = {0: "ddp", 1: "ddp", 2: "deepspeed_zero2", 3: "deepspeed_zero3"}.get(stage)
+    if strategy is None:
+        raise ConfigError(f"deepspeed: cannot tell the ZeRO stage of {value!r}; set strategy yourself "
+                          "(valid choices: ddp, deepspeed_zero2, deepspeed_zero3)")
+    out["strategy"] = strategy
+    if "offload" in path.name and strategy != "ddp":
+        out["offload"] = True
+    if path.is_file() and strategy != "ddp":
+        out["deepspeed_config"] = str(value)
+    notes.append(f"deepspeed: {value} -> strategy: {strategy}" + (", offload: true" if out.get("offload") else "")
+                 + ("" if path.is_file() else " (file not found here: tunelab generates the DeepSpeed config)")
+                 + "; set nproc_per_node to the number of GPUs (LLaMA-Factory took it from torchrun)")
 
 
 def _report_to(value: Any, src: dict, out: dict, notes: list[str]) -> None:
@@ -119,7 +148,7 @@ CONVERTERS: dict[str, Converter] = {
     "quantization_bit": _quantization_bit, "quantization_method": _quantization_method,
     "flash_attn": _flash_attn, "enable_liger_kernel": _liger,
     "disable_gradient_checkpointing": _no_checkpointing, "resume_from_checkpoint": _resume,
-    "pref_loss": _pref_loss, "report_to": _report_to, "template": _template,
+    "pref_loss": _pref_loss, "deepspeed": _deepspeed, "report_to": _report_to, "template": _template,
 }
 assert set(CONVERTERS) == set(CONVERTED), "key_aliases.CONVERTED and lf_import.CONVERTERS must list the same keys"
 
