@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from tunelab.core.config import ConfigError, RunConfig
-from tunelab.core.datasets import DataError, check_stage, load_dataset_registry, validate_file
+from tunelab.core.datasets import DataError
 from tunelab.core.events import EventTail
 from tunelab.core.lf_import import load_any_config
 from tunelab.core.rundir import RunDir
-from tunelab.core.templates import UnknownTemplate, registry
+from tunelab.core.templates import UnknownTemplate
+from tunelab.services.preflight import preflight  # also imported from here by webui/train_actions.py
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,21 +25,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--detach", action="store_true", help="start the run in the background and exit")
     parser.add_argument("--runs-dir", help="parent folder for new run directories (default ./runs)")
     parser.set_defaults(handler=_train)
-
-
-def preflight(config: RunConfig) -> None:
-    """Checks that need no torch: template name and every local dataset row. Raises on user errors."""
-    if config.template != "auto":
-        registry().get(config.template)
-    model = config.model
-    if model != "demo" and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
-        raise ConfigError(f"model: {model!r} is not a folder (give a local model folder, a hub id or 'demo')")
-    datasets = load_dataset_registry(config.dataset_dir)
-    for name in config.dataset:
-        name, spec, local = datasets.resolve(name)
-        check_stage(name, spec, config.stage)
-        if local is not None:
-            validate_file(name, spec, local).raise_if_bad()
 
 
 def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
