@@ -13,7 +13,7 @@ VLLM_BOOT_PYTHON ?= $(shell command -v python3.11 || echo $(PYTHON))
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
-.PHONY: venv webui test test-all test-vllm vllm-venv demo screenshots clean
+.PHONY: venv webui test test-fast lint test-all test-vllm vllm-venv demo screenshots clean
 
 venv: $(STAMP)
 
@@ -37,8 +37,17 @@ screenshots: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tunelab demo
 
-test: $(STAMP)
+# Lint (ruff: errors only, see pyproject.toml) and types (mypy on core and services); `test` runs them first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src webui tests
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
+
+# Everything not marked slow.
+test-fast: lint
+	$(PY) -m pytest -q -m 'not slow'
 
 $(VLLM_STAMP):
 	test -x $(VLLM_PY) || $(VLLM_BOOT_PYTHON) -m venv $(VLLM_VENV)

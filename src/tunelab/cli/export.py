@@ -7,7 +7,7 @@ import logging
 import sys
 
 from tunelab.core.config import ConfigError
-from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export_config
+from tunelab.core.export_config import ExportConfig, validate_export_config
 from tunelab.core.sources import SourceError
 from tunelab.cli.schema_args import add_schema_options, schema_values
 

@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
-    state = _follow(run, process, skip_existing=resuming)
+    _follow(run, process, skip_existing=resuming)
     queue.poll()  # the job's devices are free again
     status = reconcile(run)  # also names the rank that broke a multi-process run
     print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")

@@ -248,7 +248,7 @@ def field_stages(name: str) -> tuple[str, ...] | None:
 
 def stage_fields(stage: str) -> list[str]:
     """The RunConfig fields the stage uses, in schema order."""
-    return [name for name in RunConfig.model_fields if (field_stages(name) is None or stage in field_stages(name))]
+    return [name for name in RunConfig.model_fields if (stages := field_stages(name)) is None or stage in stages]
 
 
 def field_choices(name: str) -> list[str] | None:

@@ -92,7 +92,7 @@ def _deepspeed(value: Any, src: dict, out: dict, notes: list[str]) -> None:
     if not value:
         return
     path = Path(str(value)).expanduser()
-    stage = None
+    stage: int | None = None
     if path.is_file():
         try:
             stage = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
@@ -101,7 +101,7 @@ def _deepspeed(value: Any, src: dict, out: dict, notes: list[str]) -> None:
     else:
         found = re.search(r"z(?:ero)?_?(\d)", path.name)
         stage = int(found.group(1)) if found else None
-    strategy = {0: "ddp", 1: "ddp", 2: "deepspeed_zero2", 3: "deepspeed_zero3"}.get(stage)
+    strategy = {0: "ddp", 1: "ddp", 2: "deepspeed_zero2", 3: "deepspeed_zero3"}.get(stage) if stage is not None else None
     if strategy is None:
         raise ConfigError(f"deepspeed: cannot tell the ZeRO stage of {value!r}; set strategy yourself "
                           "(valid choices: ddp, deepspeed_zero2, deepspeed_zero3)")

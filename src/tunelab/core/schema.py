@@ -29,7 +29,7 @@ def choices_of(schema: type[BaseModel], name: str) -> list[str] | None:
     return None
 
 
-def describe_error(schema: type[BaseModel], error: dict) -> str:
+def describe_error(schema: type[BaseModel], error: Any) -> str:
     """One line for one pydantic error."""
     loc = [str(part) for part in error.get("loc", ())]
     name = loc[0] if loc else ""

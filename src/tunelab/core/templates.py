@@ -169,10 +169,10 @@ class TemplateRegistry:
     def __init__(self, templates: dict[str, ChatTemplate], foreign: dict[str, ForeignName] | None = None):
         self.templates = templates
         self.foreign = foreign or {}
-        for name, entry in self.foreign.items():
-            for family in [entry.family, *entry.covers]:
+        for name, foreign_name in self.foreign.items():
+            for family in [foreign_name.family, *foreign_name.covers]:
                 if family is not None and family not in templates:
-                    raise TemplateFileError(f"{entry.tool} template {name!r}: no family {family!r}")
+                    raise TemplateFileError(f"{foreign_name.tool} template {name!r}: no family {family!r}")
         self.aliases: dict[str, str] = {}
         for template in templates.values():
             for alias in template.aliases:
