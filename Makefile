@@ -19,7 +19,7 @@ TF4_VENV ?= .venv-tf4
 TF4_PY := $(TF4_VENV)/bin/python
 TF4_STAMP := $(TF4_VENV)/.tf4-installed
 
-.PHONY: venv webui test test-all test-vllm vllm-venv tf4-venv demo screenshots clean
+.PHONY: venv webui test test-fast lint test-all test-vllm vllm-venv tf4-venv demo screenshots clean
 
 venv: $(STAMP)
 
@@ -43,8 +43,17 @@ screenshots: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tunelab demo
 
-test: $(STAMP)
+# Lint (ruff: errors only, see pyproject.toml) and types (mypy on core and services); `test` runs them first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src webui tests
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
+
+# Everything not marked slow.
+test-fast: lint
+	$(PY) -m pytest -q -m 'not slow'
 
 $(VLLM_STAMP):
 	test -x $(VLLM_PY) || $(VLLM_BOOT_PYTHON) -m venv $(VLLM_VENV)

@@ -12,9 +12,13 @@ import sys
 import time
 
 from tunelab.core.config import ConfigError, parse_overrides
-from tunelab.core.eval_config import METRICS, EvalConfig, validate_eval_config
+from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.events import EventTail
 from tunelab.core.rundir import FINAL_STATES
+from tunelab.cli.schema_args import add_schema_options, schema_values
+
+# EvalConfig fields with their own flag; every other field is a key=value option.
+FLAGS = ["run", "model", "adapter", "metrics", "dataset", "tasks", "limit", "max_samples", "compare_base", "output_dir"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,16 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval", help="evaluate a fine-tuned model against its base: loss/perplexity, generation metrics, lm-eval tasks",
     )
-    parser.add_argument("--run", help="training run directory")
-    parser.add_argument("--model", help="base model folder, hub id or 'demo' (default: the adapter's base)")
-    parser.add_argument("--adapter", help="PEFT adapter folder (the fine-tuned side)")
-    parser.add_argument("--metrics", help=f"comma-separated: {', '.join(METRICS)} (default: loss)")
-    parser.add_argument("--dataset", help="datasets for loss/predict (default: the run's validation split)")
-    parser.add_argument("--tasks", help="bench: lm-eval task names or local task YAML files/folders, comma-separated")
-    parser.add_argument("--limit", type=int, help="bench quick mode: at most N examples per task")
-    parser.add_argument("--max-samples", type=int, help="loss/predict: at most N examples (default 200)")
-    parser.add_argument("--no-base", dest="compare_base", action="store_false", default=None, help="skip the base model")
-    parser.add_argument("--output-dir", help="job folder (default: RUN_DIR/evals/<job-id>)")
+    add_schema_options(parser, EvalConfig, FLAGS, {"compare_base": "--no-base"})
     parser.add_argument("--runs-dir", help="parent of job folders for a bare model/adapter (default ./runs)")
     parser.add_argument("--detach", action="store_true", help="start the job in the background and exit")
     parser.add_argument("options", nargs="*", metavar="key=value", help="any other EvalConfig option")
@@ -41,12 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The EvalConfig the arguments ask for (ConfigError on bad input)."""
     data = parse_overrides(args.options)
-    flags = {
-        "run": args.run, "model": args.model, "adapter": args.adapter, "metrics": args.metrics, "dataset": args.dataset,
-        "tasks": args.tasks, "limit": args.limit, "max_samples": args.max_samples, "compare_base": args.compare_base,
-        "output_dir": args.output_dir,
-    }
-    data.update({k: v for k, v in flags.items() if v is not None})
+    data.update(schema_values(args, FLAGS))
     return validate_eval_config(data, "tunelab eval")
 
 

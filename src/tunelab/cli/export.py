@@ -7,8 +7,13 @@ import logging
 import sys
 
 from tunelab.core.config import ConfigError
-from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export_config
+from tunelab.core.export_config import ExportConfig, validate_export_config
 from tunelab.core.sources import SourceError
+from tunelab.cli.schema_args import add_schema_options, schema_values
+
+SOURCE = ["run", "model", "adapter"]
+OPTIONS = ["out", "shard_size", "dtype", "gguf", "template", "reload_unquantized", "verify", "overwrite", "push_to_hub",
+           "trust_remote_code"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,30 +25,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "compare logits with the unmerged model. GGUF: " + "Llama-architecture models with a byte-level BPE tokenizer.",
     )
     source = parser.add_argument_group("source (a run, or a model and/or adapter)")
-    source.add_argument("--run", help="training run directory")
-    source.add_argument("--model", help="base model folder, hub id or 'demo' (default: the adapter's base)")
-    source.add_argument("--adapter", help="PEFT adapter folder")
-    parser.add_argument("--out", help="output folder (default: RUN_DIR/merged)")
-    parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="saved weight dtype")
-    parser.add_argument("--gguf", choices=GGUF_TYPES, help="also write a GGUF file (Llama architecture)")
-    parser.add_argument("--template", default="auto", help="chat template family (default: the run's)")
-    parser.add_argument("--reload-unquantized", action="store_true", help="merge a QLoRA run into the base reloaded unquantized")
-    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the reload-and-compare check")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this hub model repo")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+    add_schema_options(source, ExportConfig, SOURCE)
+    add_schema_options(parser, ExportConfig, OPTIONS)
     parser.set_defaults(handler=_export)
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig the arguments ask for (ConfigError on bad input)."""
-    fields = {
-        name: getattr(args, name)
-        for name in ("run", "model", "adapter", "out", "shard_size", "dtype", "gguf", "template", "reload_unquantized",
-                     "verify", "overwrite", "push_to_hub", "trust_remote_code")
-    }
-    return validate_export_config(fields, "tunelab export")
+    return validate_export_config(schema_values(args, SOURCE + OPTIONS), "tunelab export")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -8,36 +8,23 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.core.config import ConfigError, RunConfig, load_config
-from tunelab.core.datasets import DataError, check_stage, load_dataset_registry, validate_file
+from tunelab.core.config import ConfigError, RunConfig
+from tunelab.core.datasets import DataError
 from tunelab.core.events import EventTail
+from tunelab.core.lf_import import load_any_config
 from tunelab.core.rundir import RunDir
-from tunelab.core.templates import UnknownTemplate, registry
+from tunelab.core.templates import UnknownTemplate
+from tunelab.services.preflight import preflight  # also imported from here by webui/train_actions.py
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the `train` command."""
     parser = commands.add_parser("train", help="train from a YAML run config (plus key=value overrides)")
-    parser.add_argument("config", nargs="?", help="YAML run config; omit to start from defaults")
+    parser.add_argument("config", nargs="?", help="YAML run config (tunelab's or LLaMA-Factory's); omit for defaults")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
     parser.add_argument("--detach", action="store_true", help="start the run in the background and exit")
     parser.add_argument("--runs-dir", help="parent folder for new run directories (default ./runs)")
     parser.set_defaults(handler=_train)
-
-
-def preflight(config: RunConfig) -> None:
-    """Checks that need no torch: template name and every local dataset row. Raises on user errors."""
-    if config.template != "auto":
-        registry().get(config.template)
-    model = config.model
-    if model != "demo" and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
-        raise ConfigError(f"model: {model!r} is not a folder (give a local model folder, a hub id or 'demo')")
-    datasets = load_dataset_registry(config.dataset_dir)
-    for name in config.dataset:
-        name, spec, local = datasets.resolve(name)
-        check_stage(name, spec, config.stage)
-        if local is not None:
-            validate_file(name, spec, local).raise_if_bad()
 
 
 def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -54,7 +41,9 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         path, overrides = _split_args(args)
-        config = load_config(path, overrides)
+        config, notes = load_any_config(path, overrides)
+        for note in notes:
+            print(f"tunelab: {note}", file=sys.stderr)
         preflight(config)
     except (ConfigError, DataError, UnknownTemplate) as exc:
         print(f"tunelab: {exc}", file=sys.stderr)
@@ -81,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
-    state = _follow(run, process, skip_existing=resuming)
+    _follow(run, process, skip_existing=resuming)
     queue.poll()  # the job's devices are free again
     status = reconcile(run)  # also names the rank that broke a multi-process run
     print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")

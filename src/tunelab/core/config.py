@@ -248,7 +248,7 @@ def field_stages(name: str) -> tuple[str, ...] | None:
 
 def stage_fields(stage: str) -> list[str]:
     """The RunConfig fields the stage uses, in schema order."""
-    return [name for name in RunConfig.model_fields if (field_stages(name) is None or stage in field_stages(name))]
+    return [name for name in RunConfig.model_fields if (stages := field_stages(name)) is None or stage in stages]
 
 
 def field_choices(name: str) -> list[str] | None:
@@ -276,22 +276,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run config (or start from defaults) and apply ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    source = "overrides"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value")
-    data.update(parse_overrides(overrides or []))
-    return validate_config(data, source)
+    """Load a YAML run config, tunelab's or LLaMA-Factory's (or start from defaults), and apply overrides."""
+    from tunelab.core.lf_import import load_any_config
+
+    return load_any_config(path, overrides)[0]
 
 
 def dump_config(config: RunConfig) -> str:

@@ -107,7 +107,7 @@ class DatasetRegistry:
             return name_or_path, spec, local
         candidate = Path(name_or_path).expanduser()
         if candidate.is_file():
-            spec = DatasetSpec(file=str(candidate), format=format or guess_format(candidate))
+            spec = DatasetSpec(file=str(candidate), format=format or guess_format(candidate))  # type: ignore[arg-type]  # pydantic checks it
             return candidate.name, spec, candidate.resolve()
         names = ", ".join(sorted(self.specs))
         raise DataError(f"dataset {name_or_path!r}: not in {self.path} and not a file; registered: {names}")

@@ -29,13 +29,18 @@ def choices_of(schema: type[BaseModel], name: str) -> list[str] | None:
     return None
 
 
-def describe_error(schema: type[BaseModel], error: dict) -> str:
+def describe_error(schema: type[BaseModel], error: Any) -> str:
     """One line for one pydantic error."""
     loc = [str(part) for part in error.get("loc", ())]
     name = loc[0] if loc else ""
     where = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(name, list(schema.model_fields), n=3)
+        from tunelab.core.key_aliases import key_hint
+
+        hint = key_hint(name, schema.model_fields)
+        if hint:
+            return f"{where}: unknown field; {hint}"
+        close = difflib.get_close_matches(name, list(schema.model_fields), n=3, cutoff=0.75)
         return f"{where}: unknown field" + (f"; did you mean {', '.join(close)}?" if close else "")
     message = error["msg"].removeprefix("Value error, ")
     if not loc:

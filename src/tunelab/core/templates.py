@@ -128,9 +128,10 @@ class TemplateFileError(ValueError):
 class UnknownTemplate(KeyError):
     """No template or model id by that name; ``suggestions`` holds the closest known names."""
 
-    def __init__(self, kind: str, name: str, suggestions: list[str]):
+    def __init__(self, kind: str, name: str, suggestions: list[str], reason: str = ""):
         self.kind, self.name, self.suggestions = kind, name, suggestions
-        hint = f"; closest: {', '.join(suggestions)}" if suggestions else ""
+        hint = f" ({reason})" if reason else ""
+        hint += f"; closest: {', '.join(suggestions)}" if suggestions else ""
         super().__init__(f"unknown {kind} {name!r}{hint}")
 
     def __str__(self) -> str:
@@ -150,11 +151,34 @@ class CatalogHit:
     family: ChatTemplate
 
 
+class ForeignName(BaseModel):
+    """Another tool's template name (templates/aliases/<tool>.yaml): the family it renders like, or why none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str
+    family: str | None = None
+    model: str | None = None
+    covers: list[str] = []
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _family_or_reason(self) -> "ForeignName":
+        if (self.family is None) == (self.reason is None):
+            raise ValueError("give exactly one of 'family' or 'reason'")
+        return self
+
+
 class TemplateRegistry:
     """All template families and the model catalog, validated on load."""
 
-    def __init__(self, templates: dict[str, ChatTemplate]):
+    def __init__(self, templates: dict[str, ChatTemplate], foreign: dict[str, ForeignName] | None = None):
         self.templates = templates
+        self.foreign = foreign or {}
+        for name, foreign_name in self.foreign.items():
+            for family in [foreign_name.family, *foreign_name.covers]:
+                if family is not None and family not in templates:
+                    raise TemplateFileError(f"{foreign_name.tool} template {name!r}: no family {family!r}")
         self.aliases: dict[str, str] = {}
         for template in templates.values():
             for alias in template.aliases:
@@ -178,10 +202,13 @@ class TemplateRegistry:
     def get(self, name: str) -> ChatTemplate:
         """The family called ``name`` (UnknownTemplate with suggestions otherwise)."""
         name = self.aliases.get(name, name)
-        try:
+        if name in self.templates:
             return self.templates[name]
-        except KeyError:
-            raise UnknownTemplate("template", name, _closest(name, [*self.templates, *self.aliases])) from None
+        foreign = self.foreign.get(name)
+        if foreign is not None and foreign.family is not None:
+            return self.templates[foreign.family]
+        reason = f"{foreign.tool}'s name: {foreign.reason}" if foreign is not None and foreign.reason else ""
+        raise UnknownTemplate("template", name, _closest(name, [*self.templates, *self.aliases]), reason)
 
     def for_model(self, model_id: str) -> CatalogHit:
         """The catalog entry for a hub model id (case-insensitive; UnknownTemplate otherwise)."""
@@ -237,7 +264,24 @@ def load_registry(directory: Path | None = None) -> TemplateRegistry:
     orphans = {p.stem for p in directory.glob("*.jinja")} - set(templates)
     if orphans:
         raise TemplateFileError(f"{directory}: Jinja files without a YAML: {', '.join(sorted(orphans))}")
-    return TemplateRegistry(templates)
+    return TemplateRegistry(templates, load_foreign_names(directory / "aliases"))
+
+
+def load_foreign_names(directory: Path) -> dict[str, ForeignName]:
+    """Other tools' template names from ``directory``/<tool>.yaml (``reasons`` and ``names`` tables)."""
+    names: dict[str, ForeignName] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        reasons = raw.get("reasons", {})
+        for name, entry in (raw.get("names") or {}).items():
+            entry = dict(entry, tool=raw.get("tool", path.stem))
+            if "reason" in entry:
+                entry["reason"] = reasons.get(entry["reason"], entry["reason"])
+            try:
+                names.setdefault(name, ForeignName.model_validate(entry))
+            except ValidationError as exc:
+                raise TemplateFileError(f"{path}: {name}: {exc.errors()[0]['msg']}") from None
+    return names
 
 
 @lru_cache(maxsize=1)

@@ -190,7 +190,7 @@ class ChatService:
         except EngineCrashed:
             worker = self.worker
             for _ in range(20 if worker is not None else 0):  # the socket may break just before the exit shows
-                if not worker.alive():
+                if worker is not None and not worker.alive():
                     raise EngineCrashed(worker.failure()) from None
                 time.sleep(0.1)
             raise

@@ -101,7 +101,8 @@ def smooth(values: list[float], weight: float) -> list[float]:
     """TensorBoard's debiased exponential moving average (weight 0 = raw values)."""
     if not 0 <= weight < 1:
         raise ValueError(f"smoothing: {weight} is not in [0, 1)")
-    out, last, debias = [], 0.0, 0.0
+    out: list[float] = []
+    last, debias = 0.0, 0.0
     for value in values:
         if value is None or not math.isfinite(value):
             out.append(out[-1] if out else value)

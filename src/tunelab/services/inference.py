@@ -167,4 +167,4 @@ def default_target(engine: Any, model: str | None = None, adapters: list[str] | 
     spec = getattr(engine, "spec", None)
     if spec is not None:
         return spec.adapters[0].name if spec.adapters else spec.name
-    return (adapters or [None])[0] or model or engine.models()[0].id
+    return (adapters[0] if adapters else None) or model or engine.models()[0].id

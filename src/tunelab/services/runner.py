@@ -116,7 +116,7 @@ class GroupHandle:
         deadline = None if timeout is None else time.time() + timeout
         while self.poll() is None:
             if deadline is not None and time.time() > deadline:
-                raise subprocess.TimeoutExpired(f"process group {self.pid}", timeout)
+                raise subprocess.TimeoutExpired(f"process group {self.pid}", timeout or 0.0)
             time.sleep(0.2)
         return 0
 
@@ -148,10 +148,10 @@ def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     Returns True when no process of the run is left.
     """
     pgid = run.status().get("pgid")
-    if not group_alive(pgid):
+    if not pgid or not group_alive(pgid):
         _kill_ranks(run)
         return True
-    os.killpg(pgid, signal.SIGTERM)
+    os.killpg(int(pgid), signal.SIGTERM)
     deadline = time.time() + grace_s
     while time.time() < deadline:
         if not group_alive(pgid):
@@ -159,7 +159,7 @@ def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
             return True
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(int(pgid), signal.SIGKILL)
     _kill_ranks(run)
     if run.status().get("state") not in FINAL_STATES:
         run.set_status("aborted", message=f"killed after {grace_s:.0f}s without stopping")

@@ -7,7 +7,7 @@ from typing import Any
 
 from tunelab.core.config import RunConfig
 from tunelab.core.template_choice import TemplateChoice
-from tunelab.engine.stages.base import StageContext, not_fast, trainer_kwargs, training_args
+from tunelab.engine.stages.base import StageContext, trainer_kwargs, training_args
 from tunelab.engine.stages.pairs import encode_pairs
 from tunelab.engine.tokenize import EncodeStats
 
