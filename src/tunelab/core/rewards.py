@@ -281,13 +281,3 @@ def build_rewards(specs: list[str]) -> list[CheckedReward]:
         out.append(CheckedReward(spec, build_function(spec), name))
     return out
 
-
-def weighted_scores(rewards: list[CheckedReward], weights: list[float] | None, prompts: list, completions: list,
-                    columns: dict[str, list]) -> list[float]:
-    """Per completion, the weighted sum of every reward function's score (None counts as 0), as trl combines them."""
-    weights = weights or [1.0] * len(rewards)
-    totals = [0.0] * len(completions)
-    for reward, weight in zip(rewards, weights, strict=True):
-        for index, score in enumerate(reward(prompts, completions, **columns)):
-            totals[index] += weight * (score or 0.0)
-    return totals

@@ -43,7 +43,7 @@ def eval_run_config(cfg: EvalConfig, source: ModelSource) -> tuple[RunConfig, bo
     if cfg.dataset:
         dataset_dir = cfg.dataset_dir or (base.dataset_dir if base else None)
         update.update(dataset=cfg.dataset, dataset_dir=dataset_dir, val_size=0.0, max_samples=cfg.max_samples)
-        if base is None or base.stage == "pt" or _stage_for(cfg.dataset, dataset_dir) == "pt":
+        if base is None or base.stage in ("pt", "grpo", "rloo") or _stage_for(cfg.dataset, dataset_dir) == "pt":
             update["stage"] = _stage_for(cfg.dataset, dataset_dir)
         if base is None:
             return RunConfig(model=source.model, template=source.template, **update), False
@@ -57,6 +57,9 @@ def load_rows(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: Temp
     from tunelab.engine.data import prepare_data
 
     run_config, validation = eval_run_config(cfg, source)
+    if run_config.stage in ("grpo", "rloo"):
+        raise DataError(f"metrics loss/predict need replies to score; stage {run_config.stage!r} trains on prompts only "
+                        "(use metrics=reward, or give dataset=... with chat data)")
     data = prepare_data(run_config, tokenizer, choice if run_config.stage != "pt" else None)
     if cfg.dataset:
         rows, what = data.train, f"dataset {', '.join(cfg.dataset)}"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError
+from tunelab.core.config import RL, ConfigError
 from tunelab.core.datasets import DataError
 from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.events import EventWriter
@@ -84,6 +84,9 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     cfg = validate_eval_config(job.options(), str(job.config_file))
     started = time.time()
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
+    if cfg.metrics == ["loss"] and not cfg.dataset and source.run_config and source.run_config.stage in RL:
+        log.info("a %s run trains on prompts only: scoring metric reward instead of loss", source.run_config.stage)
+        cfg = cfg.model_copy(update={"metrics": ["reward"]})
     base_path = resolve_model_path(source.model)
     device, dtype, dtype_name = _device_and_dtype(cfg)
     tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
@@ -99,6 +102,8 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
         results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
         with _sides(source, base_path, cfg, device, dtype) as use:
             _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides)
+    if "reward" in cfg.metrics:
+        _score_reward(cfg, job, writer, results, source, base_path, tokenizer, choice, device, dtype, sides)
     if "bench" in cfg.metrics:
         _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides)
     results["elapsed_s"] = round(time.time() - started, 2)
@@ -141,6 +146,19 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
             record.update({side: replies[side][i] for side in sides})
             lines.append(json.dumps(record, ensure_ascii=False))
         write_atomic(job.predictions_file, "\n".join(lines) + "\n")
+        results["predictions"] = job.predictions_file.name
+
+
+def _score_reward(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, source: ModelSource,
+                  base_path: str, tokenizer: Any, choice: Any, device: str, dtype: Any, sides: list[str]) -> None:
+    from tunelab.engine.eval_reward import score_rewards
+
+    with _sides(source, base_path, cfg, device, dtype) as use:
+        rows, records, what = score_rewards(cfg, source, tokenizer, choice, use, sides)
+    results["notes"].append(f"rewards of greedy completions on {what}: {len(records)} prompts")
+    _add(results, writer, rows)
+    if "predictions" not in results:
+        write_atomic(job.predictions_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         results["predictions"] = job.predictions_file.name
 
 
