@@ -173,6 +173,11 @@ class RunConfig(BaseModel):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("reward_funcs", mode="before")
+    @classmethod
+    def _one_reward(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # never split on commas: a regex may hold them
+
     @field_validator("report_to", mode="before")
     @classmethod
     def _split_reporters(cls, value: Any) -> Any:
