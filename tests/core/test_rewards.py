@@ -132,3 +132,10 @@ def test_names_are_unique() -> None:
     rewards = build_rewards(["regex:a", "regex:b", "length:2"])
     assert [r.__name__ for r in rewards] == ["regex", "regex_2", "length"]  # trl logs rewards/<name>/mean
     assert [r([None], ["a b"])[0] for r in rewards] == [1.0, 1.0, 1.0]
+
+
+def test_the_example_user_file_loads_and_scores() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "my_rewards.py"
+    (reward,) = build_rewards([check_spec(f"{path}:answer_first")])
+    completions = [chat("38 it is"), chat("it is 38"), chat("40")]
+    assert reward([None] * 3, completions, answer=["38"] * 3) == [1.0, 0.5, 0.0]
