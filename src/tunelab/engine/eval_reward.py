@@ -88,7 +88,9 @@ def score_rewards(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: 
         prompt_messages = [r["prompt"] for r in rows]
         per_function = [reward(prompt_messages, completions, **columns) for reward in rewards]
         scores[side] = np.array([[s if s is not None else np.nan for s in f] for f in per_function]).T
-    metrics = [_mean("reward", (scores["tuned"] * weights), scores.get("base"), weights, mean_metric)]
+    # the weighted sum per completion, None counting as 0 (as trl's nansum does)
+    totals = {side: np.nansum(values * np.asarray(weights), axis=1) for side, values in scores.items()}
+    metrics = [mean_metric("reward", totals["tuned"], totals.get("base"))]
     if len(rewards) > 1:
         for index, reward in enumerate(rewards):
             base = scores["base"][:, index] if "base" in scores else None
@@ -98,9 +100,3 @@ def score_rewards(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: 
                for i, r in enumerate(rows)]
     return metrics, records, what
 
-
-def _mean(name: str, tuned_weighted: np.ndarray, base: np.ndarray | None, weights: list[float], mean_metric: Any) -> dict:
-    """The weighted reward per completion (None counts as 0, as trl's nansum does), as a mean metric."""
-    tuned = np.nansum(tuned_weighted, axis=1)
-    base_total = np.nansum(base * weights, axis=1) if base is not None else None
-    return mean_metric(name, tuned, base_total)
