@@ -89,7 +89,7 @@ def test_stage_fields_outside_their_stage_are_refused(tmp_path: Path) -> None:
          "beta=0.5", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert "beta: used by stages dpo, orpo, simpo, kto, grpo, not by stage 'sft'" in result.stdout + result.stderr
+    assert "beta: used by stages dpo, orpo, simpo, kto, grpo, rloo, not by stage 'sft'" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 

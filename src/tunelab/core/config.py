@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunelab.core.schema import ConfigError, choices_of, validate_schema
 from tunelab.core.stages import STAGE_NAMES
 
-STAGES_AVAILABLE = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto")
-Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo"]
+STAGES_AVAILABLE = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo", "rloo")
+Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo", "rloo"]
 DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sigmoid_norm",
@@ -52,6 +52,7 @@ def _field(
 
 NOT_PT = tuple(s for s in STAGE_NAMES if s != "pt")
 PAIRED = ("dpo", "orpo", "simpo")
+RL = ("grpo", "rloo")
 
 
 class RunConfig(BaseModel):
@@ -73,7 +74,7 @@ class RunConfig(BaseModel):
     # -- method --------------------------------------------------------------------------------------------
     stage: Stage = _field(
         "sft", "Training stage: pt (pre-training), sft (supervised fine-tuning), rm (reward model), dpo, orpo, "
-        "simpo, kto (preference tuning), grpo (reinforcement learning with reward functions).", "method", True)
+        "simpo, kto (preference tuning), grpo, rloo (reinforcement learning with reward functions).", "method", True)
     method: Method = _field("lora", "full, freeze (train the last layers), lora, or qlora (LoRA on 4-bit).", "method", True)
     freeze_trainable_layers: int = _field(2, "freeze: how many of the last layers train.", "method", ge=1)
     lora_rank: int = _field(8, "LoRA rank r.", "method", True, ge=1)
@@ -87,8 +88,8 @@ class RunConfig(BaseModel):
 
     # -- preference and RL stages (each field shows only for the stages that use it) -----------------------
     beta: float = _field(
-        0.1, "Strength of the preference/RL objective: DPO/KTO/SimPO beta, ORPO lambda, GRPO KL coefficient "
-        "(0: no KL term).", "stage", True, stages=(*PAIRED, "kto", "grpo"), ge=0.0)
+        0.1, "Strength of the preference/RL objective: DPO/KTO/SimPO beta, ORPO lambda, GRPO/RLOO KL coefficient "
+        "(0: no KL term).", "stage", True, stages=(*PAIRED, "kto", *RL), ge=0.0)
     dpo_loss: DpoLoss = _field("sigmoid", "DPO loss type (trl's DPO losses).", "stage", True, stages=("dpo",))
     label_smoothing: float = _field(
         0.0, "DPO: probability that a preference label is flipped (robust, exo_pair losses).", "stage",
@@ -100,18 +101,18 @@ class RunConfig(BaseModel):
     kto_desirable_weight: float = _field(1.0, "KTO weight of desirable examples.", "stage", stages=("kto",), gt=0.0)
     kto_undesirable_weight: float = _field(1.0, "KTO weight of undesirable examples.", "stage", stages=("kto",), gt=0.0)
     reward_funcs: list[str] = _field(
-        ["think_format"], "GRPO reward functions, several at once: exact_answer, think_format, regex:PATTERN, "
-        "length:N (target words), or path/to/file.py:function.", "stage", True, stages=("grpo",))
+        ["think_format"], "GRPO/RLOO reward functions, several at once: exact_answer, think_format, regex:PATTERN, "
+        "length:N (target words), or path/to/file.py:function.", "stage", True, stages=RL)
     reward_weights: list[float] | None = _field(
-        None, "GRPO weight of each reward function (default: 1 each).", "stage", stages=("grpo",))
-    num_generations: int = _field(4, "GRPO completions sampled per prompt.", "stage", True, stages=("grpo",), ge=2)
+        None, "GRPO/RLOO weight of each reward function (default: 1 each).", "stage", stages=RL)
+    num_generations: int = _field(4, "GRPO/RLOO completions sampled per prompt; batch_size counts completions, so it must divide batch_size x gradient_accumulation_steps.", "stage", True, stages=RL, ge=2)
     max_completion_length: int = _field(
-        64, "GRPO: most tokens generated per completion.", "stage", True, stages=("grpo",), ge=1)
-    temperature: float = _field(1.0, "GRPO sampling temperature.", "stage", stages=("grpo",), gt=0.0)
+        64, "GRPO/RLOO: most tokens generated per completion.", "stage", True, stages=RL, ge=1)
+    temperature: float = _field(1.0, "GRPO/RLOO sampling temperature.", "stage", stages=RL, gt=0.0)
     grpo_loss: GrpoLoss = _field("dapo", "GRPO loss aggregation (trl's loss types).", "stage", stages=("grpo",))
     generation_engine: GenerationEngine = _field(
-        "auto", "GRPO generation: auto (vLLM when importable and on a GPU, else transformers), hf, vllm.", "stage",
-        stages=("grpo",))
+        "auto", "GRPO/RLOO generation: auto (vLLM when importable and on a GPU, else transformers), hf, vllm.", "stage",
+        stages=RL)
 
     # -- data ----------------------------------------------------------------------------------------------
     dataset: list[str] = _field(["identity"], "Dataset names from the registry, or file paths.", "data", True)
@@ -187,6 +188,11 @@ class RunConfig(BaseModel):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("reward_funcs", mode="before")
+    @classmethod
+    def _one_reward(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # never split on commas: a regex may hold them
+
     @field_validator("report_to", mode="before")
     @classmethod
     def _split_reporters(cls, value: Any) -> Any:
@@ -207,14 +213,37 @@ class RunConfig(BaseModel):
         if not self.dataset:
             raise ValueError("dataset: give at least one dataset name or file")
         self._only_stage_fields()
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions"
-            )
+        if self.stage in RL:
+            self._check_rl()
         from tunelab.core.distributed import check_distributed
 
         check_distributed(self)
         return self
+
+    def _check_rl(self) -> None:
+        """Reward specs resolve (no user code runs here) and the generation batch holds whole prompt groups."""
+        from tunelab.core.rewards import check_spec
+
+        if not self.reward_funcs:
+            raise ValueError("reward_funcs: give at least one reward function")
+        object.__setattr__(self, "reward_funcs", [check_spec(spec) for spec in self.reward_funcs])
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions"
+            )
+        world = self.world_size
+        completions = self.batch_size * self.gradient_accumulation_steps * world
+        if completions % self.num_generations:
+            raise ValueError(
+                f"num_generations: {self.num_generations} must divide batch_size x gradient_accumulation_steps"
+                f"{' x processes' if world > 1 else ''} ({self.batch_size} x {self.gradient_accumulation_steps}"
+                f"{f' x {world}' if world > 1 else ''} = {completions} completions per step)"
+            )
+        if self.val_size > 0 and (self.batch_size * world) % self.num_generations:
+            raise ValueError(
+                f"num_generations: {self.num_generations} must divide batch_size ({self.batch_size})"
+                f"{f' x {world} processes' if world > 1 else ''} when val_size > 0 (each eval batch holds whole prompt groups)"
+            )
 
     def _only_stage_fields(self) -> None:
         """A value set for a field that the chosen stage does not use is a mistake, not something to ignore."""

@@ -36,6 +36,8 @@ _TABLE = (
               ("rewards/margins", "rewards/chosen", "rewards/rejected", "kl")),
     StageInfo("grpo", "group relative policy optimisation", ("prompt",), "GRPOTrainer",
               ("reward", "reward_std", "kl", "completions/mean_length")),
+    StageInfo("rloo", "REINFORCE leave-one-out", ("prompt",), "RLOOTrainer",
+              ("reward", "reward_std", "kl", "completions/mean_length")),
 )
 STAGES: dict[str, StageInfo] = {}
 for _info in _TABLE:

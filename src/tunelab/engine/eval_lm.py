@@ -52,7 +52,8 @@ def eval_run_config(cfg: EvalConfig, source: ModelSource) -> tuple[RunConfig, bo
     if base.stage not in ("pt", "sft"):
         raise DataError(
             f"metrics: loss/predict score chat or text data; a stage {base.stage!r} run trains on other data: "
-            "use metrics=preference (pairs) or give dataset=... (an sft or text dataset)"
+            f"use metrics={'reward (prompts)' if base.stage in ('grpo', 'rloo') else 'preference (pairs)'} or give "
+            "dataset=... (an sft or text dataset)"
         )
     return base.model_copy(update=update), base.val_size > 0
 

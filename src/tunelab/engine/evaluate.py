@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError
+from tunelab.core.config import RL, ConfigError
 from tunelab.core.datasets import DataError
 from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.events import EventWriter
@@ -105,6 +105,8 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
             _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides)
     if "preference" in cfg.metrics:
         _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
+    if "reward" in cfg.metrics:
+        _score_reward(cfg, job, writer, results, source, base_path, tokenizer, choice, device, dtype, sides)
     if "bench" in cfg.metrics:
         _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides)
     results["elapsed_s"] = round(time.time() - started, 2)
@@ -150,11 +152,28 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
         results["predictions"] = job.predictions_file.name
 
 
+def _score_reward(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, source: ModelSource,
+                  base_path: str, tokenizer: Any, choice: Any, device: str, dtype: Any, sides: list[str]) -> None:
+    from tunelab.engine.eval_reward import score_rewards
+
+    with _sides(source, base_path, cfg, device, dtype) as use:
+        rows, records, what = score_rewards(cfg, source, tokenizer, choice, use, sides)
+    results["notes"].append(f"rewards of greedy completions on {what}: {len(records)} prompts")
+    _add(results, writer, rows)
+    if "predictions" not in results:
+        write_atomic(job.predictions_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        results["predictions"] = job.predictions_file.name
+
+
 def _metrics_for_stage(cfg: EvalConfig, source: ModelSource, sides: list[str]) -> EvalConfig:
-    """Runs of the preference stages are scored on pairs: their default 'loss' becomes 'preference'."""
+    """Runs of the preference stages are scored on pairs (their default 'loss' becomes 'preference'), grpo/rloo runs
+    by their rewards ('reward')."""
     stage = source.run_config.stage if source.run_config else "sft"
     if stage in ("pt", "sft"):
         return cfg
+    if stage in RL and cfg.metrics == ["loss"] and not cfg.dataset:
+        log.info("stage %s run: scoring the mean reward of its reward functions on its prompts (metrics=reward)", stage)
+        return cfg.model_copy(update={"metrics": ["reward"]})
     if stage == "rm" and {"predict", "bench"} & set(cfg.metrics):
         raise ConfigError("metrics: a reward model (stage rm) is scored with metrics=preference, not predict/bench")
     if cfg.metrics == ["loss"] and not cfg.dataset:

@@ -15,13 +15,14 @@ from tunelab.core.config import ConfigError
 from tunelab.core.datasets import DataError
 from tunelab.core.events import EventWriter
 from tunelab.core.jobs import JobDir
+from tunelab.core.rewards import RewardError
 from tunelab.core.rundir import RunDir
 from tunelab.core.sources import SourceError
 from tunelab.core.templates import UnknownTemplate
 
 log = logging.getLogger("tunelab.job")
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataError, SourceError, TemplateRefusal, UnknownTemplate, FileNotFoundError,
+    ConfigError, DataError, SourceError, TemplateRefusal, UnknownTemplate, FileNotFoundError, RewardError,
 )
 
 
