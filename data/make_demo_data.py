@@ -4,6 +4,9 @@
 - alpaca_demo.json    ~1k synthetic instruction/response pairs (arithmetic, words, facts, conversions)
 - text_demo.jsonl     a plain-text corpus for pre-training (pt)
 - preference_demo.json  prompts with a chosen (correct) and a rejected (wrong) answer
+- helpful_demo.json   instructions with a chosen (the answer) and a rejected (an evasive reply) response
+- kto_demo.jsonl      the same, unpaired: one reply per prompt with a desirable (true) / undesirable (false) label
+- prompts_demo.jsonl  arithmetic prompts with their answer column, for GRPO reward functions
 """
 
 from __future__ import annotations
@@ -159,17 +162,60 @@ def preference_demo(n: int = 300) -> list[dict]:
     return rows
 
 
+EVASIONS = [
+    "I don't know.", "I cannot help with that.", "Ask someone else.", "No idea, sorry.", "That is not my problem.",
+    "I would rather not say.", "Hmm.", "Why do you want to know?",
+]
+
+
+def helpful_demo(n: int = 300) -> list[dict]:
+    """Pairs whose preference a small model can learn: the real answer beats an evasive reply."""
+    rng = random.Random(11)
+    makers = [_arithmetic, _capital, _antonym, _reverse, _count, _convert, _sort, _uppercase, _fact]
+    rows = []
+    for _ in range(n):
+        example = rng.choice(makers)(rng)
+        prompt = f"{example['instruction']}\n{example['input']}" if example.get("input") else example["instruction"]
+        rows.append({"prompt": prompt, "chosen": example["output"], "rejected": rng.choice(EVASIONS)})
+    return rows
+
+
+def kto_demo(pairs: list[dict]) -> list[dict]:
+    """The helpful pairs unpaired: each prompt keeps one reply, alternately desirable and undesirable."""
+    return [
+        {"prompt": row["prompt"], "completion": row["chosen"] if i % 2 == 0 else row["rejected"], "label": i % 2 == 0}
+        for i, row in enumerate(pairs)
+    ]
+
+
+def prompts_demo(n: int = 200) -> list[dict]:
+    rng = random.Random(13)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(2, 50), rng.randint(2, 50)
+        rows.append({"prompt": f"What is {a} plus {b}? Answer with the number.", "answer": str(a + b)})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
+    helpful = helpful_demo()
     outputs = {
         "identity.json": identity(),
         "alpaca_demo.json": alpaca_demo(),
         "preference_demo.json": preference_demo(),
+        "helpful_demo.json": helpful,
     }
     for name, rows in outputs.items():
         (HERE / name).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    with (HERE / "text_demo.jsonl").open("w", encoding="utf-8") as handle:
-        for row in text_demo():
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_jsonl(HERE / "text_demo.jsonl", text_demo())
+    _write_jsonl(HERE / "kto_demo.jsonl", kto_demo(helpful))
+    _write_jsonl(HERE / "prompts_demo.jsonl", prompts_demo())
 
 
 if __name__ == "__main__":

@@ -14,9 +14,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunelab.core.schema import ConfigError, choices_of, validate_schema
+from tunelab.core.stages import STAGE_NAMES
 
-STAGES_AVAILABLE = ("pt", "sft")
+STAGES_AVAILABLE = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto")
 Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo"]
+DpoLoss = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+]
+GrpoLoss = Literal["dapo", "grpo", "dr_grpo", "bnpo"]
+GenerationEngine = Literal["auto", "hf", "vllm"]
 Method = Literal["full", "freeze", "lora", "qlora"]
 Quantization = Literal["none", "4bit", "8bit"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -28,8 +35,22 @@ Checkpointing = Literal["auto", "none", "mlp", "full", "offload"]
 Reporter = Literal["tensorboard", "wandb", "mlflow"]
 
 
-def _field(default: Any, help: str, group: str, main: bool = False, **kwargs: Any) -> Any:
-    return Field(default, description=help, json_schema_extra={"group": group, "main": main}, **kwargs)
+def _field(
+    default: Any, help: str, group: str, main: bool = False, stages: tuple[str, ...] | None = None, **kwargs: Any
+) -> Any:
+    """A RunConfig field: its UI group, whether it shows outside "Advanced", and the stages that use it
+    (None: every stage)."""
+    extra: dict[str, Any] = {"group": group, "main": main}
+    if stages is not None:
+        unknown = set(stages) - set(STAGE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)} in a field definition")
+        extra["stages"] = list(stages)
+    return Field(default, description=help, json_schema_extra=extra, **kwargs)
+
+
+NOT_PT = tuple(s for s in STAGE_NAMES if s != "pt")
+PAIRED = ("dpo", "orpo", "simpo")
 
 
 class RunConfig(BaseModel):
@@ -39,7 +60,8 @@ class RunConfig(BaseModel):
 
     # -- model ---------------------------------------------------------------------------------------------
     model: str = _field("demo", "Local model folder or hub id; 'demo' is the embedded CPU demo model.", "model", True)
-    template: str = _field("auto", "Chat template family, or 'auto' (the model's own, else the catalog's).", "model", True)
+    template: str = _field(
+        "auto", "Chat template family, or 'auto' (the model's own, else the catalog's).", "model", True, stages=NOT_PT)
     dtype: Precision = _field("auto", "Weight dtype when loading the model.", "model")
     quantization: Quantization = _field("none", "Load the base weights quantized with bitsandbytes.", "model", True)
     quant_type: Literal["nf4", "fp4"] = _field("nf4", "4-bit data type.", "model")
@@ -48,7 +70,9 @@ class RunConfig(BaseModel):
     trust_remote_code: bool = _field(False, "Allow model code from the model folder or hub.", "model")
 
     # -- method --------------------------------------------------------------------------------------------
-    stage: Stage = _field("sft", "Training stage: pt (pre-training), sft (supervised fine-tuning) ...", "method", True)
+    stage: Stage = _field(
+        "sft", "Training stage: pt (pre-training), sft (supervised fine-tuning), rm (reward model), dpo, orpo, "
+        "simpo, kto (preference tuning), grpo (reinforcement learning with reward functions).", "method", True)
     method: Method = _field("lora", "full, freeze (train the last layers), lora, or qlora (LoRA on 4-bit).", "method", True)
     freeze_trainable_layers: int = _field(2, "freeze: how many of the last layers train.", "method", ge=1)
     lora_rank: int = _field(8, "LoRA rank r.", "method", True, ge=1)
@@ -60,16 +84,48 @@ class RunConfig(BaseModel):
     pissa_init: bool = _field(False, "Initialise LoRA from principal singular vectors (PiSSA).", "method")
     loraplus_lr_ratio: float | None = _field(None, "LoRA+: learning-rate ratio of B over A (e.g. 16).", "method", gt=0)
 
+    # -- preference and RL stages (each field shows only for the stages that use it) -----------------------
+    beta: float = _field(
+        0.1, "Strength of the preference/RL objective: DPO/KTO/SimPO beta, ORPO lambda, GRPO KL coefficient "
+        "(0: no KL term).", "stage", True, stages=(*PAIRED, "kto", "grpo"), ge=0.0)
+    dpo_loss: DpoLoss = _field("sigmoid", "DPO loss type (trl's DPO losses).", "stage", True, stages=("dpo",))
+    label_smoothing: float = _field(
+        0.0, "DPO: probability that a preference label is flipped (robust, exo_pair losses).", "stage",
+        stages=("dpo",), ge=0.0, lt=0.5)
+    ref_model: str = _field(
+        "base", "Reference model: 'base' (LoRA: the adapter-disabled base; otherwise a frozen copy), a model folder "
+        "or id, or 'none' (reference-free).", "stage", True, stages=("dpo", "kto"))
+    simpo_gamma: float = _field(0.5, "SimPO target reward margin (gamma).", "stage", stages=("simpo",), ge=0.0)
+    kto_desirable_weight: float = _field(1.0, "KTO weight of desirable examples.", "stage", stages=("kto",), gt=0.0)
+    kto_undesirable_weight: float = _field(1.0, "KTO weight of undesirable examples.", "stage", stages=("kto",), gt=0.0)
+    reward_funcs: list[str] = _field(
+        ["think_format"], "GRPO reward functions, several at once: exact_answer, think_format, regex:PATTERN, "
+        "length:N (target words), or path/to/file.py:function.", "stage", True, stages=("grpo",))
+    reward_weights: list[float] | None = _field(
+        None, "GRPO weight of each reward function (default: 1 each).", "stage", stages=("grpo",))
+    num_generations: int = _field(4, "GRPO completions sampled per prompt.", "stage", True, stages=("grpo",), ge=2)
+    max_completion_length: int = _field(
+        64, "GRPO: most tokens generated per completion.", "stage", True, stages=("grpo",), ge=1)
+    temperature: float = _field(1.0, "GRPO sampling temperature.", "stage", stages=("grpo",), gt=0.0)
+    grpo_loss: GrpoLoss = _field("dapo", "GRPO loss aggregation (trl's loss types).", "stage", stages=("grpo",))
+    generation_engine: GenerationEngine = _field(
+        "auto", "GRPO generation: auto (vLLM when importable and on a GPU, else transformers), hf, vllm.", "stage",
+        stages=("grpo",))
+
     # -- data ----------------------------------------------------------------------------------------------
     dataset: list[str] = _field(["identity"], "Dataset names from the registry, or file paths.", "data", True)
     dataset_dir: str | None = _field(None, "Folder holding dataset_info.json (default: the shipped data/).", "data")
     cutoff_len: int = _field(1024, "Maximum tokens per example; longer ones are cut (and counted).", "data", True, ge=8)
-    packing: bool = _field(False, "Pack several examples per row; attention stays within each example.", "data")
-    train_on_prompt: bool = _field(False, "Also train on prompt tokens (not only assistant replies).", "data")
-    mask_history: bool = _field(False, "Train only on the last assistant turn of each conversation.", "data")
+    packing: bool = _field(
+        False, "Pack several examples per row; attention stays within each example.", "data", stages=("pt", "sft"))
+    train_on_prompt: bool = _field(
+        False, "Also train on prompt tokens (not only assistant replies).", "data", stages=("sft",))
+    mask_history: bool = _field(
+        False, "Train only on the last assistant turn of each conversation.", "data", stages=("sft",))
     val_size: float = _field(0.0, "Fraction (<1) or number (>=1) of examples held out for eval_loss.", "data", ge=0.0)
     max_samples: int | None = _field(None, "Use at most this many examples per dataset.", "data", ge=1)
-    system_prompt: str | None = _field(None, "System prompt added to conversations that have none.", "data")
+    system_prompt: str | None = _field(
+        None, "System prompt added to conversations that have none.", "data", stages=NOT_PT)
 
     # -- training ------------------------------------------------------------------------------------------
     learning_rate: float = _field(2e-4, "Peak learning rate.", "train", True, gt=0.0)
@@ -85,7 +141,8 @@ class RunConfig(BaseModel):
     seed: int = _field(42, "Random seed.", "train")
     precision: Precision = _field("auto", "Compute precision: auto = bf16 on GPUs that support it, else fp32.", "train")
     gradient_checkpointing: bool = _field(False, "Recompute activations in backward to save memory.", "train")
-    neftune_alpha: float | None = _field(None, "NEFTune embedding-noise alpha (e.g. 5).", "train", gt=0)
+    neftune_alpha: float | None = _field(
+        None, "NEFTune embedding-noise alpha (e.g. 5).", "train", stages=("pt", "sft"), gt=0)
     booster: Booster = _field(
         "auto", "Speed-ups: auto (tunelab's fast path on a CUDA GPU where the model supports it, else plain HF), "
         "fast, liger (liger-kernel), none (plain HF).", "train")
@@ -134,12 +191,41 @@ class RunConfig(BaseModel):
             raise ValueError(f"quantization: {self.quantization!r} needs method 'lora' or 'qlora', not {self.method!r}")
         if not self.dataset:
             raise ValueError("dataset: give at least one dataset name or file")
+        self._only_stage_fields()
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions"
+            )
         return self
+
+    def _only_stage_fields(self) -> None:
+        """A value set for a field that the chosen stage does not use is a mistake, not something to ignore."""
+        for name in self.model_fields_set:
+            stages = field_stages(name)
+            if stages is None or self.stage in stages:
+                continue
+            default = RunConfig.model_fields[name].default
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}: used by stage{'s' if len(stages) > 1 else ''} {', '.join(stages)}, not by stage {self.stage!r}"
+                )
 
     @property
     def effective_lora_alpha(self) -> int:
         """lora_alpha, defaulting to twice the rank."""
         return self.lora_alpha or 2 * self.lora_rank
+
+
+def field_stages(name: str) -> tuple[str, ...] | None:
+    """The stages that use a RunConfig field (None: every stage)."""
+    extra = RunConfig.model_fields[name].json_schema_extra
+    stages = extra.get("stages") if isinstance(extra, dict) else None
+    return tuple(stages) if stages is not None else None  # type: ignore[arg-type]
+
+
+def stage_fields(stage: str) -> list[str]:
+    """The RunConfig fields the stage uses, in schema order."""
+    return [name for name in RunConfig.model_fields if (field_stages(name) is None or stage in field_stages(name))]
 
 
 def field_choices(name: str) -> list[str] | None:
@@ -186,5 +272,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def dump_config(config: RunConfig) -> str:
-    """The fully resolved config as YAML (every field, defaults included), re-loadable by load_config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The fully resolved config as YAML (every field the stage uses, defaults included), re-loadable by
+    load_config."""
+    data = config.model_dump(mode="json", include=set(stage_fields(config.stage)))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

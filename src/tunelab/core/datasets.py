@@ -1,7 +1,9 @@
 """The dataset registry (data/dataset_info.json) and row-by-row validation into canonical examples.
 
-Canonical forms: ``{"messages": [...]}`` for sft, ``{"text": ...}`` for pt, and
-``{"messages": [...], "chosen": str, "rejected": str}`` for preference stages. Bad rows are never dropped
+Canonical forms: ``{"messages": [...]}`` for sft, ``{"text": ...}`` for pt,
+``{"messages": [prompt], "chosen": str, "rejected": str}`` for paired preference stages (rm, dpo, orpo, simpo),
+``{"messages": [prompt], "completion": str, "label": bool}`` for kto and ``{"messages": [prompt], "extra": {...}}``
+(the row's other columns, handed to reward functions) for grpo; a prompt ends with a user turn. Bad rows are never dropped
 silently: every problem is reported with the file, the row number (1-based) and what is wrong.
 """
 
@@ -17,25 +19,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunelab.core.paths import resource_dir
+from tunelab.core.stages import STAGES
 
-Format = Literal["alpaca", "sharegpt", "openai", "text", "preference"]
-FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "openai", "text", "preference")
-STAGE_FORMATS = {
-    "pt": ("text",),
-    "sft": ("alpaca", "sharegpt", "openai"),
-    "rm": ("preference",),
-    "dpo": ("preference",),
-    "orpo": ("preference",),
-    "simpo": ("preference",),
-    "kto": ("preference",),
-    "grpo": ("alpaca", "openai", "sharegpt"),
-}
+Format = Literal["alpaca", "sharegpt", "openai", "text", "preference", "kto", "prompt"]
+FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "openai", "text", "preference", "kto", "prompt")
+STAGE_FORMATS = {name: info.formats for name, info in STAGES.items()}
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output", "system": "system", "history": "history"},
     "sharegpt": {"messages": "conversations", "role": "from", "content": "value", "user": "human", "assistant": "gpt", "system": "system"},
     "openai": {"messages": "messages", "role": "role", "content": "content", "user": "user", "assistant": "assistant", "system": "system"},
     "text": {"text": "text"},
     "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": "system"},
+    "kto": {"prompt": "prompt", "completion": "completion", "label": "label", "system": "system"},
+    "prompt": {"prompt": "prompt", "system": "system"},
 }
 MAX_REPORTED = 20
 
@@ -145,6 +141,8 @@ def guess_format(path: Path) -> str:
         if not isinstance(record, dict):
             break
         keys = set(record)
+        if "label" in keys and ("completion" in keys or "messages" in keys):
+            return "kto"
         if "conversations" in keys:
             return "sharegpt"
         if "messages" in keys and "chosen" not in keys:
@@ -256,23 +254,71 @@ def _from_text(record: dict, spec: DatasetSpec) -> dict:
     return {"text": text}
 
 
-def _from_preference(record: dict, spec: DatasetSpec) -> dict:
+def _prompt_messages(record: dict, spec: DatasetSpec) -> list[dict[str, str]]:
+    """The prompt of a preference/kto/prompt row: a string, or messages ending with a user turn."""
     prompt = _require(record, spec, "prompt")
-    chosen, rejected = _require(record, spec, "chosen"), _require(record, spec, "rejected")
     if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"column {spec.column('prompt')!r} is empty")
         messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+    elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
         messages = [{"role": m.get("role"), "content": m.get("content")} for m in prompt]
+        for index, message in enumerate(messages, 1):
+            if message["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"prompt message {index}: role {message['role']!r} is not one of system, user, assistant")
+            if not isinstance(message["content"], str):
+                raise ValueError(f"prompt message {index}: content must be a string")
     else:
-        raise ValueError("prompt must be a string or a list of messages")
+        raise ValueError("prompt must be a string or a non-empty list of messages")
     system = record.get(spec.column("system"))
     if system:
         messages.insert(0, {"role": "system", "content": str(system)})
-    for key, value in (("chosen", chosen), ("rejected", rejected)):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{key!r} response is empty or not a string")
+    return messages
+
+
+def _reply(record: dict, spec: DatasetSpec, key: str) -> str:
+    value = _require(record, spec, key)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):  # [{"role": "assistant", ...}]
+        value = value[0].get("content")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key!r} response is empty or not a string")
+    return value
+
+
+def _from_preference(record: dict, spec: DatasetSpec) -> dict:
+    messages = _prompt_messages(record, spec)
+    chosen, rejected = _reply(record, spec, "chosen"), _reply(record, spec, "rejected")
     _check_messages([*messages, {"role": "assistant", "content": chosen}])
     return {"messages": messages, "chosen": chosen, "rejected": rejected}
+
+
+_LABELS = {True: True, False: False, "true": True, "false": False, 1: True, 0: False, "1": True, "0": False}
+
+
+def _from_kto(record: dict, spec: DatasetSpec) -> dict:
+    if spec.column("prompt") not in record and isinstance(record.get("messages"), list) and record["messages"]:
+        *prompt, last = record["messages"]  # a whole conversation: its last assistant reply is the completion
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            raise ValueError("messages must end with the assistant reply that the label judges")
+        record = {**record, spec.column("prompt"): prompt, spec.column("completion"): last.get("content")}
+    messages = _prompt_messages(record, spec)
+    completion = _reply(record, spec, "completion")
+    label = _require(record, spec, "label")
+    key = label.strip().lower() if isinstance(label, str) else label
+    if isinstance(key, float) and key in (0.0, 1.0):
+        key = int(key)
+    if key not in _LABELS or isinstance(key, list):
+        raise ValueError(f"label {label!r} is not a boolean (true: desirable, false: undesirable)")
+    _check_messages([*messages, {"role": "assistant", "content": completion}])
+    return {"messages": messages, "completion": completion, "label": _LABELS[key]}
+
+
+def _from_prompt(record: dict, spec: DatasetSpec) -> dict:
+    messages = _prompt_messages(record, spec)
+    _check_messages([*messages, {"role": "assistant", "content": "-"}])
+    used = {spec.column("prompt"), spec.column("system")}
+    extra = {k: v for k, v in record.items() if k not in used}
+    return {"messages": messages, "extra": extra}
 
 
 def _check_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -296,6 +342,8 @@ _CONVERTERS = {
     "openai": _from_messages,
     "text": _from_text,
     "preference": _from_preference,
+    "kto": _from_kto,
+    "prompt": _from_prompt,
 }
 
 

@@ -49,12 +49,17 @@ def _config_blocker(config: RunConfig) -> str | None:
     return None
 
 
-def choose_booster(config: RunConfig, model: Any) -> BoosterChoice:
-    """Decide the booster for a loaded (not yet adapted) model."""
+def choose_booster(config: RunConfig, model: Any, stage_blocker: str | None = None) -> BoosterChoice:
+    """Decide the booster for a loaded (not yet adapted) model; ``stage_blocker`` says why the run's stage rules
+    out the fast path (and liger-kernel), if it does."""
     import torch
 
     if config.booster == "none":
         return BoosterChoice("none", "booster: none")
+    if stage_blocker and config.booster in ("fast", "liger"):
+        raise ConfigError(f"booster: {config.booster!r} does not support {stage_blocker}; valid choices here: auto, none")
+    if stage_blocker:
+        return BoosterChoice("none", f"auto: plain transformers ({stage_blocker})")
     if config.booster == "liger":
         if importlib.util.find_spec("liger_kernel") is None:
             raise ConfigError("booster: 'liger' needs the liger-kernel package (pip install liger-kernel)")

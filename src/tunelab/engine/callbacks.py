@@ -56,6 +56,20 @@ def _clean(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
 
+_OWN_KEYS = {"loss", "epoch", "grad_norm", "learning_rate", "total_flos", "num_input_tokens_seen", "step"}
+
+
+def stage_metrics(logs: dict) -> dict[str, Any]:
+    """Every other numeric value the trainer logged (trl's names kept: rewards/margins, kl, reward ...)."""
+    out = {}
+    for key, value in logs.items():
+        if key in _OWN_KEYS or key.startswith("train_") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) or hasattr(value, "item"):
+            out[key] = _clean(value)
+    return out
+
+
 class EventsCallback(TrainerCallback):
     """Writes ``train`` and ``eval`` events, and honours the stop request."""
 
@@ -86,6 +100,7 @@ class EventsCallback(TrainerCallback):
         remaining = max(state.max_steps - state.global_step, 0)
         event = self.writer.write(
             "train",
+            **stage_metrics(logs),
             step=state.global_step,
             total_steps=state.max_steps,
             epoch=_clean(logs.get("epoch", state.epoch)),
@@ -93,7 +108,7 @@ class EventsCallback(TrainerCallback):
             grad_norm=_clean(logs.get("grad_norm")),
             lr=_clean(logs.get("learning_rate")),
             tokens_seen=tokens,
-            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 else None,
+            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 and tokens else None,
             peak_mem_gb=round(_peak_memory_gb(), 3),
             elapsed_s=round(elapsed, 2),
             eta_s=round(elapsed / steps * remaining, 1),

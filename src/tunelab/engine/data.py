@@ -24,7 +24,7 @@ from tunelab.core.datasets import (
 )
 from tunelab.core.paths import home_dir
 from tunelab.core.template_choice import TemplateChoice
-from tunelab.engine.tokenize import EncodeStats, encode_conversations, encode_texts, tokenizer_fingerprint
+from tunelab.engine.tokenize import EncodeStats, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _cache_key(config: RunConfig, reports: list[DatasetReport], tokenizer: Any, 
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": choice.template.source if choice else None,
         "tokens": [choice.entry.bos_token, choice.entry.eos_token] if choice and choice.entry else None,
-        "options": [config.stage, config.cutoff_len, config.train_on_prompt, config.mask_history, 1],
+        "options": [config.stage, config.cutoff_len, config.train_on_prompt, config.mask_history, config.system_prompt, 2],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -80,25 +80,13 @@ def _cache_key(config: RunConfig, reports: list[DatasetReport], tokenizer: Any, 
 def tokenize_reports(
     config: RunConfig, reports: list[DatasetReport], tokenizer: Any, choice: TemplateChoice | None
 ) -> tuple[list[dict], EncodeStats]:
-    """Tokenize validated examples per the stage (no caching)."""
+    """Tokenize validated examples the way the run's stage trains them (no caching)."""
+    from tunelab.engine.stages import get_stage
+
     stats = EncodeStats()
     examples = [example for report in reports for example in report.examples]
-    if config.stage == "pt":
-        rows = encode_texts(tokenizer, [e["text"] for e in examples], cutoff_len=config.cutoff_len, stats=stats)
-    else:
-        assert choice is not None
-        conversations = [_with_system(e["messages"], config.system_prompt) for e in examples]
-        rows = encode_conversations(
-            tokenizer, choice.template, conversations, cutoff_len=config.cutoff_len, entry=choice.entry,
-            train_on_prompt=config.train_on_prompt, mask_history=config.mask_history, stats=stats,
-        )
+    rows = get_stage(config.stage).encode(config, examples, tokenizer, choice, stats)
     return rows, stats
-
-
-def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and (not messages or messages[0]["role"] != "system"):
-        return [{"role": "system", "content": system}, *messages]
-    return messages
 
 
 def prepare_data(config: RunConfig, tokenizer: Any, choice: TemplateChoice | None) -> PreparedData:

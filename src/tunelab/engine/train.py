@@ -1,14 +1,13 @@
 """The trainer process: ``python -m tunelab.engine.train RUN_DIR``.
 
-Reads RUN_DIR/config.yaml, trains with trl's SFTTrainer (pre-tokenized rows, our masks), streams events,
-saves checkpoints, the final adapter (PEFT) or model, and keeps status.json current. SIGTERM/SIGINT finish
+Reads RUN_DIR/config.yaml, looks up the run's stage (engine/stages/<stage>.py: its encoding and its trl trainer),
+streams events, saves checkpoints, the final adapter (PEFT) or model, and keeps status.json current. SIGTERM/SIGINT finish
 the current step, save, and end the run as "aborted".
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import traceback
@@ -18,6 +17,7 @@ from typing import Any
 from tunelab.core.config import RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import RunDir
+from tunelab.core.stages import stage_info
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
 log = logging.getLogger("tunelab.train")
@@ -56,11 +56,15 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     from tunelab.engine.booster import apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
     from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
+    from tunelab.engine.stages import get_stage
+    from tunelab.engine.stages.base import StageContext
 
+    stage = get_stage(config.stage)
+    log.info("stage: %s (%s)", config.stage, stage_info(config.stage).title)
     path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(path, config.trust_remote_code)
     choice = None
-    if config.stage != "pt":
+    if stage_info(config.stage).template:
         choice = choose_template(config.template, config.model, local_dir(path))
         for warning in choice.warnings:
             log.warning("%s", warning)
@@ -72,15 +76,19 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     for refusal in data.stats.refusals:
         log.warning("template refused %s", refusal)
 
-    model = load_model(config, path)
-    booster = choose_booster(config, model)
+    import transformers
+
+    transformers.set_seed(config.seed)  # before any adapter or head is initialised: same seed, same run
+    model = getattr(stage, "load_model", load_model)(config, path)
+    booster = choose_booster(config, model, stage.booster_blocker(config))
     model = apply_method(model, config, fast=booster.mode == "fast")
     booster = apply_booster(booster, model, config)
     log.info("booster: %s (%s)", booster.mode, booster.reason)
     run_.set_status("running", booster=booster.mode, booster_reason=booster.reason)
     params = trainable_summary(model)
     log.info("parameters: %s", params)
-    trainer = _build_trainer(config, run_, model, tokenizer, data, writer, stop, booster.mode)
+    ctx = StageContext(config, run_, model, tokenizer, data, writer, stop, booster.mode, choice, path)
+    trainer = stage.build_trainer(ctx)
     checkpoint = run_.last_checkpoint() if config.resume else None
     if config.resume and checkpoint is None:
         log.warning("resume=true but %s holds no checkpoint: starting from scratch", run_.checkpoints)
@@ -89,7 +97,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         log.info("%s already reached max_steps=%d: nothing left to train", checkpoint.name, config.max_steps)
         return {"global_step": done, "total_steps": config.max_steps, **params}
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if data.eval is not None and not stop.requested:
+    if data.eval is not None and not stop.requested and not _evaluated_last(trainer.state):
         trainer.evaluate()
     _save_final(config, run_, trainer, tokenizer, choice, base=path)
     return {
@@ -100,6 +108,11 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     }
 
 
+def _evaluated_last(state: Any) -> bool:
+    """Whether the trainer already evaluated at its final step (no second identical eval event)."""
+    return any("eval_loss" in entry and entry.get("step") == state.global_step for entry in state.log_history)
+
+
 def _steps_done(checkpoint: Path | None) -> int:
     """The optimizer steps a checkpoint had completed (0 without one)."""
     if checkpoint is None:
@@ -108,79 +121,6 @@ def _steps_done(checkpoint: Path | None) -> int:
 
     state = checkpoint / "trainer_state.json"
     return int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
-
-
-def _build_trainer(
-    config: RunConfig, run_: RunDir, model: Any, tokenizer: Any, data: Any, writer: Any, stop: Any, booster: str = "none"
-) -> Any:
-    from trl import SFTConfig, SFTTrainer
-
-    from tunelab.engine.callbacks import EventsCallback
-    from tunelab.engine.model import compute_dtype
-
-    import torch
-
-    dtype = compute_dtype(config)
-    if "tensorboard" in config.report_to:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_.tb_dir)
-    has_eval = data.eval is not None
-    args = SFTConfig(
-        output_dir=str(run_.checkpoints),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=_optimizer(config, booster),
-        use_liger_kernel=booster == "liger",
-        seed=config.seed,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=False,  # applied by apply_method, the same way for every method
-        neftune_noise_alpha=config.neftune_alpha,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=(config.eval_steps or config.save_steps) if has_eval else None,
-        report_to=list(config.report_to),
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        max_length=config.cutoff_len,
-        packing=config.packing,
-        padding_free=config.packing,
-        dataset_num_proc=None,
-        remove_unused_columns=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        save_only_model=False,
-    )
-    optimizers = (None, None)
-    if config.loraplus_lr_ratio and config.method in ("lora", "qlora"):
-        from peft.optimizers import create_loraplus_optimizer
-
-        optimizer = create_loraplus_optimizer(
-            model, torch.optim.AdamW, lr=config.learning_rate, loraplus_lr_ratio=config.loraplus_lr_ratio,
-            weight_decay=config.weight_decay,
-        )
-        optimizers = (optimizer, None)
-    return SFTTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
-        callbacks=[EventsCallback(writer, stop)], optimizers=optimizers,
-    )
-
-
-def _optimizer(config: RunConfig, booster: str) -> str:
-    """The trl/transformers optimizer name: the fast path swaps AdamW for its fused kernel on a GPU."""
-    import torch
-
-    fused = booster == "fast" and config.fast_fused_optimizer and torch.cuda.is_available()
-    return "adamw_torch_fused" if fused and config.optimizer == "adamw_torch" else config.optimizer
 
 
 def _save_final(
@@ -195,7 +135,7 @@ def _save_final(
     if choice is not None:
         tokenizer.chat_template = choice.template.source
     tokenizer.save_pretrained(str(staging))
-    if choice is not None:
+    if choice is not None and stage_info(config.stage).chat:  # a reward model is not served for chat
         from tunelab.core.ollama import write_modelfile
 
         write_modelfile(staging, choice.template, base=base if adapter else ".", adapter="." if adapter else None)

@@ -1,0 +1,50 @@
+"""Stage sft: supervised fine-tuning on conversations, loss on the assistant replies (trl's SFTTrainer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.core.config import RunConfig
+from tunelab.core.template_choice import TemplateChoice
+from tunelab.engine.stages.base import StageContext, trainer_kwargs, training_args
+from tunelab.engine.tokenize import EncodeStats, encode_conversations
+
+
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """The conversation with ``system`` as its system prompt when it has none."""
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def encode(
+    config: RunConfig, examples: list[dict], tokenizer: Any, choice: TemplateChoice | None, stats: EncodeStats
+) -> list[dict]:
+    """Conversations -> input_ids + labels (loss on the template's generation spans)."""
+    assert choice is not None
+    conversations = [with_system(e["messages"], config.system_prompt) for e in examples]
+    return encode_conversations(
+        tokenizer, choice.template, conversations, cutoff_len=config.cutoff_len, entry=choice.entry,
+        train_on_prompt=config.train_on_prompt, mask_history=config.mask_history, stats=stats,
+    )
+
+
+def booster_blocker(config: RunConfig) -> str | None:
+    """SFT runs on the fast path."""
+    return None
+
+
+def sft_trainer(ctx: StageContext) -> Any:
+    """trl's SFTTrainer over pre-tokenized rows (shared by pt and sft)."""
+    from trl import SFTConfig, SFTTrainer
+
+    config = ctx.config
+    args = training_args(
+        ctx, SFTConfig, use_liger_kernel=ctx.booster == "liger", neftune_noise_alpha=config.neftune_alpha,
+        max_length=config.cutoff_len, packing=config.packing, padding_free=config.packing, dataset_num_proc=None,
+        remove_unused_columns=True,
+    )
+    return SFTTrainer(args=args, **trainer_kwargs(ctx))
+
+
+build_trainer = sft_trainer
