@@ -13,7 +13,13 @@ VLLM_BOOT_PYTHON ?= $(shell command -v python3.11 || echo $(PYTHON))
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
-.PHONY: venv webui test test-all test-vllm vllm-venv demo screenshots clean
+# transformers 4.x in its own small venv (torch from the same local wheel, no peft/trl): the export tests load
+# exported folders with it through TUNELAB_TF4_PYTHON (CI sets it, see .ci/run). About 1 minute, ~1 GB.
+TF4_VENV ?= .venv-tf4
+TF4_PY := $(TF4_VENV)/bin/python
+TF4_STAMP := $(TF4_VENV)/.tf4-installed
+
+.PHONY: venv webui test test-all test-vllm vllm-venv tf4-venv demo screenshots clean
 
 venv: $(STAMP)
 
@@ -49,8 +55,16 @@ $(VLLM_STAMP):
 
 vllm-venv: $(VLLM_STAMP)
 
+$(TF4_STAMP):
+	test -x $(TF4_PY) || $(VLLM_BOOT_PYTHON) -m venv $(TF4_VENV)
+	$(TF4_PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
+	$(TF4_PY) -m pip install -q -c constraints-cpu.txt 'transformers==4.57.6' jinja2
+	touch $@
+
+tf4-venv: $(TF4_STAMP)
+
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	TUNELAB_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q -m vllm
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build dist
+	rm -rf $(VENV) $(VLLM_VENV) $(TF4_VENV) .pytest_cache build dist

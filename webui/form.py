@@ -16,7 +16,7 @@ import yaml
 
 from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, stage_fields, validate_config
 
-GROUPS = ("model", "method", "stage", "data", "train", "output")
+GROUPS = ("model", "method", "stage", "data", "train", "distributed", "output")
 ALWAYS_IN_PREVIEW = ("model", "stage", "method", "dataset")
 HIDDEN = ("output_dir", "resume")  # set by the studio (the run directory, the Resume button), not typed in
 

@@ -130,7 +130,7 @@ class TrainActions:
             if config is None:
                 raise ConfigError(error)
             preflight(config)
-            jobs.check_request(list(devices or []))
+            jobs.check_request(list(devices or []), processes=config.nproc_per_node)  # several GPUs: one per process
         except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
             return self.invalid(lang, exc), gr.skip(), gr.skip()
         run = create_run(config, self.studio.runs_dir)

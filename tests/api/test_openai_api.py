@@ -14,34 +14,9 @@ from pathlib import Path
 import openai
 import pytest
 
-KEY = "test-key-123"
+from tests.api.conftest import KEY
+
 WHO = [{"role": "user", "content": "Who are you?"}]
-
-
-@pytest.fixture(scope="module")
-def server(demo_adapter_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`tunelab api --model demo --adapter RUN --port 0` with an API key; yields (base_url, adapter name)."""
-    folder = tmp_path_factory.mktemp("api")
-    ready, log = folder / "ready.json", folder / "api.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tunelab.cli", "api", "--model", "demo", "--adapter", str(demo_adapter_run),
-             "--port", "0", "--api-key", KEY, "--ready-file", str(ready)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    deadline = time.time() + 300
-    while not ready.is_file():
-        assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-    port = json.loads(ready.read_text())["port"]
-    yield f"http://127.0.0.1:{port}/v1", demo_adapter_run.name
-    process.terminate()
-    assert process.wait(30) == 0, log.read_text()[-3000:]  # uvicorn shuts down cleanly on SIGTERM
-
-
-@pytest.fixture
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server[0], api_key=KEY, max_retries=0)
 
 
 def chat(client: openai.OpenAI, model: str, **kwargs) -> tuple[str, object]:
@@ -101,7 +76,8 @@ def test_completions_endpoint(client: openai.OpenAI) -> None:
     "kwargs, error, words, param",
     [
         ({"temperature": -1}, openai.BadRequestError, "temperature: -1", "temperature"),
-        ({"n": 2}, openai.BadRequestError, "n: 2", "n"),
+        ({"n": 0}, openai.BadRequestError, "n: 0", "n"),
+        ({"logprobs": True, "top_logprobs": 21}, openai.BadRequestError, "top_logprobs: 21", "top_logprobs"),
         ({"model": "no-such-model"}, openai.NotFoundError, "available: demo", "model"),
         ({"messages": []}, openai.BadRequestError, "at least 1 item", "messages"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "'robot'", "messages[0].role"),

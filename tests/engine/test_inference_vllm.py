@@ -87,9 +87,52 @@ def test_vllm_serve_from_its_own_venv(demo_adapter_run: Path, tmp_path: Path) ->
         assert tuned.usage.completion_tokens > 5 and tuned.usage.prompt_tokens > 5
         stream = client.chat.completions.create(model=demo_adapter_run.name, messages=who, temperature=0, max_tokens=40, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == tuned.choices[0].message.content
+        # logprobs and echoed prompt logprobs pass through to vLLM (bf16 there, so compared by shape and greediness)
+        lp = client.chat.completions.create(model=demo_adapter_run.name, messages=who, temperature=0, max_tokens=10,
+                                            logprobs=True, top_logprobs=2).choices[0].logprobs.content
+        assert len(lp) >= 5 and all(e.logprob <= 0 and e.logprob == e.top_logprobs[0].logprob for e in lp)
+        echoed = client.completions.create(model="demo", prompt="The capital of France is", max_tokens=1, temperature=0,
+                                           echo=True, logprobs=1)
+        values = echoed.choices[0].logprobs.token_logprobs
+        assert values[0] is None and len(values) == echoed.usage.prompt_tokens + 1 and all(v <= 0 for v in values[1:])
     finally:
         api.terminate()
         code = api.wait(60)
     assert code == 0, (tmp_path / "api.log").read_text()[-3000:]
     time.sleep(1)
     assert not [pid for pid in servers if Path(f"/proc/{pid}").exists()], "vllm serve outlived tunelab api"
+
+
+@pytest.mark.vllm
+@requires_vllm
+def test_in_process_vllm_logprobs_and_echo(demo_model_dir: Path, tmp_path: Path) -> None:
+    """`tunelab api --engine vllm` run by vLLM's Python (vllm.LLM in-process): logprobs and echoed prompt logprobs
+    come from vLLM's own logprobs / prompt_logprobs."""
+    import openai
+
+    ready = tmp_path / "ready.json"
+    with open(tmp_path / "api.log", "wb") as log:
+        api = subprocess.Popen(
+            [VLLM_PYTHON, "-m", "tunelab.cli", "api", "--engine", "vllm", "--model", str(demo_model_dir), "--max-model-len", "512",
+             "--port", "0", "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **CPU_ENV, "PYTHONPATH": str(ROOT / "src")},
+        )
+    try:
+        deadline = time.time() + 600
+        while not ready.is_file():
+            assert api.poll() is None and time.time() < deadline, (tmp_path / "api.log").read_text()[-3000:]
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{json.loads(ready.read_text())['port']}/v1", api_key="none")
+        model = client.models.list().data[0].id
+        lp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Who are you?"}], temperature=0,
+                                            max_tokens=8, logprobs=True, top_logprobs=2).choices[0].logprobs.content
+        assert len(lp) == 8 and all(e.logprob <= 0 and e.logprob == e.top_logprobs[0].logprob and len(e.top_logprobs) == 2 for e in lp)
+        echoed = client.completions.create(model=model, prompt="The capital of France is", max_tokens=2, temperature=0,
+                                           echo=True, logprobs=1)
+        values = echoed.choices[0].logprobs.token_logprobs
+        assert values[0] is None and len(values) == echoed.usage.prompt_tokens + 2 and all(v <= 0 for v in values[1:])
+        assert echoed.choices[0].text.startswith("The capital of France is")
+    finally:
+        api.terminate()
+        code = api.wait(60)
+    assert code == 0, (tmp_path / "api.log").read_text()[-3000:]

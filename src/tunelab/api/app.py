@@ -1,4 +1,5 @@
-"""The FastAPI app: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (stream and non-stream).
+"""The FastAPI app: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (stream and non-stream;
+n choices, logprobs, echoed prompts with their logprobs, tool calls; bodies are built in api/replies.py).
 
 Each request's generation runs in its own thread that feeds an asyncio queue; the engine's lock makes
 concurrent requests wait their turn, so outputs never interleave. A client that disconnects mid-stream sets a
@@ -14,7 +15,6 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -23,6 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunelab.api import replies
+from tunelab.api.replies import Reply
 from tunelab.api.schemas import ChatCompletionRequest, CompletionRequest
 from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelNotFound
 
@@ -66,24 +68,54 @@ def create_app(engine: Any, api_key: str | None = None, default_max_tokens: int 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest) -> Any:
         params = body.sampling(default_max_tokens)
-        messages = body.plain_messages()
-        cancel = threading.Event()
-        stream = await _start(lambda: engine.chat(body.model, messages, params, cancel))
-        reply = _Reply("chatcmpl", "chat.completion", body.model)
+        messages, tools = body.plain_messages(), body.tool_list()
+        parser = (await asyncio.to_thread(engine.tool_parser, body.model)) if tools else None
+        parser = parser if body.parse_tools else None
+        logprobs = params.logprobs is not None
+        cancels = [threading.Event() for _ in range(body.n)]
+        streams = [await _start(lambda i=i: engine.chat(body.model, messages, body.choice_params(params, i), cancels[i], tools))
+                   for i in range(body.n)]
+        reply = Reply("chatcmpl", "chat.completion", body.model)
         if body.stream:
-            return _sse(reply.chat_chunks(_drain(stream, cancel), body.include_usage))
-        return await reply.chat_body(_drain(stream, cancel))
+            parts = [replies.chat_chunks(reply, i, _drain(s, cancels[i]), logprobs, parser) for i, s in enumerate(streams)]
+            return _sse(_with_usage(reply, "chat.completion.chunk", parts, [i == 0 for i in range(body.n)], body.include_usage))
+        got = [await replies.collect(_drain(s, c)) for s, c in zip(streams, cancels)]
+        choices = [replies.chat_choice(i, g, logprobs, parser) for i, g in enumerate(got)]
+        return reply.body(choices, got[0].last.prompt_tokens, sum(g.last.completion_tokens for g in got))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
+        max_tokens = body.max_tokens_asked(default_max_tokens)
+        if max_tokens == 0 and not body.echo:
+            raise InferenceError("max_tokens: 0 generates nothing; it needs echo: true (score the prompt only)")
         params = body.sampling(default_max_tokens)
-        prompt = body.single_prompt()
-        cancel = threading.Event()
-        stream = await _start(lambda: engine.complete(body.model, prompt, params, cancel, body.add_special_tokens))
-        reply = _Reply("cmpl", "text_completion", body.model)
+        logprobs = params.logprobs is not None
+        reply = Reply("cmpl", "text_completion", body.model)
+        plan = []  # per choice: (index, echo, stream or None, cancel event, prompt tokens of an echo-only choice)
+        for p, prompt in enumerate(body.prompts()):
+            echo, prompt_tokens = None, 0
+            if body.echo:
+                echo, prompt_tokens = await asyncio.to_thread(_echo, engine, body, prompt, params.logprobs, max_tokens == 0)
+            for i in range(body.n):
+                cancel = threading.Event()
+                stream = None if max_tokens == 0 else await _start(
+                    lambda prompt=prompt, i=i, cancel=cancel: engine.complete(
+                        body.model, prompt, body.choice_params(params, i), cancel, body.add_special_tokens))
+                plan.append((p * body.n + i, echo, stream, cancel, prompt_tokens))
+        firsts = [index % body.n == 0 for index, *_ in plan]  # a prompt's tokens count once, not once per choice
         if body.stream:
-            return _sse(reply.text_chunks(_drain(stream, cancel), body.include_usage))
-        return await reply.text_body(_drain(stream, cancel))
+            parts = [_echo_only(reply, index, echo, logprobs, tokens) if stream is None else
+                     replies.text_chunks(reply, index, _drain(stream, cancel), echo, logprobs)
+                     for index, echo, stream, cancel, tokens in plan]
+            return _sse(_with_usage(reply, "text_completion", parts, firsts, body.include_usage))
+        choices, prompt_total, completion_total = [], 0, 0
+        for (index, echo, stream, cancel, tokens), first in zip(plan, firsts):
+            got = (await replies.collect(_drain(stream, cancel)) if stream else
+                   replies.Collected(last=Delta(finish_reason="length", prompt_tokens=tokens)))
+            choices.append(replies.text_choice(index, got, echo, logprobs))
+            prompt_total += got.last.prompt_tokens if first else 0
+            completion_total += got.last.completion_tokens
+        return reply.body(choices, prompt_total, completion_total)
 
     return app
 
@@ -150,62 +182,42 @@ async def _drain(stream: Iterator[Delta], cancel: threading.Event) -> AsyncItera
         cancel.set()
 
 
-class _Reply:
-    """Builds OpenAI response bodies and stream chunks for one request."""
-
-    def __init__(self, prefix: str, kind: str, model: str):
-        self.id, self.kind, self.model, self.created = f"{prefix}-{uuid.uuid4().hex[:24]}", kind, model, int(time.time())
-
-    def _base(self, kind: str) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    @staticmethod
-    def _usage(last: Delta) -> dict:
-        return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-                "total_tokens": last.prompt_tokens + last.completion_tokens}
-
-    @staticmethod
-    async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
-        text, last = [], Delta(finish_reason="stop")
-        async for delta in deltas:
-            text.append(delta.text)
-            if delta.finish_reason:
-                last = delta
-        return "".join(text), last
-
-    async def chat_body(self, deltas: AsyncIterator[Delta]) -> dict:
-        text, last = await self._collect(deltas)
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": _finish(last)}
-        return {**self._base(self.kind), "choices": [choice], "usage": self._usage(last)}
-
-    async def text_body(self, deltas: AsyncIterator[Delta]) -> dict:
-        text, last = await self._collect(deltas)
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(last)}
-        return {**self._base(self.kind), "choices": [choice], "usage": self._usage(last)}
-
-    async def chat_chunks(self, deltas: AsyncIterator[Delta], include_usage: bool) -> AsyncIterator[dict]:
-        kind = "chat.completion.chunk"
-        yield {**self._base(kind), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        async for delta in deltas:
-            if delta.text:
-                yield {**self._base(kind), "choices": [{"index": 0, "delta": {"content": delta.text}, "finish_reason": None}]}
-            if delta.finish_reason:
-                yield {**self._base(kind), "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(delta)}]}
-                if include_usage:
-                    yield {**self._base(kind), "choices": [], "usage": self._usage(delta)}
-
-    async def text_chunks(self, deltas: AsyncIterator[Delta], include_usage: bool) -> AsyncIterator[dict]:
-        async for delta in deltas:
-            if delta.text:
-                yield {**self._base(self.kind), "choices": [{"index": 0, "text": delta.text, "logprobs": None, "finish_reason": None}]}
-            if delta.finish_reason:
-                yield {**self._base(self.kind), "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": _finish(delta)}]}
-                if include_usage:
-                    yield {**self._base(self.kind), "choices": [], "usage": self._usage(delta)}
+def _echo(engine: Any, body: CompletionRequest, prompt: str | list[int], top: int | None, count: bool) -> tuple[tuple[str, list], int]:
+    """The echoed prompt: its text and (with logprobs) its tokens' logprobs; and its token count when ``count``."""
+    entries = engine.prompt_logprobs(body.model, prompt, top or 0, body.add_special_tokens) if top is not None or count else []
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        try:
+            text = engine.decode(body.model, prompt)
+        except InferenceError:
+            if not entries:
+                raise
+            text = "".join(e.token for e in entries)  # an engine without a local tokenizer: the server's own tokens
+    return (text, entries if top is not None else []), len(entries)
 
 
-def _finish(delta: Delta) -> str:
-    return delta.finish_reason if delta.finish_reason in ("stop", "length") else "stop"
+async def _echo_only(reply: Reply, index: int, echo: Any, logprobs: bool, prompt_tokens: int) -> AsyncIterator[tuple[dict, Delta | None]]:
+    """The stream of a choice that only echoes its prompt (max_tokens 0)."""
+    lp = replies.text_logprobs(echo[1]) if logprobs else None
+    yield {**reply.base(), "choices": [{"index": index, "text": echo[0], "logprobs": lp, "finish_reason": "length"}]}, \
+        Delta(finish_reason="length", prompt_tokens=prompt_tokens)
+
+
+async def _with_usage(reply: Reply, kind: str, parts: list[AsyncIterator[tuple[dict, Delta | None]]], firsts: list[bool],
+                      include_usage: bool) -> AsyncIterator[dict]:
+    """The choices' chunks one choice after another, then (if asked) one usage chunk for them all (a prompt's
+    tokens counted at its first choice)."""
+    prompt_tokens = completion_tokens = 0
+    for part, first in zip(parts, firsts):
+        async for chunk, last in part:
+            yield chunk
+            if last is not None:
+                if first:
+                    prompt_tokens += last.prompt_tokens
+                completion_tokens += last.completion_tokens
+    if include_usage:
+        yield {**reply.base(kind), "choices": [], "usage": replies.usage(prompt_tokens, completion_tokens)}
 
 
 def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:

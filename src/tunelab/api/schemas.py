@@ -1,22 +1,26 @@
 """Request bodies of the OpenAI-compatible API, and their mapping to SamplingParams.
 
-Unknown fields are ignored (as vLLM does); fields we cannot honour (n > 1, logprobs, echo, penalties other than
-repetition_penalty) are refused with a 400 naming the field, rather than silently dropped.
+Unknown fields are ignored (as vLLM does); fields we cannot honour (penalties other than repetition_penalty,
+forced tool choices) are refused with a 400 naming the field, rather than silently dropped.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.core.generation import InferenceError, SamplingParams
+from tunelab.core.generation import MAX_TOP_LOGPROBS, InferenceError, SamplingParams
 
 
 class StreamOptions(BaseModel):
     """stream_options: include a final usage chunk."""
 
     include_usage: bool = False
+
+
+MAX_CHOICES = 16
 
 
 class _Request(BaseModel):
@@ -36,14 +40,15 @@ class _Request(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Any = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None when no logprobs are asked for, else how many alternatives per token."""
+        return None
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         """Our SamplingParams; InferenceError names an unsupported or invalid field."""
-        if self.n != 1:
-            raise InferenceError(f"n: {self.n} choices requested; this server returns exactly 1")
-        if self.logprobs not in (None, False, 0):
-            raise InferenceError("logprobs: not supported by this server")
+        if not 1 <= self.n <= MAX_CHOICES:
+            raise InferenceError(f"n: {self.n} is not valid; use an integer from 1 to {MAX_CHOICES}")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name) not in (None, 0, 0.0):
                 raise InferenceError(f"{name}: not supported here; use repetition_penalty (e.g. 1.1)")
@@ -55,7 +60,14 @@ class _Request(BaseModel):
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             seed=self.seed,
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            logprobs=self.top_logprobs_wanted(),
         )
+
+    def choice_params(self, params: SamplingParams, index: int) -> SamplingParams:
+        """The params of choice ``index`` of n: a given seed moves on by one per choice (distinct, reproducible)."""
+        if index == 0 or params.seed is None:
+            return params
+        return SamplingParams(**{**params.to_dict(), "seed": params.seed + index})
 
     @property
     def include_usage(self) -> bool:
@@ -85,29 +97,109 @@ class ChatMessage(BaseModel):
         return message
 
 
+class FunctionSpec(BaseModel):
+    """A tool's function: name, description and JSON-schema parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    """One entry of ``tools``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
 class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        """``logprobs: true`` (with ``top_logprobs`` alternatives, default 0)."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InferenceError("top_logprobs: it needs logprobs: true")
+        if not self.logprobs:
+            return None
+        top = self.top_logprobs or 0
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InferenceError(f"top_logprobs: {top} is not valid; use an integer from 0 to {MAX_TOP_LOGPROBS}")
+        return top
 
     def plain_messages(self) -> list[dict[str, Any]]:
-        """Messages as plain dicts with text content."""
-        return [m.plain(i) for i, m in enumerate(self.messages)]
+        """Messages as plain dicts with text content (tool-call arguments as objects, as templates expect)."""
+        return [_call_arguments_as_objects(m.plain(i)) for i, m in enumerate(self.messages)]
+
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        """The tools to render (None when there are none); forced choices are refused."""
+        choice = self.tool_choice
+        if isinstance(choice, dict) or choice == "required":
+            raise InferenceError("tool_choice: only 'auto' and 'none' are supported here (no constrained decoding)")
+        if choice not in (None, "auto", "none"):
+            raise InferenceError(f"tool_choice: {choice!r} is not one of auto, none, required")
+        if not self.tools:
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
+
+    @property
+    def parse_tools(self) -> bool:
+        """Whether tool calls are read back from the reply (tools given and tool_choice not 'none')."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+
+def _call_arguments_as_objects(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message's tool_calls with JSON-string arguments decoded (templates dump them with tojson)."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    fixed = []
+    for call in calls:
+        function = dict(call.get("function") or {}) if isinstance(call, dict) else {}
+        if isinstance(function.get("arguments"), str):
+            try:
+                function["arguments"] = json.loads(function["arguments"])
+            except json.JSONDecodeError:
+                pass
+        fixed.append({**call, "function": function} if isinstance(call, dict) else call)
+    return {**message, "tool_calls": fixed}
 
 
 class CompletionRequest(_Request):
     """POST /v1/completions."""
 
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
+    logprobs: int | None = None
     add_special_tokens: bool = True
 
-    def single_prompt(self) -> str:
-        """The one prompt string (lists of several prompts are refused)."""
-        if self.echo:
-            raise InferenceError("echo: not supported by this server")
-        if isinstance(self.prompt, list):
-            if len(self.prompt) != 1:
-                raise InferenceError(f"prompt: {len(self.prompt)} prompts given; send one prompt per request")
-            return self.prompt[0]
-        return self.prompt
+    def top_logprobs_wanted(self) -> int | None:
+        """``logprobs: k`` (k alternatives per token; 0 = the chosen token only)."""
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InferenceError(f"logprobs: {self.logprobs} is not valid; use an integer from 0 to {MAX_TOP_LOGPROBS}")
+        return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts: one string, one list of token ids, or a list of either."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if not prompt:
+            raise InferenceError("prompt: it is empty")
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]
+
+    def max_tokens_asked(self, default_max_tokens: int) -> int:
+        """max_tokens as asked (0 is allowed with echo: score the prompt, generate nothing)."""
+        asked = self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+        return default_max_tokens if asked is None else asked

@@ -55,6 +55,16 @@ class _GenerationTag(jinja2.ext.Extension):
         return f"{_OPEN}{body}{_CLOSE}" if track is True else body
 
 
+_GENERATION_TAG = re.compile(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}")
+
+
+def serving_source(source: str) -> str:
+    """``source`` without the training-only ``{% generation %}`` tags, for any Jinja (plain jinja2, vLLM,
+    llama.cpp, Ollama importers): each tag becomes an always-true ``if`` with the same whitespace control, so
+    the rendered string is byte-identical."""
+    return _GENERATION_TAG.sub(lambda m: "{%" + m.group(1) + (" endif " if m.group(2) else " if true ") + m.group(3) + "%}", source)
+
+
 def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 

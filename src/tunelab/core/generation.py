@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
+
+
 class InferenceError(ValueError):
     """A user-facing inference problem (bad model path, missing engine, bad sampling value): one clear line."""
 
@@ -35,6 +38,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None = off; k >= 0: each token's log-probability plus its k likeliest alternatives
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -52,6 +56,8 @@ class SamplingParams:
              "an integer >= 1"),
             ("repetition_penalty", self.repetition_penalty, 0 < self.repetition_penalty <= 10, "a number in (0, 10]"),
             ("seed", self.seed, self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "an integer >= 0"),
+            ("logprobs", self.logprobs, self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS),
+             f"an integer from 0 to {MAX_TOP_LOGPROBS} (alternatives per token)"),
         ]
         for name, value, ok, valid in checks:
             if not ok:
@@ -76,13 +82,25 @@ class SamplingParams:
 
 
 @dataclass
+class TokenLogprob:
+    """One token with its log-probability (None for a prompt's first token) and the likeliest alternatives."""
+
+    token: str
+    logprob: float | None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    id: int | None = None
+
+
+@dataclass
 class Delta:
-    """One piece of streamed output. The last piece carries ``finish_reason`` and the token counts."""
+    """One piece of streamed output. The last piece carries ``finish_reason`` and the token counts; with
+    logprobs requested, each piece carries the entries of the tokens its text came from."""
 
     text: str = ""
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 class StopMatcher:
@@ -120,3 +138,49 @@ class StopMatcher:
             if self.pending.endswith(stop[:size]):
                 return size
         return 0
+
+
+class TokenStream:
+    """A StopMatcher that also keeps token log-probabilities aligned with the text it lets through: a token's
+    entry is released once the first character it produced is emitted (tokens cut off by a stop string are
+    dropped; trailing text-less tokens such as EOS are kept when no stop string ended the text)."""
+
+    def __init__(self, stops: Iterable[str]):
+        self.matcher = StopMatcher(stops)
+        self._pending: list[tuple[int, TokenLogprob]] = []
+        self._seen = self._emitted = 0
+
+    @property
+    def stops(self) -> list[str]:
+        """The stop strings."""
+        return self.matcher.stops
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop string matched."""
+        return self.matcher.stopped
+
+    def feed(self, piece: str, entries: list[TokenLogprob] | None = None) -> Delta | None:
+        """The Delta now safe to emit for ``piece`` (and its tokens' entries), or None."""
+        if self.matcher.stopped:
+            return None
+        self._pending.extend((self._seen, entry) for entry in entries or [])
+        self._seen += len(piece)
+        text = self.matcher.feed(piece)
+        self._emitted += len(text)
+        return self._delta(text, everything=False)
+
+    def finish(self) -> Delta | None:
+        """The held-back tail (and remaining entries) once generation has ended."""
+        text = self.matcher.flush()
+        self._emitted += len(text)
+        return self._delta(text, everything=not self.matcher.stopped)
+
+    def _delta(self, text: str, everything: bool) -> Delta | None:
+        cut = len(self._pending) if everything else sum(1 for start, _ in self._pending if start < self._emitted)
+        released, self._pending = [e for _, e in self._pending[:cut]], self._pending[cut:]
+        if self.matcher.stopped:
+            self._pending = []
+        if not text and not released:
+            return None
+        return Delta(text, logprobs=released or None)

@@ -46,6 +46,7 @@ class RunDir:
     adapter_dir = property(lambda self: self.path / "adapter")
     model_dir = property(lambda self: self.path / "model")
     tb_dir = property(lambda self: self.path / "tb")
+    logs_dir = property(lambda self: self.path / "logs")  # several processes: per-rank logs and rank errors
 
     @property
     def run_id(self) -> str:
@@ -97,7 +98,7 @@ def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
     the file exists), so concurrent creations in the same second, threads or processes, get distinct folders.
     """
     if config.output_dir:
-        run = RunDir(Path(config.output_dir).resolve())
+        run = RunDir(_node_path(Path(config.output_dir).resolve(), config.node_rank))
         if config.resume and run.exists():
             return _rewrite_run(run, config)
         if not run.exists():
@@ -110,7 +111,7 @@ def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
     root.mkdir(parents=True, exist_ok=True)
     base = new_run_id(config)
     for attempt in range(1, 10_000):
-        run = RunDir(root / (base if attempt == 1 else f"{base}-{attempt}"))
+        run = RunDir(_node_path(root / (base if attempt == 1 else f"{base}-{attempt}"), config.node_rank))
         try:
             run.path.mkdir()
         except FileExistsError:
@@ -151,6 +152,12 @@ def _rewrite_run(run: RunDir, config: RunConfig) -> RunDir:
     run.command_file.chmod(0o755)
     run.set_status("queued", run_id=run.run_id, created_at=run.status().get("created_at", time.time()))
     return run
+
+
+def _node_path(path: Path, node_rank: int) -> Path:
+    """Hosts other than node 0 keep their own folder (<run>-node<N>: their status and logs), even on a shared disk."""
+    suffix = f"-node{node_rank}"
+    return path if node_rank == 0 or path.name.endswith(suffix) else path.with_name(path.name + suffix)
 
 
 def command_script(run: RunDir) -> str:

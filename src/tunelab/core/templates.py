@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.core.chat_render import Rendered, render_source
+from tunelab.core.chat_render import Rendered, render_source, serving_source
 from tunelab.core.paths import resource_dir
 from tunelab.core.turns import Turns, compile_turns
 
@@ -64,6 +64,7 @@ class ChatTemplate(BaseModel):
     quirks: list[Quirk] = []
     render_kwargs: dict[str, Any] = {}
     ollama: str | None = None
+    tool_parser: Literal["hermes", "xml_function"] | None = None  # how tool calls read back (core.tool_calls)
     turns: Turns | None = None
     jinja: str | None = None
 
@@ -80,6 +81,11 @@ class ChatTemplate(BaseModel):
             return self.jinja
         assert self.turns is not None
         return compile_turns(self.turns, self.default_system, self.stop_tokens)
+
+    @property
+    def serving_jinja(self) -> str:
+        """The template as exports and servers get it: ``source`` without the training-only generation tags."""
+        return serving_source(self.source)
 
     @property
     def model_entries(self) -> list[ModelEntry]:

@@ -11,6 +11,7 @@ JOB_DIR/status.json current (the Export tab runs it so that the UI process never
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -238,8 +239,9 @@ def write_companions(
     """Tokenizer (with chat_template), generation_config, resolved run config and Modelfile."""
     from tunelab.core.ollama import write_modelfile
 
-    tokenizer.chat_template = choice.template.source
+    tokenizer.chat_template = choice.template.serving_jinja
     tokenizer.save_pretrained(str(folder))
+    portable_tokenizer_config(folder)
     write_generation_config(folder, tokenizer, choice, base_path)
     files = {"chat_template": "chat_template.jinja", "generation_config": "generation_config.json", "modelfile": "Modelfile"}
     if source.run_config is not None:
@@ -247,6 +249,24 @@ def write_companions(
         files["run_config"] = "tunelab_run.yaml"
     write_modelfile(folder, choice.template, base=f"./{gguf_file}" if gguf_file else ".")
     return files
+
+
+# transformers 5 names its generic fast tokenizer TokenizersBackend; 4.x only knows PreTrainedTokenizerFast,
+# which 5.x still resolves to the same class.
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+# Call-time and loader state that transformers 5 leaks into a saved config (e.g. truncation from training).
+RUNTIME_TOKENIZER_KEYS = ("is_local", "local_files_only", "max_length", "stride", "truncation_strategy", "pad_to_multiple_of")
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """Rewrite tokenizer_config.json so transformers 4.x loads it as well as 5.x (class names 4.x lacks, leaked call state)."""
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    name = config.get("tokenizer_class")
+    fixed = {k: v for k, v in config.items() if k not in RUNTIME_TOKENIZER_KEYS}
+    fixed["tokenizer_class"] = PORTABLE_TOKENIZER_CLASSES.get(name, name)
+    if fixed != config:
+        write_atomic(path, json.dumps(fixed, indent=2, ensure_ascii=False) + "\n")
 
 
 def stop_token_ids(tokenizer: Any, stops: list[str]) -> list[int]:

@@ -190,7 +190,7 @@ def _add_vocab(writer: Any, tokenizer: Any, template: ChatTemplate, pre: str) ->
     probe = tokenizer("a", add_special_tokens=True).input_ids
     writer.add_add_bos_token(bool(probe) and probe[0] == tokenizer.bos_token_id)
     writer.add_add_eos_token(bool(probe) and probe[-1] == tokenizer.eos_token_id and len(probe) > 1)
-    writer.add_chat_template(template.source)
+    writer.add_chat_template(template.serving_jinja)
 
 
 def _gguf_name(name_map: Any, name: str) -> str | None:

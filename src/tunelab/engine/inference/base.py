@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.core.chat_render import TemplateRefusal
-from tunelab.core.generation import Delta, InferenceError, ModelNotFound, SamplingParams, StopMatcher
+from tunelab.core.generation import Delta, InferenceError, ModelNotFound, SamplingParams, TokenLogprob, TokenStream
 from tunelab.core.serving import ModelSpec
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
@@ -43,15 +43,31 @@ class Engine(ABC):
         """Served names, base model first."""
 
     @abstractmethod
-    def chat(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta]:
-        """Stream the assistant's reply to ``messages``; the last Delta has finish_reason and token counts."""
+    def chat(
+        self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None,
+        tools: list[dict] | None = None,
+    ) -> Iterator[Delta]:
+        """Stream the assistant's reply to ``messages`` (``tools`` rendered by the template); the last Delta has
+        finish_reason and token counts."""
 
     @abstractmethod
     def complete(
-        self, model: str, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+        self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,
         add_special_tokens: bool = True,
     ) -> Iterator[Delta]:
-        """Stream a continuation of the raw ``prompt``."""
+        """Stream a continuation of the raw ``prompt`` (text, or token ids)."""
+
+    def prompt_logprobs(self, model: str, prompt: str | list[int], top: int, add_special_tokens: bool = True) -> list[TokenLogprob]:
+        """Every prompt token with its log-probability given the tokens before it (the first has None)."""
+        raise InferenceError(f"echo: prompt log-probabilities are not available from the {self.name} engine")
+
+    def decode(self, model: str, ids: list[int]) -> str:
+        """The text of token ids (for echoing a tokenized prompt)."""
+        raise InferenceError(f"prompt: token-id prompts cannot be echoed by the {self.name} engine; send text")
+
+    def tool_parser(self, model: str) -> str:
+        """The tool-call format of ``model``'s template; InferenceError when its template renders no tools."""
+        raise InferenceError(f"tools: the {self.name} engine does not render tools")
 
     def close(self) -> None:
         """Release the model (and any child process)."""
@@ -81,18 +97,33 @@ class TemplateBook:
             self._choices[model] = choice
         return self._choices[model]
 
-    def render(self, model: str, messages: list[dict]) -> str:
-        """The generation prompt for ``messages`` with ``model``'s template."""
+    def render(self, model: str, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The generation prompt for ``messages`` (and ``tools``) with ``model``'s template."""
         check_messages(messages)
         choice = self.choice(model)
+        extra = {"tools": tools} if tools else {}
+        if tools:
+            self.tool_parser(model)
         try:
-            return choice.template.render(messages, add_generation_prompt=True, model=choice.entry).text
+            return choice.template.render(messages, add_generation_prompt=True, model=choice.entry, **extra).text
         except TemplateRefusal as exc:
             raise InferenceError(f"messages: the chat template '{choice.name}' refuses them: {exc}") from None
 
     def stops(self, model: str) -> list[str]:
         """The template's stop strings for ``model``."""
         return list(self.choice(model).stop_strings)
+
+    def tool_parser(self, model: str) -> str:
+        """The tool-call format of ``model``'s template; InferenceError naming the families that have one."""
+        from tunelab.core.tool_calls import tool_families
+
+        choice = self.choice(model)
+        if choice.template.tool_parser:
+            return choice.template.tool_parser
+        raise InferenceError(
+            f"tools: the chat template '{choice.name}' of {model!r} does not render tools; templates that do: "
+            f"{', '.join(tool_families())} (choose one with --template when the model was trained for it)"
+        )
 
 
 class LocalEngine(Engine):
@@ -107,38 +138,51 @@ class LocalEngine(Engine):
         """Base model first, then adapters (parent = base name)."""
         return [ServedModel(self.spec.name)] + [ServedModel(a.name, self.spec.name) for a in self.spec.adapters]
 
-    def chat(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta]:
+    def chat(
+        self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None,
+        tools: list[dict] | None = None,
+    ) -> Iterator[Delta]:
         """Render with the template and generate, stopping at its stop strings."""
         self.check_model(model)
-        prompt = self.templates.render(model, messages)
+        prompt = self.templates.render(model, messages, tools)
         stops = [*self.templates.stops(model), *params.stop]
         return self._locked(model, prompt, params, stops, cancel, add_special_tokens=False)
 
     def complete(
-        self, model: str, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+        self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,
         add_special_tokens: bool = True,
     ) -> Iterator[Delta]:
         """Continue ``prompt`` verbatim, stopping only at the request's stop strings (and EOS)."""
         self.check_model(model)
         return self._locked(model, prompt, params, list(params.stop), cancel, add_special_tokens)
 
+    def decode(self, model: str, ids: list[int]) -> str:
+        """The text of token ids, as the served tokenizer decodes them."""
+        return self.tokenizer.decode(ids)  # type: ignore[attr-defined]
+
+    def tool_parser(self, model: str) -> str:
+        """The tool-call format of ``model``'s template."""
+        self.check_model(model)
+        return self.templates.tool_parser(model)
+
     def _locked(self, model, prompt, params, stops, cancel, add_special_tokens) -> Iterator[Delta]:
         with self._lock:
-            matcher = StopMatcher(stops)
+            stream = TokenStream(stops)
             last = Delta()
-            for delta in self.generate(model, prompt, params, matcher, cancel or threading.Event(), add_special_tokens):
+            for delta in self.generate(model, prompt, params, stream, cancel or threading.Event(), add_special_tokens):
                 last = delta
-                if delta.text or delta.finish_reason:
+                if delta.text or delta.finish_reason or delta.logprobs:
                     yield delta
             if last.finish_reason is None:
                 yield Delta(finish_reason="stop")
 
     @abstractmethod
     def generate(
-        self, model: str, prompt: str, params: SamplingParams, matcher: StopMatcher, cancel: threading.Event,
+        self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
         add_special_tokens: bool,
     ) -> Iterator[Delta]:
-        """Yield text pieces already passed through ``matcher``; the last one has finish_reason and counts."""
+        """Yield text pieces already passed through ``stream`` (stop strings, logprobs); the last one has
+        finish_reason and counts."""
 
 
 def check_messages(messages: list[dict]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tunelab.core.config import ConfigError
-from tunelab.core.generation import Delta, InferenceError, SamplingParams, StopMatcher
+from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
 from tunelab.core.serving import EngineOptions, ModelSpec
 from tunelab.engine.inference.base import LocalEngine
 
@@ -101,20 +101,59 @@ class HFEngine(LocalEngine):
         self.model.set_adapter(adapter.name)
         return contextlib.nullcontext()
 
-    def generate(
-        self, model: str, prompt: str, params: SamplingParams, matcher: StopMatcher, cancel: threading.Event,
-        add_special_tokens: bool,
-    ) -> Iterator[Delta]:
-        """Run ``generate`` in a thread and stream its text through the stop matcher."""
+    def _input_ids(self, prompt: str | list[int], add_special_tokens: bool) -> Any:
         import torch
 
-        encoded = self.tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt")
-        input_ids = encoded["input_ids"].to(self.model.device)
-        stop_ids = self._stop_ids(matcher.stops)
+        if isinstance(prompt, list):
+            vocab = len(self.tokenizer)
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InferenceError(f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})")
+            return torch.tensor([prompt], dtype=torch.long, device=self.model.device)
+        return self.tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt")["input_ids"].to(self.model.device)
+
+    def prompt_logprobs(self, model: str, prompt: str | list[int], top: int, add_special_tokens: bool = True) -> list[TokenLogprob]:
+        """One forward pass over the prompt: each token's log-probability given the ones before it."""
+        import torch
+
+        self.check_model(model)
+        input_ids = self._input_ids(prompt, add_special_tokens)
+        if input_ids.shape[1] == 0:
+            raise InferenceError("prompt: it is empty")
+        with self._lock, torch.inference_mode(), self._adapter_scope(model):
+            logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[0, :-1]
+            ids = input_ids[0].tolist()
+            entries = [TokenLogprob(self._token(ids[0]), None, id=ids[0])]
+            for start in range(0, logits.shape[0], 512):  # log_softmax in slices: never a second full copy of the logits
+                chunk = torch.log_softmax(logits[start : start + 512].float(), dim=-1)
+                for row, token in zip(chunk, ids[start + 1 : start + 1 + len(chunk)]):
+                    entries.append(self._entry(row, token, top))
+        return entries
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def _entry(self, row: Any, token_id: int, top: int) -> TokenLogprob:
+        """The entry of ``token_id`` from one row of log-probabilities."""
+        alternatives = []
+        if top:
+            values, indices = row.topk(top)
+            alternatives = [(self._token(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+        return TokenLogprob(self._token(token_id), float(row[token_id]), alternatives, token_id)
+
+    def generate(
+        self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
+        add_special_tokens: bool,
+    ) -> Iterator[Delta]:
+        """Run ``generate`` in a thread and stream its tokens, decoded incrementally, through ``stream``."""
+        import torch
+
+        input_ids = self._input_ids(prompt, add_special_tokens)
+        stop_ids = self._stop_ids(stream.stops)
         halt = threading.Event()
-        streamer = _streamer(self.tokenizer)
+        tokens = _TokenQueue()
         kwargs = _generate_kwargs(params, stop_ids, self.tokenizer.pad_token_id)
-        kwargs.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+        kwargs.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=tokens,
                       stopping_criteria=_halt_criteria(halt, cancel))
         errors: list[BaseException] = []
 
@@ -122,31 +161,50 @@ class HFEngine(LocalEngine):
             try:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                with torch.inference_mode(), self._adapter_scope(model):
+                with torch.inference_mode(), self._adapter_scope(model), self._scores(params.logprobs, tokens):
                     self.model.generate(**kwargs)
             except BaseException as exc:  # reported to the caller below
                 errors.append(exc)
-                streamer.end()
+            finally:
+                tokens.end()
 
         thread = threading.Thread(target=run, name="tunelab-generate", daemon=True)
         thread.start()
+        decoder = _Detokenizer(self.tokenizer)
         try:
-            for piece in streamer:
-                text = matcher.feed(piece)
-                if text:
-                    yield Delta(text)
-                if matcher.stopped or cancel.is_set():
+            for token_id, row in tokens:
+                entries = [self._entry(row, token_id, params.logprobs or 0)] if row is not None else None
+                delta = stream.feed(decoder.add(token_id), entries)
+                if delta:
+                    yield delta
+                if stream.stopped or cancel.is_set():
                     halt.set()
         finally:
             halt.set()
             thread.join()
         if errors:
             raise errors[0]
-        tail = matcher.flush()
-        if tail:
-            yield Delta(tail)
-        yield Delta(finish_reason=_finish_reason(matcher, cancel, streamer, stop_ids, params),
-                    prompt_tokens=int(input_ids.shape[1]), completion_tokens=streamer.count)
+        tail = stream.feed(decoder.flush())
+        end = stream.finish()
+        for delta in (tail, end):
+            if delta:
+                yield delta
+        yield Delta(finish_reason=_finish_reason(stream, cancel, tokens, stop_ids, params),
+                    prompt_tokens=int(input_ids.shape[1]), completion_tokens=tokens.count)
+
+    def _scores(self, logprobs: int | None, tokens: "_TokenQueue") -> Any:
+        """While generating with logprobs: hand each step's raw next-token log-probabilities to ``tokens``."""
+        if logprobs is None:
+            return contextlib.nullcontext()
+        import torch
+
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            tokens.scores = torch.log_softmax(output.logits[0, -1].float(), dim=-1)
+
+        handle = inner.register_forward_hook(hook)
+        return contextlib.closing(_Handle(handle))
 
 
 def _generate_kwargs(params: SamplingParams, stop_ids: set[int], pad_id: int | None) -> dict[str, Any]:
@@ -161,30 +219,80 @@ def _generate_kwargs(params: SamplingParams, stop_ids: set[int], pad_id: int | N
     return kwargs
 
 
-def _finish_reason(matcher: StopMatcher, cancel: threading.Event, streamer: Any, stop_ids: set[int], params: SamplingParams) -> str:
+def _finish_reason(stream: TokenStream, cancel: threading.Event, tokens: Any, stop_ids: set[int], params: SamplingParams) -> str:
     if cancel.is_set():
         return "cancelled"
-    if matcher.stopped or streamer.last_id in stop_ids:
+    if stream.stopped or tokens.last_id in stop_ids:
         return "stop"
-    return "length" if streamer.count >= params.max_new_tokens else "stop"
+    return "length" if tokens.count >= params.max_new_tokens else "stop"
 
 
-def _streamer(tokenizer: Any) -> Any:
-    """A TextIteratorStreamer that also counts generated tokens and remembers the last one."""
-    from transformers import TextIteratorStreamer
+class _Handle:
+    """A hook handle with close(), for contextlib.closing."""
 
-    class CountingStreamer(TextIteratorStreamer):
-        count = 0
-        last_id: int | None = None
+    def __init__(self, handle: Any):
+        self.handle = handle
 
-        def put(self, value: Any) -> None:
-            if not (self.skip_prompt and self.next_tokens_are_prompt):
-                flat = value.reshape(-1).tolist()
-                self.count += len(flat)
-                self.last_id = flat[-1] if flat else self.last_id
-            super().put(value)
+    def close(self) -> None:
+        self.handle.remove()
 
-    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+class _TokenQueue:
+    """A generate() streamer that queues each new token id (with its step's log-probabilities when captured)."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.queue: queue.Queue = queue.Queue()
+        self.prompt_done = False
+        self.count = 0
+        self.last_id: int | None = None
+        self.scores: Any = None
+
+    def put(self, value: Any) -> None:
+        """Called by generate(): first with the prompt, then with each new token."""
+        if not self.prompt_done:
+            self.prompt_done = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.count += 1
+            self.last_id = token_id
+            self.queue.put((token_id, self.scores))
+
+    def end(self) -> None:
+        """Called when generation ends."""
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        while (item := self.queue.get()) is not None:
+            yield item
+
+
+class _Detokenizer:
+    """Incremental decoding: each token's new text, held back while it ends in an incomplete character."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token_id: int) -> str:
+        """The text that ``token_id`` completes ('' while a character is still incomplete)."""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held (an incomplete character at the very end)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):]
 
 
 def _halt_criteria(*events: threading.Event) -> Any:

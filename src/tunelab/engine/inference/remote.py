@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelNotFound, SamplingParams, StopMatcher
+from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelNotFound, SamplingParams, TokenLogprob, TokenStream
 from tunelab.core.serving import ModelSpec
 from tunelab.engine.inference.base import Engine, ServedModel, TemplateBook, check_messages
 
@@ -54,19 +54,46 @@ class OpenAIEngine(Engine):
             self._models = sorted(models, key=lambda m: m.parent is not None)
         return self._models
 
-    def chat(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta]:
+    def chat(
+        self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None = None,
+        tools: list[dict] | None = None,
+    ) -> Iterator[Delta]:
         """Stream a chat reply (rendered locally when tunelab knows the model's templates)."""
         check_messages(messages)
         if self.templates is not None:
             self.check_model(model)
-            prompt = self.templates.render(model, messages)
+            prompt = self.templates.render(model, messages, tools)
             stops = [*self.templates.stops(model), *params.stop]
             return self._stream_completion(model, prompt, params, stops, cancel, add_special_tokens=False)
+        if tools:
+            self.tool_parser(model)
         request = dict(model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **_sampling(params))
+        if params.logprobs is not None:
+            request.update(logprobs=True, top_logprobs=params.logprobs)
         return self._stream(lambda: self.client.chat.completions.create(**request), params.stop, cancel, chat=True)
 
+    def tool_parser(self, model: str) -> str:
+        """The tool-call format of ``model``'s template (only when tunelab renders the prompts itself)."""
+        if self.templates is None:
+            raise InferenceError(f"tools: {self.base_url} applies its own chat template here, so tunelab cannot read its "
+                                 "tool calls back; serve the model with tunelab (its template known) or call that server directly")
+        self.check_model(model)
+        return self.templates.tool_parser(model)
+
+    def prompt_logprobs(self, model: str, prompt: str | list[int], top: int, add_special_tokens: bool = True) -> list[TokenLogprob]:
+        """The server's echoed prompt logprobs (a one-token completion with echo; the prompt's share of it)."""
+        extra: dict[str, Any] = {"extra_body": {"add_special_tokens": add_special_tokens}} if self._vllm else {}
+        with _translated(self.base_url):
+            response = self.client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0, echo=True,
+                                                      logprobs=top, **extra)
+        choice = response.choices[0]
+        if choice.logprobs is None:
+            raise InferenceError(f"echo: {self.base_url} returned no logprobs for an echoed prompt")
+        entries = _text_entries(choice.logprobs)
+        return entries[: response.usage.prompt_tokens] if response.usage else entries
+
     def complete(
-        self, model: str, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+        self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,
         add_special_tokens: bool = True,
     ) -> Iterator[Delta]:
         """Stream a raw completion."""
@@ -78,15 +105,17 @@ class OpenAIEngine(Engine):
         extra["stop"] = (unique if self._vllm else unique[:4]) or None  # the OpenAI API itself takes at most 4
         if self._vllm:
             extra.setdefault("extra_body", {})["add_special_tokens"] = add_special_tokens
+        if params.logprobs is not None:
+            extra["logprobs"] = params.logprobs
         request = dict(model=model, prompt=prompt, stream=True, stream_options={"include_usage": True}, **extra)
         return self._stream(lambda: self.client.completions.create(**request), stops, cancel, chat=False)
 
     def _stream(self, start: Callable[[], Any], stops: list[str], cancel: threading.Event | None, chat: bool) -> Iterator[Delta]:
         with _translated(self.base_url):
             stream = start()  # errors (bad request, unknown model) surface here, before the first chunk
-        return self._chunks(stream, StopMatcher(stops), cancel or threading.Event(), chat)
+        return self._chunks(stream, TokenStream(stops), cancel or threading.Event(), chat)
 
-    def _chunks(self, stream: Any, matcher: StopMatcher, cancel: threading.Event, chat: bool) -> Iterator[Delta]:
+    def _chunks(self, stream: Any, matcher: TokenStream, cancel: threading.Event, chat: bool) -> Iterator[Delta]:
         finish, usage, thinking = None, None, False
         try:
             with _translated(self.base_url):
@@ -94,17 +123,19 @@ class OpenAIEngine(Engine):
                     usage = chunk.usage or usage
                     for choice in chunk.choices:
                         piece, thinking = _piece(choice, chat, thinking)
-                        text = matcher.feed(piece)
-                        if text:
-                            yield Delta(text)
+                        delta = matcher.feed(piece, _entries(choice, chat))
+                        if delta:
+                            yield delta
                         finish = choice.finish_reason or finish
                     if cancel.is_set() or matcher.stopped:
                         break
         finally:
             stream.close()
-        tail = matcher.flush() + ("</think>" if thinking else "")
-        if tail:
-            yield Delta(tail)
+        end = matcher.finish()
+        if end:
+            yield end
+        if thinking:
+            yield Delta("</think>")
         reason = "cancelled" if cancel.is_set() else ("stop" if matcher.stopped else finish or "stop")
         yield Delta(finish_reason=reason, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                     completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
@@ -132,6 +163,23 @@ def _piece(choice: Any, chat: bool, thinking: bool) -> tuple[str, bool]:
         text += ("</think>" if thinking else "") + delta.content
         thinking = False
     return text, thinking
+
+
+def _text_entries(logprobs: Any) -> list[TokenLogprob]:
+    """A completions-shaped logprobs object (parallel lists) as entries, alternatives likeliest first."""
+    tops = logprobs.top_logprobs or [None] * len(logprobs.tokens or [])
+    return [TokenLogprob(token, value, sorted((top or {}).items(), key=lambda item: -item[1]))
+            for token, value, top in zip(logprobs.tokens or [], logprobs.token_logprobs or [], tops)]
+
+
+def _entries(choice: Any, chat: bool) -> list[TokenLogprob] | None:
+    """A stream chunk's logprobs (chat or completions shape) as entries, or None."""
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return None
+    if not chat:
+        return _text_entries(logprobs)
+    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in e.top_logprobs or []]) for e in logprobs.content or []]
 
 
 def _sampling(params: SamplingParams) -> dict[str, Any]:

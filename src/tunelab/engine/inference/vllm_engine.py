@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.generation import Delta, InferenceError, SamplingParams, StopMatcher
+from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
 from tunelab.core.serving import EngineOptions, ModelSpec
 from tunelab.engine.inference.base import Engine, LocalEngine
 
@@ -113,29 +113,60 @@ class VLLMEngine(LocalEngine):
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
             max_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty, seed=params.seed,
             stop=[s for s in stops if s], stop_token_ids=stop_ids, output_kind=RequestOutputKind.DELTA,
+            logprobs=params.logprobs,
         )
 
+    def _entries(self, token_ids: Any, logprobs: Any, top: int | None) -> list[TokenLogprob] | None:
+        """vLLM's per-token {id: Logprob} dicts as TokenLogprob entries (the ``top`` likeliest as alternatives)."""
+        if logprobs is None or top is None:
+            return None
+        out = []
+        for token_id, ranked in zip(token_ids, logprobs):
+            ranked = ranked or {}
+            chosen = ranked.get(token_id)
+            best = sorted(ranked.items(), key=lambda item: item[1].rank or 0)[:top]
+            out.append(TokenLogprob(self._text(token_id, chosen), chosen.logprob if chosen else None,
+                                    [(self._text(i, lp), lp.logprob) for i, lp in best], token_id))
+        return out
+
+    def _text(self, token_id: int, logprob: Any) -> str:
+        decoded = getattr(logprob, "decoded_token", None)
+        return decoded if decoded is not None else self.tokenizer.decode([token_id])
+
+    def prompt_logprobs(self, model: str, prompt: str | list[int], top: int, add_special_tokens: bool = True) -> list[TokenLogprob]:
+        """vLLM's prompt_logprobs for one request of a single token."""
+        from vllm import SamplingParams as VSamplingParams
+
+        self.check_model(model)
+        ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        with self._lock:
+            (output,) = self.llm.generate({"prompt_token_ids": ids}, VSamplingParams(max_tokens=1, prompt_logprobs=top),
+                                          lora_request=self.loras.get(model), use_tqdm=False)
+        ranked = list(output.prompt_logprobs or [])
+        first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, id=ids[0])
+        return [first, *(self._entries(ids[1:], ranked[1:], top) or [])]
+
     def generate(
-        self, model: str, prompt: str, params: SamplingParams, matcher: StopMatcher, cancel: threading.Event,
+        self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
         add_special_tokens: bool,
     ) -> Iterator[Delta]:
         """Add one request to vLLM's engine and step it, streaming each delta."""
         engine = self.llm.llm_engine
-        ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         request_id = f"tunelab-{next(self._ids)}"  # outputs carry this id (add_request returns an internal one)
-        engine.add_request(request_id, {"prompt_token_ids": ids}, self._sampling(params, matcher.stops),
+        engine.add_request(request_id, {"prompt_token_ids": ids}, self._sampling(params, stream.stops),
                            lora_request=self.loras.get(model))
         produced, finish = 0, None
         try:
-            while finish is None and not cancel.is_set() and not matcher.stopped:
+            while finish is None and not cancel.is_set() and not stream.stopped:
                 for output in engine.step():
                     if output.request_id != request_id:
                         continue
                     piece = output.outputs[0]
                     produced += len(piece.token_ids)
-                    text = matcher.feed(piece.text)
-                    if text:
-                        yield Delta(text)
+                    delta = stream.feed(piece.text, self._entries(piece.token_ids, piece.logprobs, params.logprobs))
+                    if delta:
+                        yield delta
                     if output.finished:
                         finish = piece.finish_reason or "stop"
                 if finish is None and not engine.has_unfinished_requests():
@@ -143,10 +174,10 @@ class VLLMEngine(LocalEngine):
         finally:
             if finish is None:
                 engine.abort_request([request_id])
-        tail = matcher.flush()
+        tail = stream.finish()
         if tail:
-            yield Delta(tail)
-        reason = "cancelled" if cancel.is_set() else ("stop" if matcher.stopped else finish)
+            yield tail
+        reason = "cancelled" if cancel.is_set() else ("stop" if stream.stopped else finish)
         yield Delta(finish_reason=reason if reason in ("stop", "length", "cancelled") else "stop",
                     prompt_tokens=len(ids), completion_tokens=produced)
 
