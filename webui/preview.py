@@ -107,7 +107,7 @@ def render_examples(
             return Preview([], f"stage {stage!r} trains plain text; pick a text dataset")
         messages = _with_system(example["messages"], system_prompt)
         try:
-            if "messages" in example and len(example) > 1:  # preference, kto and prompt rows: replies shown apart
+            if example.keys() & {"chosen", "completion", "extra"}:  # preference, kto and prompt rows: replies shown apart
                 segments += _reply_segments(choice, messages, example, labels or {})
                 continue
             rendered = _render(choice, messages)

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,22 +92,65 @@ class RunDir:
 
 
 def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
-    """Make (or reuse, when resuming) the run directory and write config.yaml, command.sh and status.json."""
+    """Make (or reuse, when resuming) the run directory and write config.yaml, command.sh and status.json.
+
+    A new run claims its folder atomically (mkdir, then config.yaml created with a hard link that fails when
+    the file exists), so concurrent creations in the same second, threads or processes, get distinct folders.
+    """
     if config.output_dir:
-        path = Path(config.output_dir)
-    else:
-        path = Path(parent or runs_dir()) / new_run_id(config)
-    run = RunDir(_node_path(path.resolve(), config.node_rank))
-    if run.exists() and not config.resume:
+        run = RunDir(_node_path(Path(config.output_dir).resolve(), config.node_rank))
+        if config.resume and run.exists():
+            return _rewrite_run(run, config)
+        if not run.exists():
+            run.path.mkdir(parents=True, exist_ok=True)
+            if _claim(run, config):
+                return _finish_new(run)
         # Re-running a finished run's config.yaml starts a new run beside it rather than overwriting it.
-        run = RunDir(_node_path(run.path.parent / new_run_id(config), config.node_rank))
-    run.path.mkdir(parents=True, exist_ok=True)
+        parent = run.path.parent
+    root = Path(parent or runs_dir()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    base = new_run_id(config)
+    for attempt in range(1, 10_000):
+        run = RunDir(_node_path(root / (base if attempt == 1 else f"{base}-{attempt}"), config.node_rank))
+        try:
+            run.path.mkdir()
+        except FileExistsError:
+            continue
+        if _claim(run, config):
+            return _finish_new(run)
+    raise RuntimeError(f"could not find a free run id under {root} for {base}")
+
+
+def _claim(run: RunDir, config: RunConfig) -> bool:
+    """Create run.config_file exclusively with the resolved config; False if another run got there first."""
+    text = dump_config(config.model_copy(update={"output_dir": str(run.path)}))
+    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=run.path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.link(tmp, run.config_file)
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
+def _finish_new(run: RunDir) -> RunDir:
+    """Write command.sh and the queued status of a freshly claimed run."""
+    write_atomic(run.command_file, command_script(run))
+    run.command_file.chmod(0o755)
+    run.set_status("queued", run_id=run.run_id, created_at=time.time())
+    return run
+
+
+def _rewrite_run(run: RunDir, config: RunConfig) -> RunDir:
+    """Resume: refresh config.yaml and command.sh of an existing run and mark it queued again."""
     config = config.model_copy(update={"output_dir": str(run.path)})
     write_atomic(run.config_file, dump_config(config))
     write_atomic(run.command_file, command_script(run))
     run.command_file.chmod(0o755)
-    if not run.status() or config.resume:
-        run.set_status("queued", run_id=run.run_id, created_at=run.status().get("created_at", time.time()))
+    run.set_status("queued", run_id=run.run_id, created_at=run.status().get("created_at", time.time()))
     return run
 
 

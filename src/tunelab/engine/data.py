@@ -50,6 +50,8 @@ def load_reports(config: RunConfig) -> list[DatasetReport]:
         else:
             report = validate_records(name, spec, _hub_rows(spec), f"hub:{spec.hub}")
         report.raise_if_bad()
+        for line in report.ignored_lines():
+            log.warning("dataset %s: %s (format %s does not use it)", name, line, spec.format)
         if config.max_samples:
             report.examples = report.examples[: config.max_samples]
         reports.append(report)
@@ -60,7 +62,7 @@ def _hub_rows(spec: Any) -> list[dict]:
     import datasets as hf_datasets
 
     try:
-        loaded = hf_datasets.load_dataset(spec.hub, spec.subset, split=spec.split)
+        loaded = hf_datasets.load_dataset(spec.hub, spec.subset, split=spec.split, data_dir=spec.folder)
     except Exception as exc:  # offline, missing, gated: say so plainly
         raise DataError(f"dataset {spec.hub!r} could not be loaded from the Hugging Face hub: {exc}") from None
     return list(loaded)
@@ -101,6 +103,9 @@ def prepare_data(config: RunConfig, tokenizer: Any, choice: TemplateChoice | Non
         log.info("tokenized data from cache %s", cache)
     else:
         rows, stats = tokenize_reports(config, reports, tokenizer, choice)
+        for report in reports:
+            for column, count in report.ignored.items():
+                stats.ignored_columns[f"{report.name}:{column}"] = count
         if not rows:
             raise DataError(
                 f"no example left after tokenization (cutoff_len={config.cutoff_len}): "

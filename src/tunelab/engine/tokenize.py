@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.core.chat_render import Rendered, TemplateRefusal
-from tunelab.core.templates import ChatTemplate, ModelEntry
+from tunelab.core.datafiles import DataError
+from tunelab.core.templates import ChatTemplate, ModelEntry, registry
 
 IGNORE = -100
 
@@ -31,6 +32,7 @@ class EncodeStats:
     tokens: int = 0
     trained_tokens: int = 0
     refusals: list[str] = field(default_factory=list)
+    ignored_columns: dict[str, int] = field(default_factory=dict)  # dataset columns no format read -> rows
 
     def as_event(self) -> dict[str, Any]:
         """The fields of a ``data`` event."""
@@ -38,22 +40,28 @@ class EncodeStats:
 
 
 def render_with_spans(
-    template: ChatTemplate, messages: list[dict], entry: ModelEntry | None = None
+    template: ChatTemplate, messages: list[dict], entry: ModelEntry | None = None, tools: list[dict] | None = None
 ) -> Rendered:
-    """Render a full conversation and locate its assistant spans."""
+    """Render a full conversation (with its tool schemas, if any) and locate its assistant spans."""
+    extra = {"tools": tools} if tools else {}
     if "generation" in template.source:
-        return template.render(messages, track_spans=True, model=entry)
-    return _spans_from_prefixes(template, messages, entry)
+        return template.render(messages, track_spans=True, model=entry, **extra)
+    return _spans_from_prefixes(template, messages, entry, extra)
 
 
-def _spans_from_prefixes(template: ChatTemplate, messages: list[dict], entry: ModelEntry | None) -> Rendered:
-    full = template.render(messages, model=entry).text
+def supports_tools(template: ChatTemplate) -> bool:
+    """Whether a template renders tool schemas and tool calls."""
+    return "tools" in template.quirks or "tool_calls" in template.source
+
+
+def _spans_from_prefixes(template: ChatTemplate, messages: list[dict], entry: ModelEntry | None, extra: dict) -> Rendered:
+    full = template.render(messages, model=entry, **extra).text
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = template.render(messages[:index], add_generation_prompt=True, model=entry).text
-        upto = template.render(messages[: index + 1], model=entry).text
+        prompt = template.render(messages[:index], add_generation_prompt=True, model=entry, **extra).text
+        upto = template.render(messages[: index + 1], model=entry, **extra).text
         if not (full.startswith(prompt) and full.startswith(upto) and len(upto) > len(prompt)):
             raise TemplateRefusal("cannot locate assistant turns in this template (no {% generation %} markers)")
         end = -1
@@ -87,14 +95,17 @@ def encode_conversations(
     train_on_prompt: bool = False,
     mask_history: bool = False,
     stats: EncodeStats | None = None,
+    tools: list[list[dict] | None] | None = None,
 ) -> list[dict[str, list[int]]]:
-    """Tokenize conversations for SFT; returns rows with input_ids and labels."""
+    """Tokenize conversations for SFT (``tools``: each conversation's tool schemas); rows with input_ids and labels."""
     stats = stats if stats is not None else EncodeStats()
+    tools = tools or [None] * len(conversations)
+    _check_tools(template, conversations, tools)
     rendered: list[Rendered] = []
-    for number, messages in enumerate(conversations, 1):
+    for number, (messages, schemas) in enumerate(zip(conversations, tools), 1):
         stats.examples += 1
         try:
-            rendered.append(render_with_spans(template, messages, entry))
+            rendered.append(render_with_spans(template, messages, entry, schemas))
         except TemplateRefusal as exc:
             stats.dropped_refused += 1
             if len(stats.refusals) < 5:
@@ -113,6 +124,18 @@ def encode_conversations(
             if row is not None:
                 rows.append(row)
     return rows
+
+
+def _check_tools(template: ChatTemplate, conversations: list[list[dict]], tools: list) -> None:
+    """Refuse tool-use conversations for a template that cannot render them (they would train as plain text)."""
+    if supports_tools(template):
+        return
+    count = sum(1 for messages, schemas in zip(conversations, tools)
+                if schemas or any(m.get("tool_calls") or m["role"] == "tool" for m in messages))
+    if count:
+        able = sorted(t.name for t in registry().templates.values() if "tools" in t.quirks)[:8]
+        raise DataError(f"{count} example(s) use tools (schemas, calls or results), which template {template.name!r} "
+                        f"cannot render; pick a template with tool support, e.g. {', '.join(able)}")
 
 
 def _straddles(offsets: list[tuple[int, int]], position: int) -> bool:

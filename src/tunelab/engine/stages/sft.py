@@ -26,6 +26,7 @@ def encode(
     return encode_conversations(
         tokenizer, choice.template, conversations, cutoff_len=config.cutoff_len, entry=choice.entry,
         train_on_prompt=config.train_on_prompt, mask_history=config.mask_history, stats=stats,
+        tools=[e.get("tools") for e in examples],
     )
 
 

@@ -1,0 +1,152 @@
+"""Reading dataset files row by row (.json, .jsonl, .csv, .tsv, .parquet, .txt, or a folder of them) and guessing
+their format. A row that cannot be parsed is yielded as a ``Malformed`` marker (so a check reports every bad row);
+a file that cannot be read at all raises DataError naming it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+
+
+class DataError(ValueError):
+    """Invalid data: the message names the file, the rows and the problems."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A row that could not be parsed, and why."""
+
+    reason: str
+
+
+def iter_rows(path: Path, text_split: str = "auto") -> Iterator[tuple[int, Any]]:
+    """(row number, record) of a dataset file or folder; DataError when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: a folder with no dataset files ({', '.join(SUFFIXES)})")
+        kinds = {p.suffix.lower() for p in files}
+        if len(kinds) > 1:
+            raise DataError(f"{path}: the folder mixes file types {sorted(kinds)}; keep one type per dataset")
+        offset = 0
+        for file in files:
+            number = 0
+            for number, record in iter_rows(file, text_split):
+                yield offset + number, record
+            offset += number
+        return
+    try:
+        yield from _READERS[_suffix(path)](path, text_split)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "save the file as UTF-8") from None
+    except (OSError, csv.Error, RecursionError) as exc:
+        raise DataError(f"{path}: cannot be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use {', '.join(SUFFIXES)}")
+    return suffix
+
+
+def _jsonl(path: Path, _: str) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, Malformed(f"invalid JSON: {exc.msg} (column {exc.colno})")
+
+
+def _json(path: Path, _: str) -> Iterator[tuple[int, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON lines saved as .json
+            yield from _jsonl(path, _)
+            return
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} / {"train": [...]}
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    yield from enumerate(data, 1)
+
+
+def _csv(path: Path, _: str) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        for number, row in enumerate(reader, 1):
+            if None in row or None in row.values():
+                yield number, Malformed(f"{len(row) - (None in row) + len(row.get(None) or [])} fields where the header "
+                                        f"has {len(reader.fieldnames or [])}")
+            else:
+                yield number, row
+
+
+def _parquet(path: Path, _: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq  # lazily: only parquet needs it
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends for anything that is not parquet
+        raise DataError(f"{path}: not a readable parquet file: {str(exc)[:200]}") from None
+    number = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            number += 1
+            yield number, record
+
+
+def _txt(path: Path, text_split: str) -> Iterator[tuple[int, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if "\x00" in text:
+        raise DataError(f"{path}: holds NUL bytes; is it a binary file?")
+    if text_split == "auto":
+        text_split = "paragraph" if "\n\n" in text.strip() else "line"
+    pieces = text.split("\n\n") if text_split == "paragraph" else text.split("\n")
+    yield from ((n, {"text": t.strip("\n")}) for n, t in enumerate(pieces, 1) if t.strip())
+
+
+_READERS = {".json": _json, ".jsonl": _jsonl, ".csv": _csv, ".tsv": _csv, ".parquet": _parquet, ".txt": _txt}
+
+
+def guess_format(path: Path) -> tuple[str, str]:
+    """(format, why) guessed from the keys of the file's first row."""
+    for _, record in iter_rows(path):
+        if isinstance(record, Malformed):
+            continue
+        if not isinstance(record, dict):
+            return "alpaca", f"its first row is a {type(record).__name__}, not an object (alpaca assumed)"
+        keys = set(record)
+        shown = ", ".join(sorted(map(str, keys))[:8])
+        for fmt, needs in _GUESSES:
+            if needs(keys):
+                return fmt, f"guessed from the first row's keys ({shown})"
+        return "alpaca", f"no known keys in the first row ({shown}); alpaca assumed"
+    return "alpaca", "the file holds no rows (alpaca assumed)"
+
+
+_GUESSES = (
+    ("kto", lambda k: "label" in k and bool(k & {"completion", "messages"})),
+    ("preference", lambda k: "chosen" in k and "rejected" in k),
+    ("sharegpt", lambda k: "conversations" in k),
+    ("openai", lambda k: "messages" in k),
+    ("alpaca", lambda k: "instruction" in k),
+    ("prompt", lambda k: "prompt" in k and not k & {"completion", "output", "response"}),
+    ("text", lambda k: "text" in k),
+)
