@@ -78,17 +78,26 @@ class TrainActions:
         """The 'Not started: <schema message>' line shown next to the form."""
         return f"**{self.text('train.invalid', lang)}:** {error}"
 
-    def mapping(self, values: tuple) -> dict[str, Any]:
-        """(model_path, *field values) -> config mapping; a filled-in path replaces the model dropdown."""
+    def mapping(self, values: tuple, strict: bool = True) -> dict[str, Any]:
+        """(model_path, *field values) -> config mapping; a filled-in path replaces the model dropdown.
+        ConfigError when a number field holds no number (``strict=False``: such fields are left out)."""
         path, rest = values[0], list(values[1:])
-        mapping = form.form_to_mapping(self.specs, rest)
+        mapping = form.form_to_mapping(self.specs, rest, strict)
         if isinstance(path, str) and path.strip():
             mapping["model"] = path.strip()
         return mapping
 
+    def check(self, values: tuple) -> tuple[Any, str]:
+        """(config, '') when the form is valid, else (None, one line per problem, each naming its field)."""
+        try:
+            mapping = self.mapping(values)
+        except ConfigError as exc:
+            return None, str(exc)
+        return form.validate(mapping)
+
     def on_form(self, lang: str, *values: Any) -> tuple:
         """YAML preview, command preview, validation message, config file to save."""
-        config, error = form.validate(self.mapping(values))
+        config, error = self.check(values)
         if config is None:
             return "", "", self.invalid(lang, error), None
         text = form.yaml_preview(config)
@@ -98,7 +107,7 @@ class TrainActions:
         """Template choices (auto labelled), what auto resolves to, highlighted examples and a note."""
         import gradio as gr
 
-        mapping = self.mapping(values)
+        mapping = self.mapping(values, strict=False)
         model = mapping.get("model") or "demo"
         choices, reason = template_choices(model)
         label = self.text("train.trained", lang)
@@ -118,7 +127,7 @@ class TrainActions:
         from tunelab.cli.train import preflight
 
         jobs = self.studio.services["jobs"]
-        config, error = form.validate(self.mapping(values))
+        config, error = self.check(values)
         try:
             if config is None:
                 raise ConfigError(error)

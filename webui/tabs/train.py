@@ -5,6 +5,7 @@ Layout and event wiring only; what the events do is in tunelab.webui.train_actio
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tunelab.core.config import RunConfig
@@ -16,6 +17,22 @@ TITLE_KEY = "tab.train"
 PREVIEW_FIELDS = ("model", "template", "stage", "dataset", "dataset_dir", "train_on_prompt", "mask_history", "system_prompt")
 TICK_S = 0.5
 SCROLL_LOG_JS = "() => { const box = document.querySelector('#log textarea'); if (box) box.scrollTop = box.scrollHeight; }"
+# Put each problem of the validation message under the field it names (and open Advanced if that field is there).
+MARK_FIELDS_JS = """(text) => {
+  document.querySelectorAll('.tl-field-error').forEach(e => e.remove());
+  document.querySelectorAll('.tl-invalid').forEach(e => e.classList.remove('tl-invalid'));
+  for (const line of (text || '').split('\\n')) {
+    const m = /^\\s*(?:\\*\\*[^*]*\\*\\*\\s*)?([a-z_0-9]+)[:.\\[]\\s*(.*)$/.exec(line);
+    const box = m && NAMES.includes(m[1]) ? document.getElementById(m[1]) : null;
+    if (!box || box.querySelector('.tl-field-error')) continue;
+    box.classList.add('tl-invalid');
+    const note = document.createElement('div');
+    note.className = 'tl-field-error';
+    note.textContent = m[2];
+    box.appendChild(note);
+  }
+  return [];
+}"""
 SERIES_COLORS = (("loss", "#a9c7ee"), ("smoothed", "#1f5fbf"), ("eval_loss", "#e4572e"))
 
 
@@ -175,5 +192,7 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     gr.Timer(TICK_S).tick(act.watch, inputs=live_inputs, outputs=live_outputs, show_progress="hidden", api_name="watch")
     ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     language.change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
-    ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)  # keep the newest log lines in view
+    ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)
+    names = json.dumps([s.name for s in specs])
+    ui["form_error"].change(None, inputs=[ui["form_error"]], js=MARK_FIELDS_JS.replace("NAMES", names), **quiet)  # keep the newest log lines in view
     root_blocks().load(act.on_page_load, inputs=form_inputs, outputs=[*form_outputs, *preview_outputs, ui["live"]], **quiet)
