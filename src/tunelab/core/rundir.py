@@ -89,6 +89,20 @@ class RunDir:
         return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def _claim_new(path: Path) -> RunDir:
+    """Create a run directory nobody else has: ``path``, else ``path-2``, ``path-3`` ... (two Starts in one
+    second must not share a directory; mkdir without exist_ok is the atomic claim)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return RunDir(candidate)
+    raise RuntimeError(f"no free run directory name beside {path}")
+
+
 def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
     """Make (or reuse, when resuming) the run directory and write config.yaml, command.sh and status.json."""
     if config.output_dir:
@@ -96,10 +110,11 @@ def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
     else:
         path = Path(parent or runs_dir()) / new_run_id(config)
     run = RunDir(path.resolve())
-    if run.exists() and not config.resume:
+    if config.resume:
+        run.path.mkdir(parents=True, exist_ok=True)
+    else:
         # Re-running a finished run's config.yaml starts a new run beside it rather than overwriting it.
-        run = RunDir(run.path.parent / new_run_id(config))
-    run.path.mkdir(parents=True, exist_ok=True)
+        run = _claim_new(run.path if not run.exists() else run.path.parent / new_run_id(config))
     config = config.model_copy(update={"output_dir": str(run.path)})
     write_atomic(run.config_file, dump_config(config))
     write_atomic(run.command_file, command_script(run))
