@@ -40,6 +40,12 @@ CSS = """
 #form_error { color: var(--error-text-color, #b00020); white-space: pre-line; }
 .tl-invalid input, .tl-invalid textarea { border-color: #b00020 !important; box-shadow: 0 0 0 1px #b00020; }
 .tl-field-error { color: #b00020; font-size: 0.85em; margin-top: 0.2em; }
+.tl-chart { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px 6px; }
+.tl-chart-title { font-size: 0.85em; color: var(--body-text-color-subdued); }
+.tl-chart-svg { width: 100%; height: auto; display: block; }
+.tl-chart-empty { height: 90px; display: flex; align-items: center; justify-content: center; color: var(--body-text-color-subdued); }
+.tl-legend { display: flex; flex-wrap: wrap; gap: 0.3em 1em; font-size: 0.8em; }
+table th, table th span { word-break: keep-all; overflow-wrap: normal; hyphens: none; }
 #log textarea { font-family: var(--font-mono); font-size: 0.8em; }
 """
 

@@ -140,7 +140,7 @@ def _clean(spec: FieldSpec, value: Any) -> Any:
         return parse_number(spec, value)
     if isinstance(value, str):
         value = value.strip()
-    if value in ("", None):
+    if value in ("", None) or (spec.optional and value == []):
         return None if spec.optional else value
     if spec.kind in ("multichoice", "list") and isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]

@@ -33,7 +33,6 @@ MARK_FIELDS_JS = """(text) => {
   }
   return [];
 }"""
-SERIES_COLORS = (("loss", "#a9c7ee"), ("smoothed", "#1f5fbf"), ("eval_loss", "#e4572e"))
 
 
 def root_blocks() -> Any:
@@ -123,26 +122,31 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
     ui["form_error"] = studio.register(gr.Markdown(elem_id="form_error"))
     ui["status"] = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
     ui["progress"] = studio.register(gr.HTML(elem_id="progress"))
+
+
+def _log(studio: Studio, ui: dict[str, Any]) -> None:
+    import gradio as gr
+
     ui["log"] = studio.register(gr.Textbox(
-        label=studio.t("train.log"), lines=14, max_lines=14, elem_id="log", interactive=False, autoscroll=True,
+        label=studio.t("train.log"), lines=10, max_lines=10, elem_id="log", interactive=False, autoscroll=True,
     ))
 
 
 def _plots(studio: Studio, ui: dict[str, Any]) -> None:
+    """The live charts (SVG drawn by webui/charts.py): loss, learning rate, tokens/s and the picked other metrics."""
     import gradio as gr
 
-    ui["smoothing"] = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing"))
-    colors = {studio.translations.text(f"series.{key}", lang): color for lang in ("en", "zh") for key, color in SERIES_COLORS}
+    ui["loss_plot"] = studio.register(gr.HTML(elem_id="loss_plot", elem_classes=["tl-chart-box"]))
+    ui["metric_plot"] = studio.register(gr.HTML(elem_id="metric_plot", elem_classes=["tl-chart-box"]))
     with gr.Row():
-        ui["loss_plot"] = studio.register(gr.LinePlot(  # no fixed height: it would clip the legend
-            x="step", y="value", color="series", label=studio.t("train.loss_plot"), elem_id="loss_plot", scale=2,
-            y_title=studio.t("train.loss_plot"), color_title=" ", color_map=colors,
-        ))
-        with gr.Column(scale=1):
-            ui["lr_plot"] = studio.register(gr.LinePlot(x="step", y="lr", label=studio.t("train.lr_plot"), elem_id="lr_plot", height=150))
-            ui["speed_plot"] = studio.register(gr.LinePlot(
-                x="step", y="tokens_per_s", label=studio.t("train.speed_plot"), elem_id="speed_plot", height=150,
-            ))
+        ui["lr_plot"] = studio.register(gr.HTML(elem_id="lr_plot", elem_classes=["tl-chart-box"]))
+        ui["speed_plot"] = studio.register(gr.HTML(elem_id="speed_plot", elem_classes=["tl-chart-box"]))
+    # whichever other metrics the run logs (grad_norm; DPO margins, KL, rewards ...)
+    ui["metric_pick"] = studio.register(gr.Dropdown(
+        choices=[], value=[], multiselect=True, label=studio.t("train.metric_pick"), info=studio.t("train.metric_pick_hint"),
+        elem_id="metric_pick",
+    ))
+    ui["smoothing"] = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing"))
 
 
 def build(studio: Studio) -> None:
@@ -155,9 +159,10 @@ def build(studio: Studio) -> None:
         with gr.Column(scale=3):
             _form(studio, specs, ui)
             _previews(studio, ui)
-        with gr.Column(scale=2):
+        with gr.Column(scale=2):  # beside the form: the live view stays in sight while a run trains
             _controls(studio, ui)
-    _plots(studio, ui)
+            _plots(studio, ui)
+            _log(studio, ui)
     ui["live"] = gr.State({"run": None, "key": None})
     studio.components["train_live"] = ui["live"]
     _wire(studio, specs, ui, TrainActions(studio, specs))
@@ -187,10 +192,12 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],
                       api_name="load_config")
 
-    live_inputs = [ui["live"], ui["smoothing"], language]
-    live_outputs = [ui["live"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"]]
+    live_inputs = [ui["live"], ui["smoothing"], language, ui["metric_pick"]]
+    live_outputs = [ui["live"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"],
+                    ui["metric_plot"], ui["metric_pick"]]
     gr.Timer(TICK_S).tick(act.watch, inputs=live_inputs, outputs=live_outputs, show_progress="hidden", api_name="watch")
     ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
+    ui["metric_pick"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     language.change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)
     names = json.dumps([s.name for s in specs])
