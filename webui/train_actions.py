@@ -149,10 +149,17 @@ class TrainActions:
             jobs.check_request(list(devices or []))
         except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
             return self.invalid(lang, exc), gr.skip(), gr.skip()
+        ahead = [job.run.run_id for job in jobs.jobs(("running", "queued"))]
         run = create_run(config, self.studio.runs_dir)
         jobs.submit(run, devices=list(devices or []))
         jobs.poll()
-        return "", {"run": str(run.path), "key": None}, f"{self.text('train.started', lang)}: `{run.run_id}`"
+        job = jobs.job_for(run.path)
+        if job is not None and job.state == "queued" and ahead:
+            # a second run: say so, and name the ones ahead (each stays reachable from the Runs tab)
+            message = f"{self.text('train.queued_behind', lang)}: `{run.run_id}` ← " + ", ".join(f"`{a}`" for a in ahead)
+        else:
+            message = f"{self.text('train.started', lang)}: `{run.run_id}`"
+        return "", {"run": str(run.path), "key": None}, message
 
     def on_stop(self, lang: str, state: dict) -> tuple:
         """Stop the watched run (dequeue it, or signal its process group)."""
@@ -163,7 +170,7 @@ class TrainActions:
         outcome = self.studio.services["jobs"].stop(state["run"])
         message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
         # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
-        return self.text(message, lang), {**state, "key": None}
+        return f"`{RunDir(state['run']).run_id}`: {self.text(message, lang)}", {**state, "key": None}
 
     def on_load_file(self, lang: str, file: Any) -> list[Any]:
         """Fill the form from an uploaded YAML config."""
@@ -191,6 +198,9 @@ class TrainActions:
         import gradio as gr
 
         skip = (gr.skip(),) * LIVE_OUTPUTS
+        if state is not None and not state.get("run"):
+            found = reattach(self.studio)  # here, not only at page load: a tick racing the load must not undo it
+            state = {**state, "run": found} if found else state
         if not state or not state.get("run"):
             if state is not None and state.get("key") != ("none", lang):
                 charts = self.charts({}, {}, {}, {}, lang)

@@ -17,13 +17,13 @@ import gradio as gr
 
 from tunelab.core.generation import EngineCrashed, InferenceError, SamplingParams
 from tunelab.core.paths import home_dir
+from tunelab.core.generation import CHAT_TEMPERATURE
 from tunelab.core.rundir import list_runs
 from tunelab.core.serving import DTYPES, ENGINES, EngineOptions
 from tunelab.services.chat_worker import ChatService, side_by_side
 
 TITLE_KEY = "tab.chat"
 THINK_TAGS = [("<think>", "</think>")]
-CHAT_TEMPERATURE = 0.3
 
 
 def adapter_choices(runs_dir: Path) -> list[tuple[str, str]]:

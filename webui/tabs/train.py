@@ -120,6 +120,7 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
         ui["start"] = studio.register(gr.Button(studio.t("train.start"), variant="primary", elem_id="start"))
         ui["stop"] = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
     ui["form_error"] = studio.register(gr.Markdown(elem_id="form_error"))
+    ui["train_message"] = studio.register(gr.Markdown(elem_id="train_message"))  # what Start / Stop just did
     ui["status"] = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
     ui["progress"] = studio.register(gr.HTML(elem_id="progress"))
 
@@ -187,8 +188,8 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
     language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
-                      outputs=[ui["form_error"], ui["live"], ui["status"]], api_name="start")
-    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["status"], ui["live"]], api_name="stop")
+                      outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
+    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")
     ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],
                       api_name="load_config")
 
