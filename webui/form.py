@@ -16,9 +16,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, validate_config
+from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, stage_fields, validate_config
 
-GROUPS = ("model", "method", "stage", "data", "train", "output")
+GROUPS = ("model", "method", "stage", "data", "train", "distributed", "output")
 ALWAYS_IN_PREVIEW = ("model", "stage", "method", "dataset")
 HIDDEN = ("output_dir", "resume")  # set by the studio (the run directory, the Resume button), not typed in
 
@@ -156,10 +156,18 @@ def form_to_mapping(specs: list[FieldSpec], values: list[Any], strict: bool = Tr
         try:
             mapping[spec.name] = _clean(spec, value)
         except ConfigError as exc:
-            problems.append(str(exc))
+            mapping[spec.name] = exc
+    used = set(stage_fields(str(mapping.get("stage") or "sft")))  # fields of other stages are hidden: not sent
+    problems = [str(v) for name, v in mapping.items() if name in used and isinstance(v, ConfigError)]
     if problems and strict:
         raise ConfigError("form: invalid run config:\n  " + "\n  ".join(problems))
-    return mapping
+    return {name: value for name, value in mapping.items() if name in used and not isinstance(value, ConfigError)}
+
+
+def stage_visibility(specs: list[FieldSpec], stage: str) -> list[bool]:
+    """Per spec, whether the chosen stage uses the field (the form shows only those)."""
+    used = set(stage_fields(stage))
+    return [spec.name in used for spec in specs]
 
 
 def config_to_values(specs: list[FieldSpec], config: RunConfig) -> list[Any]:

@@ -52,8 +52,9 @@ def compute_dtype(config: RunConfig) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def load_model(config: RunConfig, path: str) -> Any:
-    """Load the causal LM with the configured dtype, attention and quantization."""
+def load_model(config: RunConfig, path: str, auto_class: Any = None, **extra: Any) -> Any:
+    """Load the model (the causal LM unless ``auto_class`` says otherwise) with the configured dtype, attention
+    and quantization."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -71,7 +72,7 @@ def load_model(config: RunConfig, path: str) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     if config.quantization != "none" and torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = (auto_class or AutoModelForCausalLM).from_pretrained(path, **kwargs, **extra)
     model.config.use_cache = False  # training: no KV cache, and packed rows need it off for per-example attention
     return model
 
@@ -105,8 +106,10 @@ def _apply_lora(model: Any, config: RunConfig, fast: bool = False) -> Any:
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    reward_head = config.stage == "rm"  # a sequence-classification head: new, so it trains in full
     lora = LoraConfig(
-        task_type="CAUSAL_LM", r=config.lora_rank, lora_alpha=config.effective_lora_alpha,
+        task_type="SEQ_CLS" if reward_head else "CAUSAL_LM", modules_to_save=["score"] if reward_head else None,
+        r=config.lora_rank, lora_alpha=config.effective_lora_alpha,
         lora_dropout=config.lora_dropout, target_modules=lora_targets(config), use_dora=config.use_dora,
         use_rslora=config.use_rslora, init_lora_weights="pissa" if config.pissa_init else True,
     )
@@ -126,7 +129,8 @@ def _freeze_all_but_last(model: Any, trainable_layers: int) -> None:
     first = total - trainable_layers
     for name, param in model.named_parameters():
         match = _LAYER.search(name)
-        param.requires_grad = bool(match and int(match.group(1)) >= first)
+        head = name.split(".")[0] == "score"  # a reward model's new head always trains
+        param.requires_grad = bool(match and int(match.group(1)) >= first) or head
     log.info("freeze: training layers %d..%d of %d", first, total - 1, total)
 
 
