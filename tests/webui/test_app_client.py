@@ -48,7 +48,7 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
     bad = form_values(dataset=["identity"])
     bad[[s.name for s in form.field_specs()].index("learning_rate")] = -1
     yaml_text, command, error, _ = client.predict("en", "", *bad, api_name="/check_form")
-    assert "learning_rate: -1 is not valid" in error and yaml_text == "" and command == ""
+    assert "learning_rate: -1.0 is not valid" in error and yaml_text == "" and command == ""
     message, *_ = client.predict("en", [], "", *bad, api_name="/start")
     assert "learning_rate" in message
     assert not list((server.runs_dir).glob("*/config.yaml")), "an invalid form must not start anything"
@@ -72,7 +72,7 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
         result = client.predict(0.6, "en", api_name="/watch")
         received = time.time()
         headline = result[0] if isinstance(result[0], str) else headline
-        drawn = re.search(r'data-series="loss" data-count="(\d+)" data-last-step="(\d+)"', result[2] or "")
+        drawn = re.search(r'data-series="loss" data-count="(\d+)" data-last-step="(\d+)"', result[2] if isinstance(result[2], str) else "")
         if drawn:
             count, last = int(drawn.group(1)), int(drawn.group(2))
             if not seen_steps or last > seen_steps[-1]:

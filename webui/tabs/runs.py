@@ -213,14 +213,22 @@ def _connect_target(studio: Studio, button: Any, component_id: str, tab: str) ->
         return
     ui = studio.services["runs_ui"]
 
+    chat = studio.services.get("chat_load") if tab == "chat" else None
+
     def send(lang: str, run_id: str | None) -> tuple:
         if not run_id:
-            return _text(studio, "runs.pick_first", lang), gr.skip(), gr.skip()
+            return (_text(studio, "runs.pick_first", lang), gr.skip(), gr.skip(), *((gr.skip(),) if chat else ()))
         run = studio.services["history"].resolve(run_id)
-        return "", str(run.path), gr.Tabs(selected=tab)
+        if chat:  # the run's adapter on the base it was trained from, loaded at once
+            base = run.config().model
+            return "", gr.update(value=[str(run.path)]), gr.Tabs(selected=tab), gr.update(value=base)
+        return "", gr.update(value=str(run.path)), gr.Tabs(selected=tab)
 
-    button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=[ui["message"], target, studio.components["tabs"]],
-                 api_name=f"{tab}_run")
+    outputs = [ui["message"], target, studio.components["tabs"], *([chat[3]] if chat else [])]
+    sent = button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=outputs, api_name=f"{tab}_run")
+    if chat:
+        do_load, load_inputs, loaded_outputs, _ = chat
+        sent.success(do_load, load_inputs, loaded_outputs, api_visibility="private")
 
 
 def _connect_delete(studio: Studio) -> None:
