@@ -221,8 +221,8 @@ def _connect_target(studio: Studio, button: Any, component_id: str, tab: str) ->
         run = studio.services["history"].resolve(run_id)
         if chat:  # the run's adapter on the base it was trained from, loaded at once
             base = run.config().model
-            return "", gr.update(value=[str(run.path)]), gr.Tabs(selected=tab), gr.update(value=base)
-        return "", gr.update(value=str(run.path)), gr.Tabs(selected=tab)
+            return "", [str(run.path)], gr.Tabs(selected=tab), base
+        return "", str(run.path), gr.Tabs(selected=tab)
 
     outputs = [ui["message"], target, studio.components["tabs"], *([chat[3]] if chat else [])]
     sent = button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=outputs, api_name=f"{tab}_run")
