@@ -32,7 +32,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $@
 
 # The studio on http://127.0.0.1:7860, its Train form filled with the demo LoRA example (CPU, about a minute).
+# The demo model is built here, once (cached), so the first Start trains at once instead of building it first.
 webui: $(STAMP)
+	@echo "tunelab: the demo model (built once, then cached): $$($(VENV)/bin/tunelab demo | head -1)"
+	@echo "tunelab: the CLI is $(VENV)/bin/tunelab (or: source $(VENV)/bin/activate, then tunelab --help)"
 	$(VENV)/bin/tunelab webui --config examples/demo_cpu_lora_sft.yaml
 
 # Re-take the README screenshots (docs/screenshots/*.png) with the browser test.

@@ -37,7 +37,15 @@ CSS = """
 .tl-state-failed { background: #f7c6c6; } .tl-state-aborted { background: #f6e0b5; } .tl-state-queued { background: #e3e3e3; }
 .tl-bar { height: 0.7em; background: var(--neutral-200); border-radius: 0.35em; overflow: hidden; }
 .tl-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
-#form_error { color: var(--error-text-color, #b00020); }
+#form_error { color: var(--error-text-color, #b00020); white-space: pre-line; }
+.tl-invalid input, .tl-invalid textarea { border-color: #b00020 !important; box-shadow: 0 0 0 1px #b00020; }
+.tl-field-error { color: #b00020; font-size: 0.85em; margin-top: 0.2em; }
+.tl-chart { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px 6px; }
+.tl-chart-title { font-size: 0.85em; color: var(--body-text-color-subdued); }
+.tl-chart-svg { width: 100%; height: auto; display: block; }
+.tl-chart-empty { height: 90px; display: flex; align-items: center; justify-content: center; color: var(--body-text-color-subdued); }
+.tl-legend { display: flex; flex-wrap: wrap; gap: 0.3em 1em; font-size: 0.8em; }
+table th, table th span { word-break: keep-all; overflow-wrap: normal; hyphens: none; }
 #log textarea { font-family: var(--font-mono); font-size: 0.8em; }
 """
 

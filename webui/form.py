@@ -7,6 +7,8 @@ turn form values into a config mapping, a YAML preview and the equivalent ``tune
 
 from __future__ import annotations
 
+import math
+import re
 import shlex
 import types
 from dataclasses import dataclass
@@ -96,35 +98,70 @@ def make_component(spec: FieldSpec, label: str, choices: list[Any] | None = None
         )
     if spec.kind == "bool":
         return gr.Checkbox(value=value, **common)
-    if spec.kind in ("int", "float"):
-        step = 1 if spec.kind == "int" else None
-        return gr.Number(value=value, precision=0 if spec.kind == "int" else None, step=step, **common)
+    if spec.kind in ("int", "float"):  # a text box: what was typed stays visible until validation answers
+        return gr.Textbox(value=show_number(value), lines=1, max_lines=1, **common)
     return gr.Textbox(value=value or "", lines=1, **common)
 
 
+def show_number(value: Any) -> str:
+    """A number as the form shows it ('' for None)."""
+    return "" if value is None else str(value)
+
+
+def parse_number(spec: FieldSpec, value: Any) -> Any:
+    """A typed number as an int/float; ConfigError naming the field when it is not one (never a default)."""
+    text = value.strip() if isinstance(value, str) else value
+    if text in ("", None):
+        if spec.optional:
+            return None
+        raise ConfigError(f"{spec.name}: empty; type a number (default {spec.default})")
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ConfigError(f"{spec.name}: {text!r} is not a number")
+    try:
+        number = text if not isinstance(text, str) else (int(text) if spec.kind == "int" else float(text))
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"{spec.name}: {text!r} is not a number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{spec.name}: {text!r} is not a finite number")
+    if spec.kind == "int":
+        if isinstance(number, float) and not number.is_integer():
+            raise ConfigError(f"{spec.name}: {text!r} is not a whole number")
+        return int(number)
+    return float(number)
+
+
 def _clean(spec: FieldSpec, value: Any) -> Any:
-    """A form value as the config expects it (empty optional fields become None)."""
+    """A form value as the config expects it (empty optional fields become None); ConfigError for a number
+    field that does not hold one."""
+    if spec.kind in ("int", "float"):
+        return parse_number(spec, value)
     if isinstance(value, str):
         value = value.strip()
-    if value in ("", None) or (isinstance(value, float) and value != value):
-        return None if spec.optional or spec.kind in ("int", "float") else value
-    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
-        return int(value)
+    if value in ("", None) or (spec.optional and value == []):
+        return None if spec.optional else value
     if spec.kind in ("multichoice", "list") and isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
 
 
-def form_to_mapping(specs: list[FieldSpec], values: list[Any]) -> dict[str, Any]:
-    """Form values (in spec order) -> a config mapping for validate_config."""
-    mapping = {}
+def form_to_mapping(specs: list[FieldSpec], values: list[Any], strict: bool = True) -> dict[str, Any]:
+    """Form values (in spec order) -> a config mapping for validate_config; ConfigError listing every field
+    whose text is not a number (an empty or unreadable number is refused, never replaced by the default).
+    ``strict=False`` leaves such fields out instead (for previews that do not need them)."""
+    mapping, problems = {}, []
     for spec, value in zip(specs, values):
-        value = _clean(spec, value)
-        if value is None and not spec.optional and spec.kind in ("int", "float"):
-            value = spec.default
-        mapping[spec.name] = value
+        try:
+            mapping[spec.name] = _clean(spec, value)
+        except ConfigError as exc:
+            mapping[spec.name] = exc
     used = set(stage_fields(str(mapping.get("stage") or "sft")))  # fields of other stages are hidden: not sent
-    return {name: value for name, value in mapping.items() if name in used}
+    problems = [str(v) for name, v in mapping.items() if name in used and isinstance(v, ConfigError)]
+    if problems and strict:
+        raise ConfigError("form: invalid run config:\n  " + "\n  ".join(problems))
+    return {name: value for name, value in mapping.items() if name in used and not isinstance(value, ConfigError)}
 
 
 def stage_visibility(specs: list[FieldSpec], stage: str) -> list[bool]:
@@ -138,6 +175,8 @@ def config_to_values(specs: list[FieldSpec], config: RunConfig) -> list[Any]:
     values = []
     for spec in specs:
         value = getattr(config, spec.name)
+        if spec.kind in ("int", "float"):
+            value = show_number(value)
         values.append("" if value is None and spec.kind in ("text",) else value)
     return values
 
@@ -148,6 +187,12 @@ def validate(mapping: dict[str, Any]) -> tuple[RunConfig | None, str]:
         return validate_config(mapping, "form"), ""
     except ConfigError as exc:
         return None, str(exc)
+
+
+def bad_fields(message: str) -> list[str]:
+    """The RunConfig fields a validation message names (one problem per line, each 'field: ...')."""
+    names = {m.group(1) for m in re.finditer(r"^\s*([a-z_0-9]+)[:.\[]", message, re.MULTILINE)}
+    return [name for name in RunConfig.model_fields if name in names]
 
 
 def non_defaults(config: RunConfig) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Live view of one run: plot tables (loss with smoothing and eval loss, learning rate, tokens/s), the progress
-bar with ETA, and the log tail, all built from the shared, incrementally read RunMetrics."""
+"""Live view of one run: plot tables (loss with smoothing and eval loss, learning rate, tokens/s, and whichever
+other metrics the run's events carry), the progress bar with ETA, and the log tail, all built from the shared,
+incrementally read RunMetrics."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from tunelab.services.history import RunMetrics, smooth
 
 MAX_POINTS = 2000  # plots thin out longer runs to at most this many points per series
+NOT_METRICS = {"v", "type", "time", "step", "total_steps", "epoch", "elapsed_s", "eta_s", "tokens_seen"}
 
 
 def _thin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -20,42 +22,50 @@ def _thin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return picked + [rows[-1]]
 
 
-def _frame(rows: list[tuple], columns: list[str], kinds: list[str]) -> Any:
-    """A DataFrame with fixed column types, even when empty (an empty object column would make the plot
-    treat its axis as categories for good)."""
-    import pandas as pd
-
-    data = list(zip(*rows)) if rows else [[] for _ in columns]
-    return pd.DataFrame({c: pd.Series(list(v), dtype=k) for c, v, k in zip(columns, data, kinds)})
+Series = dict[str, list[tuple[int, float]]]
 
 
-def loss_frame(metrics: RunMetrics, smoothing: float, names: dict[str, str]) -> Any:
-    """Long-format table for the loss plot: raw loss, smoothed loss and eval loss against step."""
+def loss_series(metrics: RunMetrics, smoothing: float, names: dict[str, str]) -> Series:
+    """The loss chart's lines: raw loss, smoothed loss and eval loss against step (named in the page's language)."""
     train = _thin(metrics.train)
-    steps = [e["step"] for e in train]
-    losses = [e["loss"] for e in train]
-    rows = [(s, v, names["loss"]) for s, v in zip(steps, losses)]
-    if smoothing > 0 and losses:
-        rows += [(s, v, names["smoothed"]) for s, v in zip(steps, smooth(losses, smoothing))]
-    rows += [(e["step"], e["eval_loss"], names["eval_loss"]) for e in metrics.eval if e.get("eval_loss") is not None]
-    return _frame(rows, ["step", "value", "series"], ["int64", "float64", "string"])
+    points = [(e["step"], float(e["loss"])) for e in train if _is_number(e.get("loss"))]
+    out: Series = {names["loss"]: points}
+    if smoothing > 0 and points:
+        out[names["smoothed"]] = list(zip([s for s, _ in points], smooth([v for _, v in points], smoothing)))
+    out[names["eval_loss"]] = _points(metrics, "eval_loss")
+    return out
 
 
-def series_frame(metrics: RunMetrics, key: str) -> Any:
-    """Table of one train-event field (lr, tokens_per_s) against step."""
-    rows = [(e["step"], e[key]) for e in _thin(metrics.train) if e.get(key) is not None]
-    return _frame(rows, ["step", key], ["int64", "float64"])
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def overlay_frame(runs: dict[str, RunMetrics], smoothing: float) -> Any:
-    """Loss of several runs in one table (one series per run) for comparison."""
-    rows = []
+def metric_names(metrics: RunMetrics) -> list[str]:
+    """Every numeric metric the run's train and eval events carry: loss first, then the rest by name."""
+    names = {k for e in [*metrics.train, *metrics.eval] for k, v in e.items() if k not in NOT_METRICS and _is_number(v)}
+    return sorted(names, key=lambda n: (n != "loss", n))
+
+
+def _points(metrics: RunMetrics, name: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric, from eval events for eval_* names, else from train events."""
+    events = metrics.eval if name.startswith("eval_") else _thin(metrics.train)
+    return [(e["step"], float(e[name])) for e in events if _is_number(e.get(name))]
+
+
+def metric_series(metrics: RunMetrics | None, names: list[str]) -> Series:
+    """One line per chosen metric against step."""
+    return {name: _points(metrics, name) for name in names} if metrics is not None else {}
+
+
+def overlay_series(runs: dict[str, RunMetrics], smoothing: float, metric: str = "loss") -> Series:
+    """One metric of several runs (one line per run, named by the run id) for comparison."""
+    out: Series = {}
     for run_id, metrics in runs.items():
-        train = _thin(metrics.train)
-        losses = [e["loss"] for e in train]
-        values = smooth(losses, smoothing) if smoothing > 0 else losses
-        rows += [(e["step"], v, run_id) for e, v in zip(train, values)]
-    return _frame(rows, ["step", "loss", "run"], ["int64", "float64", "string"])
+        points = _points(metrics, metric)
+        if smoothing > 0 and points:
+            points = list(zip([s for s, _ in points], smooth([v for _, v in points], smoothing)))
+        out[run_id] = points
+    return out
 
 
 def format_duration(seconds: float | None) -> str:

@@ -14,11 +14,13 @@ from tunelab.core.config import ConfigError
 from tunelab.core.datasets import DataError, load_dataset_registry
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 from tunelab.core.templates import UnknownTemplate, registry
-from tunelab.webui import form, live, preview
+from tunelab.webui import charts, form, live, preview
 from tunelab.webui.studio import Studio
 
 STATES = ("queued", "running", "stopping", "succeeded", "failed", "aborted", "unknown")
-LIVE_OUTPUTS = 7  # state, status, progress, loss plot, lr plot, speed plot, log
+LIVE_OUTPUTS = 9  # state, status, progress, loss plot, lr plot, speed plot, log, metric plot, metric picker
+SERIES_COLORS = ("#a9c7ee", "#1f5fbf", "#e4572e")  # loss, smoothed loss, eval loss
+ALWAYS_PLOTTED = ("loss", "lr", "tokens_per_s", "eval_loss")  # these have charts of their own
 
 
 def model_choices() -> list[str]:
@@ -58,6 +60,18 @@ def reattach(studio: Studio) -> str | None:
     return str(runs[0].path) if runs else None
 
 
+def default_metrics(run: RunDir, choices: list[str]) -> list[str]:
+    """The stage's headline metrics the run reports (grad_norm for stages without any)."""
+    from tunelab.core.stages import STAGES
+
+    try:
+        stage = run.config().stage
+    except Exception:  # a run directory without a readable config still plots
+        stage = "sft"
+    wanted = [m for m in STAGES[stage].metrics if m in choices] if stage in STAGES else []
+    return wanted or [n for n in ("grad_norm",) if n in choices] or choices[:1]
+
+
 def config_file(text: str) -> str:
     """Write a config to a temp file named by its content (for the Save button)."""
     folder = Path(tempfile.gettempdir()) / "tunelab-configs"
@@ -82,17 +96,26 @@ class TrainActions:
         """The 'Not started: <schema message>' line shown next to the form."""
         return f"**{self.text('train.invalid', lang)}:** {error}"
 
-    def mapping(self, values: tuple) -> dict[str, Any]:
-        """(model_path, *field values) -> config mapping; a filled-in path replaces the model dropdown."""
+    def mapping(self, values: tuple, strict: bool = True) -> dict[str, Any]:
+        """(model_path, *field values) -> config mapping; a filled-in path replaces the model dropdown.
+        ConfigError when a number field holds no number (``strict=False``: such fields are left out)."""
         path, rest = values[0], list(values[1:])
-        mapping = form.form_to_mapping(self.specs, rest)
+        mapping = form.form_to_mapping(self.specs, rest, strict)
         if isinstance(path, str) and path.strip():
             mapping["model"] = path.strip()
         return mapping
 
+    def check(self, values: tuple) -> tuple[Any, str]:
+        """(config, '') when the form is valid, else (None, one line per problem, each naming its field)."""
+        try:
+            mapping = self.mapping(values)
+        except ConfigError as exc:
+            return None, str(exc)
+        return form.validate(mapping)
+
     def on_form(self, lang: str, *values: Any) -> tuple:
         """YAML preview, command preview, validation message, config file to save."""
-        config, error = form.validate(self.mapping(values))
+        config, error = self.check(values)
         if config is None:
             return "", "", self.invalid(lang, error), None
         text = form.yaml_preview(config)
@@ -102,7 +125,7 @@ class TrainActions:
         """Template choices (auto labelled), what auto resolves to, highlighted examples and a note."""
         import gradio as gr
 
-        mapping = self.mapping(values)
+        mapping = self.mapping(values, strict=False)
         model = mapping.get("model") or "demo"
         choices, reason = template_choices(model)
         label = self.text("train.trained", lang)
@@ -125,7 +148,7 @@ class TrainActions:
         from tunelab.cli.train import preflight
 
         jobs = self.studio.services["jobs"]
-        config, error = form.validate(self.mapping(values))
+        config, error = self.check(values)
         try:
             if config is None:
                 raise ConfigError(error)
@@ -133,10 +156,17 @@ class TrainActions:
             jobs.check_request(list(devices or []), processes=config.nproc_per_node)  # several GPUs: one per process
         except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
             return self.invalid(lang, exc), gr.skip(), gr.skip()
+        ahead = [job.run.run_id for job in jobs.jobs(("running", "queued"))]
         run = create_run(config, self.studio.runs_dir)
         jobs.submit(run, devices=list(devices or []))
         jobs.poll()
-        return "", {"run": str(run.path), "key": None}, f"{self.text('train.started', lang)}: `{run.run_id}`"
+        job = jobs.job_for(run.path)
+        if job is not None and job.state == "queued" and ahead:
+            # a second run: say so, and name the ones ahead (each stays reachable from the Runs tab)
+            message = f"{self.text('train.queued_behind', lang)}: `{run.run_id}` ← " + ", ".join(f"`{a}`" for a in ahead)
+        else:
+            message = f"{self.text('train.started', lang)}: `{run.run_id}`"
+        return "", {"run": str(run.path), "key": None}, message
 
     def on_stop(self, lang: str, state: dict) -> tuple:
         """Stop the watched run (dequeue it, or signal its process group)."""
@@ -147,7 +177,7 @@ class TrainActions:
         outcome = self.studio.services["jobs"].stop(state["run"])
         message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
         # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
-        return self.text(message, lang), {**state, "key": None}
+        return f"`{RunDir(state['run']).run_id}`: {self.text(message, lang)}", {**state, "key": None}
 
     def on_load_file(self, lang: str, file: Any) -> list[Any]:
         """Fill the form from an uploaded YAML config."""
@@ -182,14 +212,19 @@ class TrainActions:
         words.update({f"state.{s}": self.text(f"state.{s}", lang) for s in STATES})
         return words
 
-    def watch(self, state: dict, weight: float, lang: str) -> tuple:
+    def watch(self, state: dict, weight: float, lang: str, picked: list[str] | None = None) -> tuple:
         """One live-view update for the watched run (all gr.skip() when nothing changed)."""
         import gradio as gr
 
         skip = (gr.skip(),) * LIVE_OUTPUTS
+        if state is not None and not state.get("run"):
+            found = reattach(self.studio)  # here, not only at page load: a tick racing the load must not undo it
+            state = {**state, "run": found} if found else state
         if not state or not state.get("run"):
             if state is not None and state.get("key") != ("none", lang):
-                return ({**state, "key": ("none", lang)}, self.text("train.no_run", lang), "", *skip[3:])
+                charts = self.charts({}, {}, {}, {}, lang)
+                return ({**state, "key": ("none", lang)}, self.text("train.no_run", lang), "", *charts[:3], "",
+                        charts[3], gr.update(choices=[], value=[]))
             return skip
         run = RunDir(state["run"])
         metrics = self.studio.services["history"].metrics(run)
@@ -197,15 +232,33 @@ class TrainActions:
         run_state = status.get("state", "unknown")
         if run_state not in FINAL_STATES and self.studio.services["jobs"].stopping(run.path):
             run_state = "stopping"
-        key = (str(run.path), metrics.version, metrics.log.offset, run_state, weight, lang)
+        key = (str(run.path), metrics.version, metrics.log.offset, run_state, weight, lang, tuple(picked or ()))
         if key == state.get("key"):
             return skip
         words = self.words(lang)
         names = {k: self.text(f"series.{k}", lang) for k in ("loss", "smoothed", "eval_loss")}
+        choices = [n for n in live.metric_names(metrics) if n not in ALWAYS_PLOTTED]
+        shown = [n for n in picked or [] if n in choices] or default_metrics(run, choices)
+        loss, lr, speed, other = self.charts(
+            live.loss_series(metrics, weight, names), live.metric_series(metrics, ["lr"]),
+            live.metric_series(metrics, ["tokens_per_s"]), live.metric_series(metrics, shown), lang,
+            waiting=words["preparing"] if run_state in ("queued", "running") else None,
+        )
         return (
-            {**state, "key": key}, self.headline(run, status, run_state, words, lang),
-            live.progress_html(metrics, run_state, words), live.loss_frame(metrics, weight, names),
-            live.series_frame(metrics, "lr"), live.series_frame(metrics, "tokens_per_s"), metrics.log.text(60),
+            {**state, "key": key, "metrics": choices}, self.headline(run, status, run_state, words, lang),
+            live.progress_html(metrics, run_state, words), loss, lr, speed, metrics.log.text(60), other,
+            gr.update(choices=choices) if choices != state.get("metrics") else gr.skip(),
+        )
+
+    def charts(self, loss: dict, lr: dict, speed: dict, other: dict, lang: str, waiting: str | None = None) -> tuple:
+        """The four live charts as SVG (an empty one says why it is empty)."""
+        empty = waiting or self.text("live.no_points", lang)
+        colors = dict(zip((self.text(f"series.{k}", lang) for k in ("loss", "smoothed", "eval_loss")), SERIES_COLORS))
+        return (
+            charts.line_chart(loss, self.text("train.loss_plot", lang), colors=colors, empty=empty),
+            charts.line_chart(lr, self.text("train.lr_plot", lang), empty=empty, small=True),
+            charts.line_chart(speed, self.text("train.speed_plot", lang), empty=empty, small=True),
+            charts.line_chart(other, self.text("train.metric_plot", lang), empty=empty),
         )
 
     def headline(self, run: RunDir, status: dict, run_state: str, words: dict[str, str], lang: str) -> str:

@@ -65,3 +65,13 @@ def test_api_and_worker_modules_import_no_torch() -> None:
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_chat_samples_like_the_chat_tab_by_default() -> None:
+    from tunelab.cli import build_parser
+    from tunelab.cli.serving import sampling_params
+    from tunelab.core.generation import CHAT_TEMPERATURE, SamplingParams
+
+    args = build_parser().parse_args(["chat", "--model", "demo", "--prompt", "hi"])
+    assert sampling_params(args).temperature == CHAT_TEMPERATURE == 0.3 != SamplingParams().temperature
+    assert build_parser().parse_args(["chat", "--model", "demo", "--temperature", "0"]).temperature == 0.0

@@ -4,6 +4,7 @@ a real training job on a tiny model streamed live, the runs table, comparison, l
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
     bad = form_values(dataset=["identity"])
     bad[[s.name for s in form.field_specs()].index("learning_rate")] = -1
     yaml_text, command, error, _ = client.predict("en", "", *bad, api_name="/check_form")
-    assert "learning_rate: -1 is not valid" in error and yaml_text == "" and command == ""
+    assert "learning_rate: -1.0 is not valid" in error and yaml_text == "" and command == ""
     message, *_ = client.predict("en", [], "", *bad, api_name="/start")
     assert "learning_rate" in message
     assert not list((server.runs_dir).glob("*/config.yaml")), "an invalid form must not start anything"
@@ -71,13 +72,13 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
         result = client.predict(0.6, "en", api_name="/watch")
         received = time.time()
         headline = result[0] if isinstance(result[0], str) else headline
-        plot = result[2]
-        if isinstance(plot, dict) and plot.get("data"):
-            steps = sorted({row[0] for row in plot["data"]})
-            if steps and (not seen_steps or steps[-1] > seen_steps[-1]):
-                seen_steps.append(steps[-1])
+        drawn = re.search(r'data-series="loss" data-count="(\d+)" data-last-step="(\d+)"', result[2] if isinstance(result[2], str) else "")
+        if drawn:
+            count, last = int(drawn.group(1)), int(drawn.group(2))
+            if not seen_steps or last > seen_steps[-1]:
+                seen_steps.append(last)
                 events = [line for line in (next(server.runs_dir.glob("*/events.jsonl"))).read_text().splitlines() if '"train"' in line]
-                lags.append(received - json.loads(events[len(steps) - 1])["time"])
+                lags.append(received - json.loads(events[count - 1])["time"])
         if "succeeded" in headline or "failed" in headline:
             break
         time.sleep(0.3)
@@ -109,8 +110,9 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
     resumed = [e["step"] for e in events[starts[1]:] if e["type"] == "train"]
     assert all(step > 60 for step in resumed), resumed  # continued from checkpoint-60, not from scratch
 
-    curves, note, _ = client.predict("en", [run_id], 0.0, api_name="/compare")
-    assert len(curves["data"]) == len([e for e in events if e["type"] == "train"]) >= 60 and "two or more" in note
+    curves, note, *_ = client.predict("en", [run_id], 0.0, "loss", api_name="/compare")
+    [(name, count)] = re.findall(r'data-series="([^"]+)" data-count="(\d+)"', curves)
+    assert name == run_id and int(count) == len([e for e in events if e["type"] == "train"]) >= 60 and "two or more" in note
 
     updates = client.predict("zh", api_name="/set_language")  # (buttons and tabs are not API outputs: browser test)
     assert {"label": "学习率", "__type__": "update"} in updates

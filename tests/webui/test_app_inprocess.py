@@ -67,7 +67,7 @@ def test_a_config_file_prefills_the_form(tmp_path: Path) -> None:
     studio = app.make_studio(tmp_path, start_jobs=False, initial_config=load_config(example))
     app.build_app(studio)
     values = {name: studio.components[name].value for name in ("model", "learning_rate", "num_epochs", "lora_rank", "warmup_ratio")}
-    assert values == {"model": "demo", "learning_rate": 3e-3, "num_epochs": 12, "lora_rank": 16, "warmup_ratio": 0.05}
+    assert values == {"model": "demo", "learning_rate": "0.003", "num_epochs": "12.0", "lora_rank": "16", "warmup_ratio": "0.05"}
     assert studio.components["dataset"].value == ["identity"]
 
 
@@ -95,7 +95,7 @@ def test_stable_elem_ids_and_config_save_load(tmp_path: Path) -> None:
         message, model_path, *loaded = client.predict("en", handle_file(str(upload)), api_name="/load_config")
         assert message == "Config loaded: `mine.yaml`"
         by_name = dict(zip([s.name for s in specs], loaded))
-        assert by_name["method"] == "full" and by_name["learning_rate"] == 5e-5 and by_name["dataset"] == ["identity", "alpaca_demo"]
+        assert by_name["method"] == "full" and by_name["learning_rate"] == "5e-05" and by_name["dataset"] == ["identity", "alpaca_demo"]
         upload.write_text("method: lora\nlora_rank: 0\n")
         message, *_ = client.predict("en", handle_file(str(upload)), api_name="/load_config")
         assert "lora_rank: 0 is not valid" in message

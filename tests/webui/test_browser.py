@@ -23,8 +23,10 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)"),
 ]
 
-MAX_STEP_JS = """() => Math.max(0, ...Array.from(document.querySelectorAll('#loss_plot [aria-roledescription="point"]'))
-  .map(e => /series: loss$/.test(e.getAttribute('aria-label') || '') ? Number((/step: (\\d+)/.exec(e.getAttribute('aria-label')) || [0, 0])[1]) : 0))"""
+MAX_STEP_JS = """() => Number((document.querySelector('#loss_plot polyline[data-series="loss"]') || {dataset: {}}).dataset.lastStep || 0)"""
+# every drawn line of a chart: [stroke colour, series name, point count]
+LINES_JS = """(id) => Array.from(document.querySelectorAll('#' + id + ' polyline')).map(p => [p.getAttribute('stroke'), p.dataset.series,
+  p.getAttribute('points').trim().split(/\\s+/).length])"""
 
 
 def max_plotted_step(page) -> int:
@@ -73,9 +75,17 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         pick(page, "model", "demo", "demo")
         page.locator("#dataset .remove-all").click()
         pick(page, "dataset", "identity", "identity (alpaca)")
+        page.locator("#learning_rate input").fill("abc")  # refused next to the field, never replaced by the default
+        page.locator("#learning_rate input").press("Tab")
+        expect(page.locator("#learning_rate .tl-field-error")).to_contain_text("'abc' is not a number", timeout=10_000)
+        page.locator("#start").click()
+        expect(page.locator("#form_error")).to_contain_text("learning_rate", timeout=10_000)
+        time.sleep(1)
+        assert not list(server.runs_dir.glob("*/config.yaml")), "a form with a bad number must not start anything"
         for elem_id, value in (("max_steps", "400"), ("learning_rate", "0.003")):
             page.locator(f"#{elem_id} input").fill(value)
             page.locator(f"#{elem_id} input").press("Tab")
+        expect(page.locator("#learning_rate .tl-field-error")).to_have_count(0, timeout=10_000)
         expect(page.locator("#template_info")).to_contain_text("chatml")
         expect(page.locator("#data_preview")).to_contain_text("<|im_start|>assistant")
         page.get_by_role("button", name=re.compile("^Config")).click()
@@ -113,6 +123,9 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         expect(page.locator("#progress")).to_contain_text("running")
         latest = wait_for_step(page, again, timeout_s=60)
         assert latest > again
+        lines = page.evaluate(LINES_JS, "loss_plot")
+        assert [name for _, name, _ in lines][:2] == ["loss", "loss (smoothed)"] and all(c.startswith("#") for c, _, _ in lines)
+        assert page.locator("#loss_plot").bounding_box()["y"] < 800, "the loss chart sits beside the form, in view"
         shot(page, "train")
         page.locator("#loss_plot").scroll_into_view_if_needed()
         time.sleep(1)
@@ -123,7 +136,11 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         expect(table).to_contain_text(run.run_id, timeout=15_000)
         expect(table).to_contain_text("running")
         pick(page, "runs_compare", run.run_id[:15], run.run_id)
-        page.wait_for_function("document.querySelectorAll('#compare_plot [aria-roledescription=\"point\"]').length > 3")
+        page.wait_for_function(f"({LINES_JS})('compare_plot').length == 1")
+        [(stroke, name, count)] = page.evaluate(LINES_JS, "compare_plot")
+        trained = [json.loads(line) for line in run.events_file.read_text().splitlines() if '"train"' in line]
+        assert stroke.startswith("#") and name == run.run_id and 3 < count <= len(trained)
+        expect(page.locator("#compare_plot .tl-legend")).to_contain_text(run.run_id)
         shot(page, "runs")
         page.get_by_role("tab", name="Train").click()
 

@@ -34,7 +34,7 @@ def test_form_values_round_trip_and_the_command_reproduces_the_config() -> None:
     config = RunConfig(model="demo", dataset=["identity", "alpaca_demo"], learning_rate=3e-3, max_steps=40, lora_alpha=32,
                        report_to=[], system_prompt="Be brief.", packing=True)
     values = form.config_to_values(specs, config)
-    values = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]  # gr.Number gives floats
+    assert values[[s.name for s in specs].index("learning_rate")] == "0.003"  # number fields are text boxes
     again, error = form.validate(form.form_to_mapping(specs, values))
     assert error == "" and again == config
     command = form.command_preview(config)
@@ -47,10 +47,32 @@ def test_form_values_round_trip_and_the_command_reproduces_the_config() -> None:
 def test_invalid_values_give_the_schema_message() -> None:
     specs = form.field_specs()
     values = form.config_to_values(specs, RunConfig())
-    values[[s.name for s in specs].index("learning_rate")] = -1.0
+    values[[s.name for s in specs].index("learning_rate")] = "-1"
     config, error = form.validate(form.form_to_mapping(specs, values))
     assert config is None
     assert "learning_rate: -1.0 is not valid" in error and "greater than 0" in error
+    assert form.bad_fields(error) == ["learning_rate"]
+
+
+def test_a_number_field_without_a_number_is_refused_never_defaulted() -> None:
+    import pytest
+
+    from tunelab.core.config import ConfigError
+
+    specs = form.field_specs()
+    index = {s.name: i for i, s in enumerate(specs)}
+    for field, typed, says in (("learning_rate", "abc", "'abc' is not a number"), ("learning_rate", "", "empty"),
+                               ("num_epochs", "inf", "not a finite number"), ("max_steps", "3.5", "not a whole number"),
+                               ("learning_rate", "nan", "not a finite number")):
+        values = form.config_to_values(specs, RunConfig())
+        values[index[field]] = typed
+        with pytest.raises(ConfigError, match=says) as caught:
+            form.form_to_mapping(specs, values)
+        assert form.bad_fields(str(caught.value)) == [field]
+    values = form.config_to_values(specs, RunConfig())
+    values[index["learning_rate"]], values[index["max_steps"]], values[index["lora_alpha"]] = " 1e-4 ", "2e1", ""
+    mapping = form.form_to_mapping(specs, values)
+    assert (mapping["learning_rate"], mapping["max_steps"], mapping["lora_alpha"]) == (1e-4, 20, None)
 
 
 def _trained(segments: list[tuple[str, str | None]]) -> list[str]:

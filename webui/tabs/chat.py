@@ -17,13 +17,13 @@ import gradio as gr
 
 from tunelab.core.generation import EngineCrashed, InferenceError, SamplingParams
 from tunelab.core.paths import home_dir
+from tunelab.core.generation import CHAT_TEMPERATURE
 from tunelab.core.rundir import list_runs
 from tunelab.core.serving import DTYPES, ENGINES, EngineOptions
 from tunelab.services.chat_worker import ChatService, side_by_side
 
 TITLE_KEY = "tab.chat"
 THINK_TAGS = [("<think>", "</think>")]
-CHAT_TEMPERATURE = 0.3
 
 
 def adapter_choices(runs_dir: Path) -> list[tuple[str, str]]:
@@ -137,8 +137,9 @@ def build(studio: Any) -> None:
         yield from _respond(service, t, target_v, compare_v, system_v, hist, hist_base, knobs)
 
     loaded_outputs = [status, target, output, output_base, history, history_base]
-    load.click(do_load, [model, adapter, engine, dtype, base_url, remote_key, vllm_python, template], loaded_outputs,
-               api_name="chat_load")
+    load_inputs = [model, adapter, engine, dtype, base_url, remote_key, vllm_python, template]
+    load.click(do_load, load_inputs, loaded_outputs, api_name="chat_load")
+    studio.services["chat_load"] = (do_load, load_inputs, loaded_outputs, model)  # the Runs tab's "Chat with it"
     unload.click(do_unload, None, [status, target], api_name="chat_unload")
     if gr.context.Context.root_block is not None:
         gr.context.Context.root_block.load(sync, None, [status, target], api_visibility="private")

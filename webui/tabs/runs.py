@@ -9,7 +9,7 @@ import gradio as gr  # SelectData must resolve at module level for the row-click
 
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 from tunelab.services.history import config_diff
-from tunelab.webui import form, live
+from tunelab.webui import charts, form, live
 from tunelab.webui.studio import Studio
 from tunelab.webui.tabs.train import root_blocks
 
@@ -73,8 +73,10 @@ def build(studio: Studio) -> None:
     with gr.Accordion(studio.t("runs.compare"), open=True):
         with gr.Row():
             compare = studio.register(gr.Dropdown(label=studio.t("runs.compare_pick"), elem_id="runs_compare", multiselect=True, choices=[], scale=3))
+            metric = studio.register(gr.Dropdown(
+                label=studio.t("runs.compare_metric"), elem_id="compare_metric", choices=["loss"], value="loss", scale=1))
             smoothing = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="compare_smoothing", scale=1))
-        compare_plot = studio.register(gr.LinePlot(x="step", y="loss", color="run", label=studio.t("runs.compare_plot"), elem_id="compare_plot"))
+        compare_plot = studio.register(gr.HTML(elem_id="compare_plot", elem_classes=["tl-chart-box"]))
         diff_note = studio.register(gr.Markdown(elem_id="runs_diff_note"))  # filled by on_compare, in the page's language
         diff_table = studio.register(gr.Dataframe(label=studio.t("runs.diff"), elem_id="runs_diff", interactive=False, wrap=True, visible=False))
     timer = gr.Timer(REFRESH_S)
@@ -108,25 +110,32 @@ def build(studio: Studio) -> None:
 
     runs_table.select(on_row, outputs=[selected], api_visibility="private")
 
-    def on_compare(lang: str, picked: list[str] | None, weight: float) -> tuple:
+    def on_compare(lang: str, picked: list[str] | None, weight: float, shown: str | None = "loss") -> tuple:
         history = studio.services["history"]
         picked = picked or []
         runs = [history.resolve(p) for p in picked if (studio.runs_dir / p).is_dir()]
-        curves = live.overlay_frame({r.run_id: history.metrics(r) for r in runs}, weight)
+        metrics = {r.run_id: history.metrics(r) for r in runs}
+        names = sorted({n for m in metrics.values() for n in live.metric_names(m)} | {"loss"}, key=lambda n: (n != "loss", n))
+        shown = shown if shown in names else "loss"
+        curves = charts.line_chart(live.overlay_series(metrics, weight, shown), _text(studio, "runs.compare_plot", lang),
+                                   y_label=shown, empty=_text(studio, "runs.compare_empty", lang))
+        picker = gr.update(choices=names, value=shown)
         if len(runs) < 2:
-            return curves, _text(studio, "runs.no_diff", lang), gr.update(value=None, visible=False)
+            return curves, _text(studio, "runs.no_diff", lang), gr.update(value=None, visible=False), picker
         configs = history.configs(runs)
         diff = config_diff(configs)
         if not diff:
-            return curves, _text(studio, "runs.same_config", lang), gr.update(value=None, visible=False)
+            return curves, _text(studio, "runs.same_config", lang), gr.update(value=None, visible=False), picker
         import pandas as pd
 
         frame = pd.DataFrame([[name, *[_show(v) for v in values]] for name, values in diff],
                              columns=[_text(studio, "col.field", lang), *configs])
-        return curves, "", gr.update(value=frame, visible=True)
+        return curves, "", gr.update(value=frame, visible=True), picker
 
-    compare_io = dict(inputs=[language, compare, smoothing], outputs=[compare_plot, diff_note, diff_table], show_progress="hidden")
+    compare_io = dict(inputs=[language, compare, smoothing, metric], outputs=[compare_plot, diff_note, diff_table, metric],
+                      show_progress="hidden")
     compare.change(on_compare, api_name="compare", **compare_io)
+    metric.change(on_compare, api_visibility="private", **compare_io)
     smoothing.change(on_compare, api_visibility="private", **compare_io)
     language.change(on_compare, api_visibility="private", **compare_io)
     root_blocks().load(on_compare, api_visibility="private", **compare_io)
@@ -204,14 +213,22 @@ def _connect_target(studio: Studio, button: Any, component_id: str, tab: str) ->
         return
     ui = studio.services["runs_ui"]
 
+    chat = studio.services.get("chat_load") if tab == "chat" else None
+
     def send(lang: str, run_id: str | None) -> tuple:
         if not run_id:
-            return _text(studio, "runs.pick_first", lang), gr.skip(), gr.skip()
+            return (_text(studio, "runs.pick_first", lang), gr.skip(), gr.skip(), *((gr.skip(),) if chat else ()))
         run = studio.services["history"].resolve(run_id)
+        if chat:  # the run's adapter on the base it was trained from, loaded at once
+            base = run.config().model
+            return "", [str(run.path)], gr.Tabs(selected=tab), base
         return "", str(run.path), gr.Tabs(selected=tab)
 
-    button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=[ui["message"], target, studio.components["tabs"]],
-                 api_name=f"{tab}_run")
+    outputs = [ui["message"], target, studio.components["tabs"], *([chat[3]] if chat else [])]
+    sent = button.click(send, inputs=[studio.components["language"], ui["selected"]], outputs=outputs, api_name=f"{tab}_run")
+    if chat:
+        do_load, load_inputs, loaded_outputs, _ = chat
+        sent.success(do_load, load_inputs, loaded_outputs, api_visibility="private")
 
 
 def _connect_delete(studio: Studio) -> None:

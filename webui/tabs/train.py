@@ -5,6 +5,7 @@ Layout and event wiring only; what the events do is in tunelab.webui.train_actio
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tunelab.core.config import RunConfig
@@ -16,7 +17,22 @@ TITLE_KEY = "tab.train"
 PREVIEW_FIELDS = ("model", "template", "stage", "dataset", "dataset_dir", "train_on_prompt", "mask_history", "system_prompt")
 TICK_S = 0.5
 SCROLL_LOG_JS = "() => { const box = document.querySelector('#log textarea'); if (box) box.scrollTop = box.scrollHeight; }"
-SERIES_COLORS = (("loss", "#a9c7ee"), ("smoothed", "#1f5fbf"), ("eval_loss", "#e4572e"))
+# Put each problem of the validation message under the field it names (and open Advanced if that field is there).
+MARK_FIELDS_JS = """(text) => {
+  document.querySelectorAll('.tl-field-error').forEach(e => e.remove());
+  document.querySelectorAll('.tl-invalid').forEach(e => e.classList.remove('tl-invalid'));
+  for (const line of (text || '').split('\\n')) {
+    const m = /^\\s*(?:\\*\\*[^*]*\\*\\*\\s*)?([a-z_0-9]+)[:.\\[]\\s*(.*)$/.exec(line);
+    const box = m && NAMES.includes(m[1]) ? document.getElementById(m[1]) : null;
+    if (!box || box.querySelector('.tl-field-error')) continue;
+    box.classList.add('tl-invalid');
+    const note = document.createElement('div');
+    note.className = 'tl-field-error';
+    note.textContent = m[2];
+    box.appendChild(note);
+  }
+  return [];
+}"""
 
 
 def root_blocks() -> Any:
@@ -104,28 +120,34 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
         ui["start"] = studio.register(gr.Button(studio.t("train.start"), variant="primary", elem_id="start"))
         ui["stop"] = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
     ui["form_error"] = studio.register(gr.Markdown(elem_id="form_error"))
+    ui["train_message"] = studio.register(gr.Markdown(elem_id="train_message"))  # what Start / Stop just did
     ui["status"] = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
     ui["progress"] = studio.register(gr.HTML(elem_id="progress"))
+
+
+def _log(studio: Studio, ui: dict[str, Any]) -> None:
+    import gradio as gr
+
     ui["log"] = studio.register(gr.Textbox(
-        label=studio.t("train.log"), lines=14, max_lines=14, elem_id="log", interactive=False, autoscroll=True,
+        label=studio.t("train.log"), lines=10, max_lines=10, elem_id="log", interactive=False, autoscroll=True,
     ))
 
 
 def _plots(studio: Studio, ui: dict[str, Any]) -> None:
+    """The live charts (SVG drawn by webui/charts.py): loss, learning rate, tokens/s and the picked other metrics."""
     import gradio as gr
 
-    ui["smoothing"] = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing"))
-    colors = {studio.translations.text(f"series.{key}", lang): color for lang in ("en", "zh") for key, color in SERIES_COLORS}
+    ui["loss_plot"] = studio.register(gr.HTML(elem_id="loss_plot", elem_classes=["tl-chart-box"]))
+    ui["metric_plot"] = studio.register(gr.HTML(elem_id="metric_plot", elem_classes=["tl-chart-box"]))
     with gr.Row():
-        ui["loss_plot"] = studio.register(gr.LinePlot(  # no fixed height: it would clip the legend
-            x="step", y="value", color="series", label=studio.t("train.loss_plot"), elem_id="loss_plot", scale=2,
-            y_title=studio.t("train.loss_plot"), color_title=" ", color_map=colors,
-        ))
-        with gr.Column(scale=1):
-            ui["lr_plot"] = studio.register(gr.LinePlot(x="step", y="lr", label=studio.t("train.lr_plot"), elem_id="lr_plot", height=150))
-            ui["speed_plot"] = studio.register(gr.LinePlot(
-                x="step", y="tokens_per_s", label=studio.t("train.speed_plot"), elem_id="speed_plot", height=150,
-            ))
+        ui["lr_plot"] = studio.register(gr.HTML(elem_id="lr_plot", elem_classes=["tl-chart-box"]))
+        ui["speed_plot"] = studio.register(gr.HTML(elem_id="speed_plot", elem_classes=["tl-chart-box"]))
+    # whichever other metrics the run logs (grad_norm; DPO margins, KL, rewards ...)
+    ui["metric_pick"] = studio.register(gr.Dropdown(
+        choices=[], value=[], multiselect=True, label=studio.t("train.metric_pick"), info=studio.t("train.metric_pick_hint"),
+        elem_id="metric_pick",
+    ))
+    ui["smoothing"] = studio.register(gr.Slider(0.0, 0.95, value=0.6, step=0.05, label=studio.t("train.smoothing"), elem_id="smoothing"))
 
 
 def build(studio: Studio) -> None:
@@ -138,9 +160,10 @@ def build(studio: Studio) -> None:
         with gr.Column(scale=3):
             _form(studio, specs, ui)
             _previews(studio, ui)
-        with gr.Column(scale=2):
+        with gr.Column(scale=2):  # beside the form: the live view stays in sight while a run trains
             _controls(studio, ui)
-    _plots(studio, ui)
+            _plots(studio, ui)
+            _log(studio, ui)
     ui["live"] = gr.State({"run": None, "key": None})
     studio.components["train_live"] = ui["live"]
     _wire(studio, specs, ui, TrainActions(studio, specs))
@@ -165,17 +188,21 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
     language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
-                      outputs=[ui["form_error"], ui["live"], ui["status"]], api_name="start")
-    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["status"], ui["live"]], api_name="stop")
+                      outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
+    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")
     fields["stage"].change(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
     root_blocks().load(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
     ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],
                       api_name="load_config")
 
-    live_inputs = [ui["live"], ui["smoothing"], language]
-    live_outputs = [ui["live"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"]]
+    live_inputs = [ui["live"], ui["smoothing"], language, ui["metric_pick"]]
+    live_outputs = [ui["live"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"],
+                    ui["metric_plot"], ui["metric_pick"]]
     gr.Timer(TICK_S).tick(act.watch, inputs=live_inputs, outputs=live_outputs, show_progress="hidden", api_name="watch")
     ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
+    ui["metric_pick"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     language.change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
-    ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)  # keep the newest log lines in view
+    ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)
+    names = json.dumps([s.name for s in specs])
+    ui["form_error"].change(None, inputs=[ui["form_error"]], js=MARK_FIELDS_JS.replace("NAMES", names), **quiet)  # keep the newest log lines in view
     root_blocks().load(act.on_page_load, inputs=form_inputs, outputs=[*form_outputs, *preview_outputs, ui["live"]], **quiet)

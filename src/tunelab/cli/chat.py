@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from tunelab.cli.serving import add_model_arguments, add_sampling_arguments, open_from_args, sampling_params, user_errors
+from tunelab.core.generation import CHAT_TEMPERATURE
 
 HELP = """commands: /use NAME (switch model or adapter), /models, /system TEXT, /clear, /exit"""
 
@@ -20,7 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", help="answer this one message on stdout and exit")
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--use", help="served name to talk to first (default: the first adapter, else the base model)")
-    add_sampling_arguments(parser)
+    add_sampling_arguments(parser, temperature=CHAT_TEMPERATURE)  # the Chat tab's default, so answers match the UI
     parser.set_defaults(handler=_chat)
 
 

@@ -26,11 +26,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, help="vllm engine: context length to reserve KV cache for")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    """Sampling controls."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256, temperature: float | None = None) -> None:
+    """Sampling controls (``temperature``: this command's default, else SamplingParams')."""
     defaults = SamplingParams()
     group = parser.add_argument_group("sampling")
-    group.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    group.add_argument("--temperature", type=float, default=defaults.temperature if temperature is None else temperature,
+                       help="0 = greedy (default %(default)s)")
     group.add_argument("--top-p", type=float, default=defaults.top_p)
     group.add_argument("--top-k", type=int, default=defaults.top_k, help="0 = off")
     group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)

@@ -27,6 +27,9 @@ class EngineCrashed(RuntimeError):
     """The process that owns the model died or stopped answering."""
 
 
+CHAT_TEMPERATURE = 0.3  # what the Chat tab and `tunelab chat` sample at: small tuned models ramble at 0.7+
+
+
 @dataclass
 class SamplingParams:
     """Sampling controls. ``temperature == 0`` means greedy decoding; ``top_k == 0`` and ``top_p == 1`` are off."""
