@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from tunelab.core.media import convert_media_row
 from tunelab.core.paths import resource_dir
 from tunelab.core.stages import STAGES
 
@@ -355,7 +356,7 @@ def validate_file(name: str, spec: DatasetSpec, path: Path) -> DatasetReport:
     for number, record in iter_rows(path):
         report.rows += 1
         try:
-            report.examples.append(convert_row(record, spec))
+            report.examples.append(convert_media_row(record, spec, path.parent))
         except ValueError as exc:
             report.problems.append(f"row {number}: {exc}")
     if report.rows == 0:
@@ -368,7 +369,7 @@ def validate_records(name: str, spec: DatasetSpec, records: list[Any], source: s
     report = DatasetReport(name=name, source=source, format=spec.format, rows=len(records))
     for number, record in enumerate(records, 1):
         try:
-            report.examples.append(convert_row(record, spec))
+            report.examples.append(convert_media_row(record, spec, None))
         except ValueError as exc:
             report.problems.append(f"row {number}: {exc}")
     return report

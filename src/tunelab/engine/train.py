@@ -62,7 +62,10 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     stage = get_stage(config.stage)
     log.info("stage: %s (%s)", config.stage, stage_info(config.stage).title)
     path = resolve_model_path(config.model)
-    tokenizer = load_tokenizer(path, config.trust_remote_code)
+    from tunelab.engine.vlm import is_vlm, load_processor
+
+    vlm = is_vlm(path, config.trust_remote_code)  # a VLM's processor stands in for the tokenizer throughout
+    tokenizer = load_processor(path, config.trust_remote_code) if vlm else load_tokenizer(path, config.trust_remote_code)
     choice = None
     if stage_info(config.stage).template:
         choice = choose_template(config.template, config.model, local_dir(path))
