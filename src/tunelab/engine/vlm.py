@@ -233,3 +233,21 @@ def freeze_parts(model: Any, config: RunConfig) -> None:
         if part_of(name) not in keep:
             param.requires_grad = False
     log.info("vlm: training %s", ", ".join(sorted(keep)))
+
+
+def generate_reply(model: Any, processor: Any, choice: TemplateChoice, messages: list[dict], images: list[str],
+                   max_new_tokens: int = 16) -> str:
+    """Greedy reply of a VLM to a conversation whose text holds one ``<image>`` per image ref (for checks and chat)."""
+    import torch
+
+    placeholder = image_text(processor)
+    messages = [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, placeholder)} for m in messages]
+    prompt = choice.template.render(messages, add_generation_prompt=True, model=choice.entry).text
+    pictures = [load_image(ref) for ref in images] or None
+    inputs = processor(text=[prompt], images=pictures, add_special_tokens=False, return_tensors="pt")
+    eos = [i for i in {processor.tokenizer.eos_token_id, *processor.tokenizer.convert_tokens_to_ids(choice.stop_strings)}
+           if isinstance(i, int) and i != processor.tokenizer.unk_token_id]
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                             pad_token_id=processor.tokenizer.pad_token_id)
+    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
