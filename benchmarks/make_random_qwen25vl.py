@@ -24,8 +24,13 @@ VISION_TINY = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, 
 def main(argv: list[str]) -> None:
     """Build and save the model, processor and chat template."""
     import torch
-    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
 
     from tunelab.core.templates import registry
     from tunelab.engine.demo import build_demo_model

@@ -14,9 +14,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, validate_config
+from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, stage_fields, validate_config
 
-GROUPS = ("model", "method", "stage", "data", "train", "output")
+GROUPS = ("model", "method", "stage", "data", "train", "distributed", "output")
 ALWAYS_IN_PREVIEW = ("model", "stage", "method", "dataset")
 HIDDEN = ("output_dir", "resume")  # set by the studio (the run directory, the Resume button), not typed in
 
@@ -123,7 +123,14 @@ def form_to_mapping(specs: list[FieldSpec], values: list[Any]) -> dict[str, Any]
         if value is None and not spec.optional and spec.kind in ("int", "float"):
             value = spec.default
         mapping[spec.name] = value
-    return mapping
+    used = set(stage_fields(str(mapping.get("stage") or "sft")))  # fields of other stages are hidden: not sent
+    return {name: value for name, value in mapping.items() if name in used}
+
+
+def stage_visibility(specs: list[FieldSpec], stage: str) -> list[bool]:
+    """Per spec, whether the chosen stage uses the field (the form shows only those)."""
+    used = set(stage_fields(stage))
+    return [spec.name in used for spec in specs]
 
 
 def config_to_values(specs: list[FieldSpec], config: RunConfig) -> list[Any]:

@@ -86,9 +86,11 @@ def _segments(text: str, spans: tuple[tuple[int, int], ...], label: str) -> list
 def render_examples(
     *, model: str, template: str, stage: str, datasets: list[str], dataset_dir: str | None = None,
     train_on_prompt: bool = False, mask_history: bool = False, system_prompt: str | None = None,
-    label: str = "trained", limit: int = PREVIEW_ROWS,
+    label: str = "trained", limit: int = PREVIEW_ROWS, labels: dict[str, str] | None = None,
 ) -> Preview:
-    """A few examples as they will be trained, the loss-carrying characters labelled ``label``."""
+    """A few examples as they will be trained, the loss-carrying characters labelled ``label`` (preference rows:
+    the chosen and rejected replies labelled ``labels["chosen"]``/``["rejected"]``; kto rows by their label;
+    GRPO prompts with the generation prompt, nothing trained until the model answers)."""
     try:
         examples, note = _examples(datasets, dataset_dir, limit)
         choice = None if stage == "pt" else resolve_template(template, model)
@@ -105,6 +107,9 @@ def render_examples(
             return Preview([], f"stage {stage!r} trains plain text; pick a text dataset")
         messages = _with_system(example["messages"], system_prompt)
         try:
+            if "messages" in example and len(example) > 1:  # preference, kto and prompt rows: replies shown apart
+                segments += _reply_segments(choice, messages, example, labels or {})
+                continue
             rendered = _render(choice, messages)
         except TemplateRefusal as exc:
             segments.append((f"[the template refuses this example: {exc}]", None))
@@ -116,6 +121,27 @@ def render_examples(
     if choice is not None:
         note = "; ".join(p for p in (f"template: {choice.name} ({choice.reason})", note) if p)
     return Preview(segments, note)
+
+
+def _reply_segments(
+    choice: TemplateChoice, messages: list[dict], example: dict, labels: dict[str, str]
+) -> list[tuple[str, str | None]]:
+    """A prompt rendered once, then each reply of the example as the template continues it, labelled."""
+    prompt = choice.template.render(messages, add_generation_prompt=True, model=choice.entry).text
+    if "extra" in example:  # a GRPO prompt: the completion is generated and rewarded, not read from data
+        return [(prompt, None), (labels.get("generated", "[the model's completion]"), None)]
+    if "completion" in example:
+        replies = [("desirable" if example["label"] else "undesirable", example["completion"])]
+    else:
+        replies = [("chosen", example["chosen"]), ("rejected", example["rejected"])]
+    out: list[tuple[str, str | None]] = [(prompt, None)]
+    for index, (kind, reply) in enumerate(replies):
+        rendered = _render(choice, [*messages, {"role": "assistant", "content": reply}])
+        start, end = rendered.spans[-1]
+        if index:
+            out.append(("\n   ⤷ ", None))
+        out.append((rendered.text[start:end], labels.get(kind, kind)))
+    return out
 
 
 def _render(choice: TemplateChoice, messages: list[dict]):

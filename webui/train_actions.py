@@ -36,13 +36,17 @@ def template_choices(model: str) -> tuple[list[tuple[str, str]], str]:
     return [(auto, "auto"), *[(name, name) for name in registry().names()]], reason
 
 
-def dataset_choices() -> list[tuple[str, str]]:
-    """(label, name) per registered dataset."""
+def dataset_choices(stage: str | None = None) -> list[tuple[str, str]]:
+    """(label, name) per registered dataset (only those whose format the stage trains on, when one is given)."""
+    from tunelab.core.stages import STAGES
+
     try:
         specs = load_dataset_registry().specs
     except DataError:
         return []
-    return [(f"{name} ({spec.format}{', hub' if spec.hub else ''})", name) for name, spec in specs.items()]
+    formats = STAGES[stage].formats if stage in STAGES else None
+    return [(f"{name} ({spec.format}{', hub' if spec.hub else ''})", name) for name, spec in specs.items()
+            if formats is None or spec.format in formats]
 
 
 def reattach(studio: Studio) -> str | None:
@@ -102,14 +106,17 @@ class TrainActions:
         model = mapping.get("model") or "demo"
         choices, reason = template_choices(model)
         label = self.text("train.trained", lang)
+        labels = {kind: self.text(f"train.{kind}", lang) for kind in ("chosen", "rejected", "desirable", "undesirable", "generated")}
         result = preview.render_examples(
             model=model, template=mapping.get("template") or "auto", stage=mapping.get("stage") or "sft",
             datasets=mapping.get("dataset") or [], dataset_dir=mapping.get("dataset_dir"),
             train_on_prompt=bool(mapping.get("train_on_prompt")), mask_history=bool(mapping.get("mask_history")),
-            system_prompt=mapping.get("system_prompt"), label=label,
+            system_prompt=mapping.get("system_prompt"), label=label, labels=labels,
         )
         info = f"{self.text('train.auto_is', lang)} **{choices[0][0].removeprefix('auto → ')}** — {reason}"
-        return gr.update(choices=choices), info, gr.update(value=result.segments, color_map={label: "green"}), result.note
+        colors = {label: "green", labels["chosen"]: "green", labels["desirable"]: "green", labels["rejected"]: "red",
+                  labels["undesirable"]: "red"}
+        return gr.update(choices=choices), info, gr.update(value=result.segments, color_map=colors), result.note
 
     def on_start(self, lang: str, devices: list[str], *values: Any) -> tuple:
         """Validate, create the run directory, queue it; the page then watches it."""
@@ -123,7 +130,7 @@ class TrainActions:
             if config is None:
                 raise ConfigError(error)
             preflight(config)
-            jobs.check_request(list(devices or []))
+            jobs.check_request(list(devices or []), processes=config.nproc_per_node)  # several GPUs: one per process
         except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
             return self.invalid(lang, exc), gr.skip(), gr.skip()
         run = create_run(config, self.studio.runs_dir)
@@ -152,6 +159,18 @@ class TrainActions:
         except (ConfigError, OSError) as exc:
             return [self.invalid(lang, exc), gr.skip()] + [gr.skip()] * len(self.specs)
         return [f"{self.text('train.loaded', lang)}: `{path.name}`", ""] + form.config_to_values(self.specs, config)
+
+    def on_stage(self, stage: str, datasets: list[str] | None) -> list[Any]:
+        """Show the chosen stage's fields only; offer the datasets it can train on (keeping fitting choices)."""
+        import gradio as gr
+
+        updates = [gr.update(visible=shown) for shown in form.stage_visibility(self.specs, stage)]
+        choices = dataset_choices(stage)
+        names = {name for _, name in choices}
+        kept = [d for d in (datasets or []) if d in names or d not in {n for _, n in dataset_choices()}]
+        index = [s.name for s in self.specs].index("dataset")
+        updates[index] = gr.update(choices=choices, value=kept or ([choices[0][1]] if choices else []), visible=True)
+        return updates
 
     def on_page_load(self, lang: str, *values: Any) -> tuple:
         """Fill the previews and reattach the live view."""

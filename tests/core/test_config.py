@@ -34,7 +34,7 @@ def test_resolved_yaml_round_trips() -> None:
         ("method=lorra", ["method", "'lorra'", "full, freeze, lora, qlora"]),
         ("learning_rate=-1", ["learning_rate", "-1", "greater than 0"]),
         ("optimizer=adam", ["optimizer", "adamw_8bit", "paged_adamw_8bit"]),
-        ("stage=dpo", ["stage", "'dpo'", "pt, sft"]),
+        ("stage=ppo", ["stage", "'ppo'", "pt", "dpo", "kto"]),
         ("lerning_rate=1e-4", ["lerning_rate", "unknown field", "learning_rate"]),
         ("quantization=4bit", ["quantization", "needs method"]),
         ("batch_size=many", ["batch_size", "'many'"]),

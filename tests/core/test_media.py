@@ -49,7 +49,7 @@ def test_openai_content_parts_with_data_and_file_urls(tmp_path: Path) -> None:
 def test_bad_rows_are_named_with_row_and_problem(tmp_path: Path) -> None:
     _png(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    turn = lambda text: [{"role": "user", "content": text}, {"role": "assistant", "content": "x"}]  # noqa: E731
+    turn = lambda text: [{"role": "user", "content": text}, {"role": "assistant", "content": "x"}]
     rows = [
         {"messages": turn("<image>q"), "images": ["missing.png"]},
         {"messages": turn("<image>q"), "images": ["broken.png"]},

@@ -182,3 +182,38 @@ def test_detect_gpus_reads_nvidia_smi_and_cuda_visible_devices(tmp_path: Path) -
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}, str(fake)) == []
     assert detect_gpus({}, None) == []
     assert [g.index for g in detect_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, None)] == ["2", "3"]
+
+
+def test_a_multi_process_run_gets_one_gpu_per_process(tmp_path: Path) -> None:
+    gpus = [Gpu("0", "mock A"), Gpu("1", "mock B"), Gpu("2", "mock C")]  # mocked: no GPU exists on this machine
+    queue = JobQueue(tmp_path, gpus=gpus, launcher=launcher(1.0))
+    ddp = create_run(RunConfig(output_dir=str(tmp_path / "ddp"), strategy="ddp", nproc_per_node=2))
+    queue.submit(ddp)
+    queue.poll()
+    wait_for(lambda: (ddp.path / "env.txt").is_file())
+    assert (ddp.path / "env.txt").read_text() == "0,1"
+    with pytest.raises(ValueError, match=r"devices: 2 GPU\(s\) picked for 1 process\(es\); set strategy"):
+        queue.check_request(["1", "2"], processes=1)
+    with pytest.raises(ValueError, match=r"devices: 1 GPU\(s\) picked for 2 process\(es\)"):
+        queue.submit(create_run(RunConfig(output_dir=str(tmp_path / "b"), strategy="ddp", nproc_per_node=2)), devices=["2"])
+    wait_for(lambda: states(queue)["ddp"] == "finished", poll=queue.poll)
+
+
+def test_eval_and_export_jobs_wait_for_the_gpu_a_training_holds(tmp_path: Path) -> None:
+    from tunelab.core.jobs import create_job
+
+    gpus = [Gpu("0", "mock A")]  # mocked: no GPU exists on this machine
+    queue = JobQueue(tmp_path, gpus=gpus, launcher=launcher(2.0))
+    training = new_run(tmp_path, "training")
+    queue.submit(training)
+    queue.poll()
+    export = create_job("export", {"run": "/nonexistent"}, tmp_path / "exports", "x")  # fails fast once it runs
+    queue.submit(export, kind="export")
+    queue.poll()
+    assert states(queue)[export.path.name] == "queued", "the export waits: GPU 0 is the training's"
+    wait_for(lambda: states(queue)[export.path.name] != "queued", poll=queue.poll)
+    assert training.status()["state"] == "succeeded"
+    job = queue.job_for(export.path)
+    assert job.kind == "export" and job.devices == ["0"] and job.started_at >= queue.job_for(training.path).finished_at
+    wait_for(lambda: states(queue)[export.path.name] == "finished", timeout=120, poll=queue.poll)
+    assert export.log_file.is_file(), "the export module ran (its own log), started by the queue"

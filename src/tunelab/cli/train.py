@@ -11,7 +11,7 @@ from pathlib import Path
 from tunelab.core.config import ConfigError, RunConfig, load_config
 from tunelab.core.datasets import DataError, check_stage, load_dataset_registry, validate_file
 from tunelab.core.events import EventTail
-from tunelab.core.rundir import FINAL_STATES, RunDir
+from tunelab.core.rundir import RunDir
 from tunelab.core.templates import UnknownTemplate, registry
 
 
@@ -50,7 +50,7 @@ def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tunelab.services.runner import reconcile, signal_group, start_run
+    from tunelab.services.runner import reconcile, signal_group
 
     try:
         path, overrides = _split_args(args)
@@ -60,8 +60,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"tunelab: {exc}", file=sys.stderr)
         return 2
     resuming = config.resume
-    run, process = start_run(config, args.runs_dir)
+    try:
+        run, queue, process = _start_through_queue(config, args.runs_dir)
+    except (ValueError, KeyboardInterrupt) as exc:
+        print(f"tunelab: {exc or 'interrupted while queued'}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 130
     print(f"run directory: {run.path}")
+    if config.node_rank > 0:
+        print(f"node {config.node_rank} of {config.nnodes}: node 0 writes the status, events and weights; this node's logs: {run.logs_dir}")
     if args.detach:
         print(f"trainer pid {process.pid}; follow with: tail -f {run.log_file}")
         return 0
@@ -76,12 +82,30 @@ def _train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _forward)
     signal.signal(signal.SIGTERM, _forward)
     state = _follow(run, process, skip_existing=resuming)
-    status = reconcile(run) if state not in FINAL_STATES else run.status()
+    queue.poll()  # the job's devices are free again
+    status = reconcile(run)  # also names the rank that broke a multi-process run
     print(f"{status.get('state')}: {status.get('error') or status.get('message', '')}")
     weights = run.final_weights()
     if weights:
         print(f"saved: {weights}")
     return {"succeeded": 0, "aborted": 130}.get(status.get("state"), 1)
+
+
+def _start_through_queue(config: RunConfig, runs_parent: str | None):
+    """Create the run and queue it in the runs folder's job queue (shared with a studio on the same folder), so it
+    starts only once its GPUs are free; with no studio running, this process schedules it. Returns (run, queue, process)."""
+    from tunelab.core.paths import runs_dir
+    from tunelab.core.rundir import create_run
+    from tunelab.services.jobs import JobQueue, detect_gpus
+
+    queue = JobQueue(Path(runs_parent or runs_dir()), gpus=detect_gpus())
+    queue.poll()  # reap jobs whose processes are gone, so a resumed run is not "already running"
+    run = create_run(config, runs_parent)
+
+    def waiting(job) -> None:
+        print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
+
+    return run, queue, queue.run_when_free(run, on_wait=waiting)
 
 
 def _follow(run: RunDir, process, skip_existing: bool = False) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunelab.core.schema import ConfigError, choices_of, validate_schema
 from tunelab.core.stages import STAGE_NAMES
 
-STAGES_AVAILABLE = ("pt", "sft")
+STAGES_AVAILABLE = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto")
 Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo"]
 DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -33,6 +33,7 @@ Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_ada
 Booster = Literal["auto", "none", "fast", "liger"]
 Checkpointing = Literal["auto", "none", "mlp", "full", "offload"]
 Reporter = Literal["tensorboard", "wandb", "mlflow"]
+Strategy = Literal["none", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"]
 
 
 def _field(
@@ -164,6 +165,20 @@ class RunConfig(BaseModel):
     fast_fused_optimizer: bool = _field(
         True, "Fast path: the fused AdamW kernel (adamw_torch -> adamw_torch_fused).", "train")
 
+    # -- distributed (several processes, GPUs or hosts; see services/launch.py) --------------------------------
+    strategy: Strategy = _field(
+        "none", "Several processes: none (one process), ddp, fsdp2 (PyTorch FSDP2), deepspeed_zero2, "
+        "deepspeed_zero3.", "distributed")
+    offload: bool = _field(False, "fsdp2/deepspeed: keep optimizer state (ZeRO-3 and FSDP2: also parameters) in CPU RAM.", "distributed")
+    nproc_per_node: int = _field(1, "Processes per host (one per GPU).", "distributed", ge=1)
+    nnodes: int = _field(1, "Hosts taking part; start the same config on each with its node_rank.", "distributed", ge=1)
+    node_rank: int = _field(0, "This host's index (0 .. nnodes-1); node 0 writes status, events and weights.", "distributed", ge=0)
+    master_addr: str = _field("127.0.0.1", "Several hosts: address of node 0 (the rendezvous).", "distributed")
+    master_port: int = _field(29500, "Several hosts: rendezvous port on node 0.", "distributed", ge=1, le=65535)
+    collective_timeout_s: int = _field(600, "Seconds a collective may wait for a missing rank before failing.", "distributed", ge=10)
+    fsdp_config: str | None = _field(None, "fsdp2: your own FSDP config JSON (replaces the generated one).", "distributed")
+    deepspeed_config: str | None = _field(None, "deepspeed_*: your own DeepSpeed config JSON (replaces the generated one).", "distributed")
+
     # -- output and logging --------------------------------------------------------------------------------
     output_dir: str | None = _field(None, "Run directory (default: runs/<time>-<model>-<method>).", "output")
     logging_steps: int = _field(1, "Log every N steps.", "output", ge=1)
@@ -204,6 +219,9 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions"
             )
+        from tunelab.core.distributed import check_distributed
+
+        check_distributed(self)
         return self
 
     def _only_stage_fields(self) -> None:
@@ -222,6 +240,11 @@ class RunConfig(BaseModel):
     def effective_lora_alpha(self) -> int:
         """lora_alpha, defaulting to twice the rank."""
         return self.lora_alpha or 2 * self.lora_rank
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all hosts."""
+        return self.nproc_per_node * self.nnodes
 
 
 def field_stages(name: str) -> tuple[str, ...] | None:

@@ -3,7 +3,9 @@
 An evaluation scores the base model and the fine-tuned one side by side:
 - ``loss``: token loss and perplexity on a dataset (default: the run's validation split);
 - ``predict``: generate for the dataset's prompts; BLEU-4, ROUGE-1/2/L, and exact match for short references;
-- ``bench``: lm-evaluation-harness tasks (registered names, or local YAML task files / folders).
+- ``bench``: lm-evaluation-harness tasks (registered names, or local YAML task files / folders);
+- ``preference``: how often the chosen reply beats the rejected one (log-likelihood, DPO's implicit reward, or a
+  reward model's score), on preference pairs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tunelab.core.schema import validate_schema
 
-Metric = Literal["loss", "predict", "bench"]
+Metric = Literal["loss", "predict", "bench", "preference"]
 METRICS: tuple[str, ...] = get_args(Metric)
 EvalDtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -34,7 +36,8 @@ class EvalConfig(BaseModel):
     model: str | None = Field(None, description="Base model (folder, hub id or 'demo'); default: the adapter's base.")
     adapter: str | None = Field(None, description="PEFT adapter folder (fine-tuned side).")
     template: str = Field("auto", description="Chat template family, or 'auto' (the run's).")
-    metrics: list[Metric] = Field(["loss"], description="What to score: loss, predict, bench.")
+    metrics: list[Metric] = Field(
+        ["loss"], description="What to score: loss, predict, bench, preference (a preference run: preference).")
     dataset: list[str] = Field([], description="Datasets (registry names or files); empty: the run's validation split.")
     dataset_dir: str | None = Field(None, description="Folder holding dataset_info.json (default: the run's, else data/).")
     max_samples: int | None = Field(200, ge=1, description="Score at most this many examples per dataset.")
@@ -64,8 +67,8 @@ class EvalConfig(BaseModel):
             raise ValueError(f"metrics: choose at least one of {', '.join(METRICS)}")
         if "bench" in self.metrics and not self.tasks:
             raise ValueError("tasks: 'bench' needs at least one lm-eval task name or local task YAML")
-        if {"loss", "predict"} & set(self.metrics) and not self.dataset and not self.run:
-            raise ValueError("dataset: give a dataset for loss/predict (the validation split default needs a run)")
+        if {"loss", "predict", "preference"} & set(self.metrics) and not self.dataset and not self.run:
+            raise ValueError("dataset: give a dataset for loss/predict/preference (the validation split default needs a run)")
         return self
 
 

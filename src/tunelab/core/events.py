@@ -1,7 +1,8 @@
 """The events stream of a run: versioned JSON lines appended by the trainer, tailed by readers.
 
 Each line is one object with ``v`` (schema version), ``type`` and ``time``. Types:
-- ``train``: step, total_steps, epoch, loss, grad_norm, lr, tokens_seen, tokens_per_s, peak_mem_gb, elapsed_s, eta_s,
+- ``train``: step, total_steps, epoch, loss, grad_norm, lr, tokens_seen, tokens_per_s (over the last logging
+  interval), tokens_per_s_avg (since training began), peak_mem_gb, elapsed_s, eta_s,
   and every other number the stage's trainer logs, under trl's names (rewards/margins, kl, reward ...)
 - ``eval``: step, eval_loss (and any other eval metric)
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)

@@ -45,6 +45,7 @@ class RunDir:
     adapter_dir = property(lambda self: self.path / "adapter")
     model_dir = property(lambda self: self.path / "model")
     tb_dir = property(lambda self: self.path / "tb")
+    logs_dir = property(lambda self: self.path / "logs")  # several processes: per-rank logs and rank errors
 
     @property
     def run_id(self) -> str:
@@ -95,10 +96,10 @@ def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
         path = Path(config.output_dir)
     else:
         path = Path(parent or runs_dir()) / new_run_id(config)
-    run = RunDir(path.resolve())
+    run = RunDir(_node_path(path.resolve(), config.node_rank))
     if run.exists() and not config.resume:
         # Re-running a finished run's config.yaml starts a new run beside it rather than overwriting it.
-        run = RunDir(run.path.parent / new_run_id(config))
+        run = RunDir(_node_path(run.path.parent / new_run_id(config), config.node_rank))
     run.path.mkdir(parents=True, exist_ok=True)
     config = config.model_copy(update={"output_dir": str(run.path)})
     write_atomic(run.config_file, dump_config(config))
@@ -107,6 +108,12 @@ def create_run(config: RunConfig, parent: str | Path | None = None) -> RunDir:
     if not run.status() or config.resume:
         run.set_status("queued", run_id=run.run_id, created_at=run.status().get("created_at", time.time()))
     return run
+
+
+def _node_path(path: Path, node_rank: int) -> Path:
+    """Hosts other than node 0 keep their own folder (<run>-node<N>: their status and logs), even on a shared disk."""
+    suffix = f"-node{node_rank}"
+    return path if node_rank == 0 or path.name.endswith(suffix) else path.with_name(path.name + suffix)
 
 
 def command_script(run: RunDir) -> str:

@@ -48,6 +48,20 @@ def _peak_memory_gb() -> float:
     return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
 
 
+def _gpu_memory_fields() -> dict[str, float]:
+    """On a GPU: peak reserved GiB (what nvidia-smi and an out-of-memory error see) and, when the fast path
+    offloads activations, the peak pinned host GiB they held."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    fields = {"peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    store = sys.modules.get("tunelab.engine.fast.checkpoint")
+    if store is not None and store.pinned_peak_bytes():
+        fields["pinned_host_gb"] = round(store.pinned_peak_bytes() / 2**30, 3)
+    return fields
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -70,6 +84,11 @@ def stage_metrics(logs: dict) -> dict[str, Any]:
     return out
 
 
+def _rate(tokens: int, seconds: float) -> float | None:
+    """Tokens per second over a span (None for an empty span)."""
+    return round(tokens / seconds, 1) if seconds > 0 else None
+
+
 class EventsCallback(TrainerCallback):
     """Writes ``train`` and ``eval`` events, and honours the stop request."""
 
@@ -78,14 +97,23 @@ class EventsCallback(TrainerCallback):
         self.start_time = time.time()
         self.start_step = 0
         self.start_tokens = 0
+        self.last_time = self.start_time
+        self.last_tokens = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start_time = time.time()
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen or 0
+        self.last_time, self.last_tokens = self.start_time, self.start_tokens
         self.stop.training = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.world_size > 1:  # every rank stops at the same step, whichever one got the signal
+            from tunelab.engine.dist import any_rank
+
+            self.stop.requested = any_rank(self.stop.requested)
+            if self.stop.requested and not self.stop.signal_name:
+                self.stop.signal_name = "a signal to another rank"
         if self.stop.requested:
             control.should_save = True
             control.should_training_stop = True
@@ -94,7 +122,8 @@ class EventsCallback(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs:
             return
-        elapsed = time.time() - self.start_time
+        now = time.time()
+        elapsed = now - self.start_time
         steps = max(state.global_step - self.start_step, 1)
         tokens = state.num_input_tokens_seen or 0
         remaining = max(state.max_steps - state.global_step, 0)
@@ -108,11 +137,14 @@ class EventsCallback(TrainerCallback):
             grad_norm=_clean(logs.get("grad_norm")),
             lr=_clean(logs.get("learning_rate")),
             tokens_seen=tokens,
-            tokens_per_s=round((tokens - self.start_tokens) / elapsed, 1) if elapsed > 0 else None,
+            tokens_per_s=_rate(tokens - self.last_tokens, now - self.last_time) if tokens else None,
+            tokens_per_s_avg=_rate(tokens - self.start_tokens, elapsed) if tokens else None,
             peak_mem_gb=round(_peak_memory_gb(), 3),
+            **_gpu_memory_fields(),
             elapsed_s=round(elapsed, 2),
             eta_s=round(elapsed / steps * remaining, 1),
         )
+        self.last_time, self.last_tokens = now, tokens
         log.info(
             "step %d/%d loss %.4f lr %.2e %.0f tok/s eta %.0fs",
             event["step"], event["total_steps"], event["loss"] or float("nan"), event["lr"] or 0.0,

@@ -43,12 +43,17 @@ def eval_run_config(cfg: EvalConfig, source: ModelSource) -> tuple[RunConfig, bo
     if cfg.dataset:
         dataset_dir = cfg.dataset_dir or (base.dataset_dir if base else None)
         update.update(dataset=cfg.dataset, dataset_dir=dataset_dir, val_size=0.0, max_samples=cfg.max_samples)
-        if base is None or base.stage == "pt" or _stage_for(cfg.dataset, dataset_dir) == "pt":
+        if base is None or base.stage != "sft" or _stage_for(cfg.dataset, dataset_dir) == "pt":
             update["stage"] = _stage_for(cfg.dataset, dataset_dir)
         if base is None:
             return RunConfig(model=source.model, template=source.template, **update), False
         return base.model_copy(update=update), False
     assert base is not None, "EvalConfig requires a dataset unless a run is given"
+    if base.stage not in ("pt", "sft"):
+        raise DataError(
+            f"metrics: loss/predict score chat or text data; a stage {base.stage!r} run trains on other data: "
+            "use metrics=preference (pairs) or give dataset=... (an sft or text dataset)"
+        )
     return base.model_copy(update=update), base.val_size > 0
 
 

@@ -38,23 +38,26 @@ def _device_and_dtype(cfg: EvalConfig) -> tuple[str, Any, str]:
     return ("cuda" if cuda else "cpu"), dtype, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[name]
 
 
-def _load(path: str | Path, cfg: EvalConfig, device: str, dtype: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+def _load(path: str | Path, cfg: EvalConfig, device: str, dtype: Any, reward_model: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    auto, extra = (AutoModelForSequenceClassification, {"num_labels": 1}) if reward_model else (AutoModelForCausalLM, {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        model = auto.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
     return model.to(device).eval()
 
 
 @contextlib.contextmanager
-def _sides(source: ModelSource, base_path: str, cfg: EvalConfig, device: str, dtype: Any) -> Iterator[Any]:
+def _sides(source: ModelSource, base_path: str, cfg: EvalConfig, device: str, dtype: Any,
+           reward_model: bool = False) -> Iterator[Any]:
     """Yields a function side -> model context: the adapter switched off for 'base', on for 'tuned'."""
     if source.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load(base_path, cfg, device, dtype), str(source.adapter)).eval()
+        base = _load(base_path, cfg, device, dtype, reward_model)
+        model = PeftModel.from_pretrained(base, str(source.adapter)).eval()
 
         @contextlib.contextmanager
         def use(side: str) -> Iterator[Any]:
@@ -66,7 +69,7 @@ def _sides(source: ModelSource, base_path: str, cfg: EvalConfig, device: str, dt
 
     @contextlib.contextmanager
     def use_full(side: str) -> Iterator[Any]:
-        loaded = _load(base_path if side == "base" else source.weights, cfg, device, dtype)
+        loaded = _load(base_path if side == "base" else source.weights, cfg, device, dtype, reward_model)
         try:
             yield loaded
         finally:
@@ -89,6 +92,7 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
     choice = resolve_template(source, base_path)
     sides = ["base", "tuned"] if cfg.compare_base else ["tuned"]
+    cfg = _metrics_for_stage(cfg, source, sides)
     results: dict[str, Any] = {
         "v": RESULTS_VERSION, "source": {"label": source.label, "model": source.model, "adapter": str(source.tuned_path or "")},
         "template": choice.name, "metrics": [], "notes": [], "sides": sides, "device": device, "dtype": dtype_name,
@@ -99,6 +103,8 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
         results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
         with _sides(source, base_path, cfg, device, dtype) as use:
             _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides)
+    if "preference" in cfg.metrics:
+        _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
     if "bench" in cfg.metrics:
         _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides)
     results["elapsed_s"] = round(time.time() - started, 2)
@@ -142,6 +148,33 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
             lines.append(json.dumps(record, ensure_ascii=False))
         write_atomic(job.predictions_file, "\n".join(lines) + "\n")
         results["predictions"] = job.predictions_file.name
+
+
+def _metrics_for_stage(cfg: EvalConfig, source: ModelSource, sides: list[str]) -> EvalConfig:
+    """Runs of the preference stages are scored on pairs: their default 'loss' becomes 'preference'."""
+    stage = source.run_config.stage if source.run_config else "sft"
+    if stage in ("pt", "sft"):
+        return cfg
+    if stage == "rm" and {"predict", "bench"} & set(cfg.metrics):
+        raise ConfigError("metrics: a reward model (stage rm) is scored with metrics=preference, not predict/bench")
+    if cfg.metrics == ["loss"] and not cfg.dataset:
+        log.info("stage %s run: scoring preference accuracy on its pairs (metrics=preference)", stage)
+        return cfg.model_copy(update={"metrics": ["preference"]})
+    return cfg
+
+
+def _score_preference(cfg: EvalConfig, source: ModelSource, base_path: str, device: str, dtype: Any,
+                      writer: EventWriter, results: dict, tokenizer: Any, choice: Any, sides: list[str]) -> None:
+    from tunelab.engine.eval_pref import load_pairs, preference_rows
+
+    reward_model = bool(source.run_config and source.run_config.stage == "rm")
+    rows, what = load_pairs(cfg, source, tokenizer, choice)
+    results["notes"].append(f"preference pairs from {what}: {len(rows)}")
+    if reward_model and "base" in sides:
+        results["notes"].append("reward model: only the tuned side is scored (the base has no trained score head)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with _sides(source, base_path, cfg, device, dtype, reward_model) as use:
+        _add(results, writer, preference_rows(cfg, rows, use, sides, pad, reward_model))
 
 
 def _score_bench(cfg: EvalConfig, source: ModelSource, base_path: str, device: str, dtype_name: str,

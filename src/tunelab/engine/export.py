@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import dump_config
+from tunelab.core.config import ConfigError, dump_config
 from tunelab.core.export_config import ExportConfig
 from tunelab.core.files import write_atomic, write_json_atomic
 from tunelab.core.sources import ModelSource, resolve_source
@@ -105,6 +105,11 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     say = progress or (lambda message: log.info("%s", message))
     started = time.time()
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
+    if source.run_config is not None and source.run_config.stage == "rm":
+        raise ConfigError(
+            "run: a reward model (stage rm) is not exported as a chat model; its adapter folder loads with peft on "
+            "AutoModelForSequenceClassification(num_labels=1)"
+        )
     refuse_quantized_run(source, cfg)
     out = Path(cfg.out).expanduser().resolve() if cfg.out else default_out(source)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:

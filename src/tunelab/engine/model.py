@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.config import ConfigError, RunConfig
-from tunelab.engine.vlm import VISION_PARTS, freeze_parts, is_vlm, is_vlm_model, lora_target_regex, projector_modules
+from tunelab.engine.vlm import (
+    VISION_PARTS,
+    freeze_parts,
+    is_vlm,
+    is_vlm_model,
+    lora_target_regex,
+    projector_modules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +64,9 @@ def compute_dtype(config: RunConfig) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def load_model(config: RunConfig, path: str) -> Any:
-    """Load the causal LM with the configured dtype, attention and quantization."""
+def load_model(config: RunConfig, path: str, auto_class: Any = None, **extra: Any) -> Any:
+    """Load the model (the causal LM unless ``auto_class`` says otherwise) with the configured dtype, attention
+    and quantization."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -77,11 +85,9 @@ def load_model(config: RunConfig, path: str) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_vision_skips() if vlm else None)
     if config.quantization != "none" and torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    if vlm:
+    if auto_class is None and vlm:
         from transformers import AutoModelForImageTextToText as auto_class
-    else:
-        auto_class = AutoModelForCausalLM
-    model = auto_class.from_pretrained(path, **kwargs)
+    model = (auto_class or AutoModelForCausalLM).from_pretrained(path, **kwargs, **extra)
     model.config.use_cache = False  # training: no KV cache, and packed rows need it off for per-example attention
     return model
 
@@ -122,11 +128,13 @@ def _apply_lora(model: Any, config: RunConfig, fast: bool = False) -> Any:
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    reward_head = config.stage == "rm"  # a sequence-classification head: new, so it trains in full
     vlm = is_vlm_model(model)
+    saved = ["score"] if reward_head else projector_modules(model) if vlm and config.train_projector else None
     lora = LoraConfig(
-        task_type="CAUSAL_LM", r=config.lora_rank, lora_alpha=config.effective_lora_alpha,
-        lora_dropout=config.lora_dropout, target_modules=lora_target_regex(model, config) if vlm else lora_targets(config),
-        modules_to_save=projector_modules(model) if vlm and config.train_projector else None, use_dora=config.use_dora,
+        task_type="SEQ_CLS" if reward_head else "CAUSAL_LM", modules_to_save=saved,
+        r=config.lora_rank, lora_alpha=config.effective_lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=lora_target_regex(model, config) if vlm else lora_targets(config), use_dora=config.use_dora,
         use_rslora=config.use_rslora, init_lora_weights="pissa" if config.pissa_init else True,
     )
     try:
@@ -145,7 +153,8 @@ def _freeze_all_but_last(model: Any, trainable_layers: int) -> None:
     first = total - trainable_layers
     for name, param in model.named_parameters():
         match = _LAYER.search(name)
-        param.requires_grad = bool(match and int(match.group(1)) >= first)
+        head = name.split(".")[0] == "score"  # a reward model's new head always trains
+        param.requires_grad = bool(match and int(match.group(1)) >= first) or head
     log.info("freeze: training layers %d..%d of %d", first, total - 1, total)
 
 

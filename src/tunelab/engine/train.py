@@ -14,9 +14,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import RunConfig
+from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import RunDir
+from tunelab.core.stages import stage_info
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
 log = logging.getLogger("tunelab.train")
@@ -24,19 +25,20 @@ log = logging.getLogger("tunelab.train")
 
 def run(run_dir: str | Path) -> int:
     """Train the run in ``run_dir``; returns the process exit status (0 succeeded, 1 failed, 130 aborted)."""
+    from tunelab.engine import dist
     from tunelab.engine.callbacks import StopRequest
     from tunelab.engine.jobproc import USER_ERRORS, setup_logging
     from tunelab.engine.jobproc import finish as _finish
 
     setup_logging()
-    run_ = RunDir(run_dir)
+    run_, writer = dist.for_rank(run_dir)
     stop = StopRequest()
     stop.install()
-    writer = EventWriter(run_.events_file)
     try:
         run_.set_status("running")
         writer.write("status", state="running")
         summary = _train(run_, run_.config(), writer, stop)
+        dist.finalize()
     except KeyboardInterrupt:
         return _finish(run_, writer, "aborted", f"stopped by {stop.signal_name or 'interrupt'} before training began")
     except USER_ERRORS as exc:
@@ -52,19 +54,26 @@ def run(run_dir: str | Path) -> int:
 
 
 def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> dict[str, Any]:
-    from tunelab.core.stages import stage_info
-    from tunelab.engine.booster import apply_booster, choose_booster
+    from tunelab.engine import dist
+    from tunelab.engine.booster import BoosterChoice, apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
     from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
     from tunelab.engine.stages import get_stage
     from tunelab.engine.stages.base import StageContext
 
+    dist.init(config)
+    dist.record_pid(run_)
+    dist.check_resume(config, run_.status())
+    run_.set_status("running", world_size=dist.world_size(), strategy=config.strategy)
     stage = get_stage(config.stage)
     log.info("stage: %s (%s)", config.stage, stage_info(config.stage).title)
-    path = resolve_model_path(config.model)
+    with dist.main_first():  # rank 0 fetches or builds the model first; the other ranks find it ready
+        path = resolve_model_path(config.model)
     from tunelab.engine.vlm import is_vlm, load_processor
 
     vlm = is_vlm(path, config.trust_remote_code)  # a VLM's processor stands in for the tokenizer throughout
+    if vlm and config.stage != "sft":
+        raise ConfigError(f"stage: {config.stage!r} does not take a vision-language model yet; valid choice for one: sft")
     tokenizer = load_processor(path, config.trust_remote_code) if vlm else load_tokenizer(path, config.trust_remote_code)
     choice = None
     if stage_info(config.stage).template:
@@ -73,7 +82,8 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
             log.warning("%s", warning)
         log.info("template: %s (%s)", choice.name, choice.reason)
         run_.set_status("running", template=choice.name, template_reason=choice.reason)
-    data = prepare_data(config, tokenizer, choice)
+    with dist.main_first():  # rank 0 tokenizes and fills the cache; the other ranks read it
+        data = prepare_data(config, tokenizer, choice)
     writer.write("data", **data.stats.as_event(), train_examples=len(data.train), eval_examples=len(data.eval or []))
     log.info("data: %s", data.stats.as_event())
     for refusal in data.stats.refusals:
@@ -84,6 +94,8 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     transformers.set_seed(config.seed)  # before any adapter or head is initialised: same seed, same run
     model = getattr(stage, "load_model", load_model)(config, path)
     booster = choose_booster(config, model, stage.booster_blocker(config))
+    if dist.world_size() > 1 and config.booster == "auto":
+        booster = BoosterChoice("none", dist.booster_note(config))
     model = apply_method(model, config, fast=booster.mode == "fast")
     booster = apply_booster(booster, model, config)
     log.info("booster: %s (%s)", booster.mode, booster.reason)
@@ -92,6 +104,10 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     log.info("parameters: %s", params)
     ctx = StageContext(config, run_, model, tokenizer, data, writer, stop, booster.mode, choice, path)
     trainer = stage.build_trainer(ctx)
+    if dist.launched():
+        fsdp = getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", None) if trainer.is_fsdp_enabled else None
+        log.info("strategy %s: %d processes, fsdp=%s (version %s) deepspeed=%s", config.strategy, dist.world_size(),
+                 trainer.is_fsdp_enabled, fsdp, trainer.is_deepspeed_enabled)
     checkpoint = run_.last_checkpoint() if config.resume else None
     if config.resume and checkpoint is None:
         log.warning("resume=true but %s holds no checkpoint: starting from scratch", run_.checkpoints)
@@ -100,7 +116,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         log.info("%s already reached max_steps=%d: nothing left to train", checkpoint.name, config.max_steps)
         return {"global_step": done, "total_steps": config.max_steps, **params}
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if data.eval is not None and not stop.requested:
+    if data.eval is not None and not stop.requested and not _evaluated_last(trainer.state):
         trainer.evaluate()
     _save_final(config, run_, trainer, tokenizer, choice, base=path)
     return {
@@ -109,6 +125,11 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         "train_loss": round(float(result.training_loss), 6),
         **params,
     }
+
+
+def _evaluated_last(state: Any) -> bool:
+    """Whether the trainer already evaluated at its final step (no second identical eval event)."""
+    return any("eval_loss" in entry and entry.get("step") == state.global_step for entry in state.log_history)
 
 
 def _steps_done(checkpoint: Path | None) -> int:
@@ -124,16 +145,27 @@ def _steps_done(checkpoint: Path | None) -> int:
 def _save_final(
     config: RunConfig, run_: RunDir, trainer: Any, tokenizer: Any, choice: TemplateChoice | None, base: str
 ) -> None:
-    """Save the adapter (PEFT format) or full model, with the chat template, via a temp folder + rename."""
+    """Save the adapter (PEFT format) or full model, with the chat template, via a temp folder + rename.
+    Several processes: every rank takes part in gathering the full state dict (FSDP2, ZeRO-3); rank 0 writes."""
+    from tunelab.engine import dist
+
     adapter = config.method in ("lora", "qlora")
     target = run_.adapter_dir if adapter else run_.model_dir
     staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(str(staging))
+    if dist.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    if dist.launched():
+        trainer.save_model(str(staging))  # consolidated, standard HF/PEFT files, written by rank 0 only
+        dist.barrier()
+        if not dist.is_main():
+            return
+        (staging / "training_args.bin").unlink(missing_ok=True)
+    else:
+        trainer.model.save_pretrained(str(staging))
     if choice is not None:
         tokenizer.chat_template = choice.template.source
     tokenizer.save_pretrained(str(staging))
-    if choice is not None:
+    if choice is not None and stage_info(config.stage).chat:  # a reward model is not served for chat
         from tunelab.core.ollama import write_modelfile
 
         write_modelfile(staging, choice.template, base=base if adapter else ".", adapter="." if adapter else None)

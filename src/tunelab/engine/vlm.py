@@ -17,7 +17,14 @@ from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.datasets import DataError
 from tunelab.core.media import IMAGE_PLACEHOLDER, load_image
 from tunelab.core.template_choice import TemplateChoice
-from tunelab.engine.tokenize import IGNORE, EncodeStats, _encode_at_last_reply, _straddles, labels_for, render_with_spans
+from tunelab.engine.tokenize import (
+    IGNORE,
+    EncodeStats,
+    _encode_at_last_reply,
+    _straddles,
+    labels_for,
+    render_with_spans,
+)
 
 log = logging.getLogger(__name__)
 

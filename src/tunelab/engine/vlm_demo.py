@@ -40,7 +40,11 @@ def build_demo_vlm(target: Path | None = None, force: bool = False) -> Path:
         return target
     import torch
     from transformers import (
-        CLIPImageProcessorPil, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+        CLIPImageProcessorPil,
+        LlamaForCausalLM,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
         PreTrainedTokenizerFast,
     )
 

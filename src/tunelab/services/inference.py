@@ -57,6 +57,11 @@ def resolve_adapter(text: str) -> AdapterSpec:
     else:
         raise InferenceError(f"adapter: {raw!r} is neither an adapter folder (adapter_config.json) nor a run directory")
     info = _adapter_info(path)
+    if info.get("task_type") == "SEQ_CLS":
+        raise InferenceError(
+            f"adapter: {raw!r} is a reward model (a score head, stage rm), not a chat model: evaluate it with "
+            "`tunelab eval --run RUN` (metrics=preference)"
+        )
     base = run_base or info.get("base_model_name_or_path")
     return AdapterSpec(name=_clean_name(name or default_name), path=str(path.resolve()), base_model=base, rank=int(info.get("r") or 16))
 

@@ -28,6 +28,7 @@ from tunelab.services import runner
 log = logging.getLogger(__name__)
 
 DB_NAME = ".jobs.sqlite"
+JOB_MODULES = {"eval": "tunelab.engine.evaluate", "export": "tunelab.engine.export"}  # kinds besides training
 ACTIVE = ("queued", "running")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,                    -- the run's final state once finished
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    kind TEXT                       -- NULL: training; eval | export: a job on a GPU that is not training
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
@@ -108,6 +110,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    kind: str | None = None
 
     @property
     def run(self) -> RunDir:
@@ -142,6 +145,8 @@ class JobQueue:
         self._halt = threading.Event()
         with self._connect() as db:
             db.executescript(SCHEMA)
+            if "kind" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # a queue from before kinds
+                db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT")
 
     # -- storage -------------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -181,10 +186,13 @@ class JobQueue:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
 
     # -- public operations ---------------------------------------------------------------------------------
-    def submit(self, run: RunDir, devices: list[str] | None = None, gpu_count: int = 1) -> Job:
-        """Queue a run (created with core.rundir.create_run); ValueError if it is already queued or running."""
+    def submit(self, run: RunDir, devices: list[str] | None = None, gpu_count: int = 1, kind: str | None = None) -> Job:
+        """Queue a run (created with core.rundir.create_run), or an eval/export job folder (``kind``); ValueError
+        if it is already queued or running."""
         path = str(run.path.resolve())
-        self.check_request(devices, gpu_count)
+        processes = run.config().nproc_per_node if kind is None and run.exists() else 1
+        gpu_count = max(gpu_count, processes)  # one GPU per process of a multi-process run
+        self.check_request(devices, gpu_count, processes)
         with self._lock, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             busy = db.execute("SELECT id FROM jobs WHERE run_dir = ? AND state IN ('queued','running')", (path,)).fetchone()
@@ -192,8 +200,8 @@ class JobQueue:
                 db.execute("ROLLBACK")
                 raise ValueError(f"run {run.run_id} is already queued or running")
             cursor = db.execute(
-                "INSERT INTO jobs (run_dir, state, want_devices, gpu_count, devices, created_at) VALUES (?,?,?,?,?,?)",
-                (path, "queued", json.dumps(list(devices or [])), max(gpu_count, 1), "[]", time.time()),
+                "INSERT INTO jobs (run_dir, state, want_devices, gpu_count, devices, created_at, kind) VALUES (?,?,?,?,?,?,?)",
+                (path, "queued", json.dumps(list(devices or [])), max(gpu_count, 1), "[]", time.time(), kind),
             )
             db.execute("COMMIT")
             job_id = cursor.lastrowid
@@ -202,13 +210,19 @@ class JobQueue:
         log.info("queued %s (job %s)", run.run_id, job_id)
         return next(j for j in self.jobs() if j.id == job_id)
 
-    def check_request(self, devices: list[str] | None = None, gpu_count: int = 1) -> None:
-        """ValueError naming the problem when the devices asked for do not exist."""
+    def check_request(self, devices: list[str] | None = None, gpu_count: int = 1, processes: int = 1) -> None:
+        """ValueError naming the problem when the devices asked for do not exist or do not match the processes."""
         known = {gpu.index for gpu in self.gpus}
         unknown = [d for d in devices or [] if d not in known]
         if unknown:
             valid = ", ".join(sorted(known)) or "none (no CUDA device found)"
             raise ValueError(f"devices: {', '.join(unknown)} not found; valid: {valid}")
+        if devices and len(devices) != processes:
+            hint = "set strategy (ddp, fsdp2, deepspeed_zero2, deepspeed_zero3) and " if processes == 1 else ""
+            raise ValueError(
+                f"devices: {len(devices)} GPU(s) picked for {processes} process(es); {hint}nproc_per_node = {len(devices)}, "
+                f"or pick {processes} GPU(s)"
+            )
         if self.gpus and not devices and gpu_count > len(self.gpus):
             raise ValueError(f"gpu_count: {gpu_count} GPUs asked for, {len(self.gpus)} present")
 
@@ -240,6 +254,36 @@ class JobQueue:
         """Whether a stop of this run is in progress."""
         worker = self._stopping.get(str(Path(run_dir).resolve()))
         return bool(worker and worker.is_alive())
+
+    def run_when_free(
+        self, run: RunDir, kind: str | None = None, on_wait: Callable[[Job], None] | None = None, interval_s: float = 1.0
+    ) -> Any:
+        """Queue ``run`` and block until it has started (here, or by another scheduler on this folder, e.g. the
+        studio); returns its process (a Popen, or a runner.GroupHandle). ``on_wait`` is called once if it waits.
+        KeyboardInterrupt while waiting dequeues it; ValueError if it leaves the queue before starting."""
+        job = self.submit(run, kind=kind)
+        self.poll()
+        told = False
+        try:
+            while (process := self.process(job.id)) is None:
+                current = self.job_for(run.path)
+                if current is None or current.state == "finished":
+                    raise ValueError(f"{run.run_id} left the queue before it started ({run.status().get('message', '')})")
+                if current.state == "running" and current.pgid:
+                    return runner.GroupHandle(current.pgid)
+                if on_wait and not told:
+                    on_wait(current)
+                    told = True
+                time.sleep(interval_s)
+                self.poll()
+        except KeyboardInterrupt:
+            self.stop(run.path)
+            raise
+        return process
+
+    def process(self, job_id: int) -> subprocess.Popen | None:
+        """The launcher process of a job this queue started (None if another scheduler started it)."""
+        return self._children.get(job_id)
 
     def _stop_job(self, job: Job) -> None:
         runner.stop_run(job.run, grace_s=self.stop_grace_s)
@@ -326,7 +370,12 @@ class JobQueue:
             return False  # another scheduler took it, or it was stopped meanwhile
         env = {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if self.gpus else {}
         try:
-            process = self.launcher(job.run, env)
+            if job.kind:
+                from tunelab.core.jobs import JobDir
+
+                process = runner.spawn(JobDir(job.run_dir, job.kind), env, module=JOB_MODULES[job.kind])
+            else:
+                process = self.launcher(job.run, env)
         except OSError as exc:
             job.run.set_status("failed", error=f"could not start the trainer: {exc}")
             self._update(job.id, state="finished", result="failed", finished_at=time.time())

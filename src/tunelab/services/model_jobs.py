@@ -13,9 +13,10 @@ from typing import Any
 from tunelab.core.jobs import JobDir, create_job, list_jobs
 from tunelab.core.paths import runs_dir
 from tunelab.core.rundir import FINAL_STATES
+from tunelab.services.jobs import JOB_MODULES as MODULES
+from tunelab.services.jobs import JobQueue, detect_gpus
 from tunelab.services.runner import reconcile, spawn
 
-MODULES = {"export": "tunelab.engine.export", "eval": "tunelab.engine.evaluate"}
 FOLDERS = {"export": "exports", "eval": "evals"}
 
 
@@ -30,11 +31,16 @@ def start_job(
     kind: str, options: dict[str, Any], parent: str | Path | None = None, env: dict[str, str] | None = None,
     path: str | Path | None = None,
 ) -> tuple[JobDir, subprocess.Popen]:
-    """Create the job folder for validated ``options`` and start its process."""
+    """Create the job folder for validated ``options`` and start its process: at once on a machine without GPUs,
+    else through the runs folder's job queue, once a GPU is free (one scheduler for training, eval and export)."""
     run = options.get("run")
     label = Path(run).name if run else Path(options.get("adapter") or options.get("model") or "model").name
     job = create_job(kind, options, job_parent(kind, run, parent), label, path)
-    return job, spawn(job, env, module=MODULES[kind])
+    gpus = detect_gpus()
+    if not gpus:  # no GPU to share: runs at once, beside any training
+        return job, spawn(job, env, module=MODULES[kind])
+    queue = JobQueue(Path(parent or runs_dir()), gpus=gpus)  # waits for a GPU no other job holds
+    return job, queue.run_when_free(job, kind=kind)
 
 
 def job_state(job: JobDir) -> dict[str, Any]:

@@ -3,7 +3,10 @@ so the UI or CLI that started it can exit, crash or restart without touching it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +20,13 @@ TRAIN_MODULE = "tunelab.engine.train"
 
 
 def trainer_command(run: RunDir, module: str = TRAIN_MODULE) -> list[str]:
-    """The argv that trains ``run`` (or runs another job ``module`` on its folder)."""
+    """The argv that trains ``run`` (through the launcher: torchrun for several processes) or runs job ``module``."""
+    if module == TRAIN_MODULE:
+        from tunelab.services.launch import train_argv, write_launch_files
+
+        config = run.config()
+        write_launch_files(run, config)
+        return train_argv(run, config)
     return [sys.executable, "-m", module, str(run.path)]
 
 
@@ -92,32 +101,113 @@ def signal_group(pgid: int | None, sig: int = signal.SIGTERM) -> bool:
     return True
 
 
+class GroupHandle:
+    """A job process started by another scheduler, watched through its process group (poll/wait like Popen)."""
+
+    def __init__(self, pgid: int):
+        self.pid = pgid
+
+    def poll(self) -> int | None:
+        """None while any process of the group runs, else 0 (its status.json says how it ended)."""
+        return None if group_alive(self.pid) else 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the group has ended."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(f"process group {self.pid}", timeout)
+            time.sleep(0.2)
+        return 0
+
+
+def rank_processes(run: RunDir) -> list[int]:
+    """Live rank processes of a multi-process run (torchrun starts each rank in its own session)."""
+    alive = []
+    for path in run.logs_dir.glob("rank-*.pid"):
+        try:
+            pid = int(path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(run.path).encode() in cmdline and process_alive(pid):
+            alive.append(pid)
+    return alive
+
+
+def _kill_ranks(run: RunDir) -> None:
+    for pid in rank_processes(run):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     """Ask the run's process group to stop (SIGTERM: finish the step, save); SIGKILL after ``grace_s``.
+    torchrun forwards the signal to every rank; a rank still alive once its launcher is gone is killed.
 
-    Returns True when no process of the group is left.
+    Returns True when no process of the run is left.
     """
     pgid = run.status().get("pgid")
     if not group_alive(pgid):
+        _kill_ranks(run)
         return True
     os.killpg(pgid, signal.SIGTERM)
     deadline = time.time() + grace_s
     while time.time() < deadline:
         if not group_alive(pgid):
+            _kill_ranks(run)
             return True
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
+    _kill_ranks(run)
     if run.status().get("state") not in FINAL_STATES:
         run.set_status("aborted", message=f"killed after {grace_s:.0f}s without stopping")
-    return not group_alive(pgid)
+    return not group_alive(pgid) and not rank_processes(run)
+
+
+_TORCHRUN_FAILURE = re.compile(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+
+
+def _signalled_rank(run: RunDir) -> dict | None:
+    """A rank that torchrun reports killed by a signal it did not send itself (SIGKILL by the OOM killer, SIGSEGV)."""
+    try:
+        with run.log_file.open("rb") as handle:
+            handle.seek(max(run.log_file.stat().st_size - 32768, 0))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for rank, code in _TORCHRUN_FAILURE.findall(tail):
+        if int(code) < 0 and -int(code) not in (signal.SIGTERM, signal.SIGINT):
+            name = signal.Signals(-int(code)).name
+            return {"rank": int(rank), "error": f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")}
+    return None
+
+
+def rank_failure(run: RunDir) -> dict | None:
+    """Which rank broke a multi-process run: one torchrun saw killed by a signal, else the first error a rank
+    recorded (logs/rank-N.error.json); None when no rank failed."""
+    killed = _signalled_rank(run)
+    if killed is not None:
+        return killed
+    errors = []
+    for path in run.logs_dir.glob("rank-*.error.json"):
+        try:
+            errors.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(errors, key=lambda e: e.get("time", 0), default=None)
 
 
 def reconcile(run: RunDir) -> dict:
-    """Mark a run whose processes vanished without a final status (killed, OOM) as failed; return status."""
+    """Once the trainer's processes are gone: a run that vanished without a final status (killed, OOM) is failed;
+    a multi-process run that did not succeed is failed with the error of the rank that broke first. Returns status."""
     status = run.status()
-    if status.get("state") in ("running", "queued") and status.get("pgid") and not group_alive(status["pgid"]):
+    if not status.get("pgid") or group_alive(status["pgid"]):
+        return status
+    first = rank_failure(run) if status.get("state") != "succeeded" else None
+    if first is not None and not str(status.get("error", "")).startswith("rank "):
+        status = run.set_status("failed", error=f"rank {first.get('rank')}: {first.get('error') or 'failed'}")
+    elif status.get("state") in ("running", "queued"):
         status = run.set_status("failed", error="the trainer process ended without reporting (killed or out of memory?)")
     return status

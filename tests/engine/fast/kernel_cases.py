@@ -53,6 +53,24 @@ def case_rmsnorm(device: str, dtype: torch.dtype) -> None:
         assert rel_err(dx - res, xg.grad) < 1e-5
 
 
+def case_rmsnorm_gemma(device: str, dtype: torch.dtype) -> None:
+    """Gemma's convention: x * rstd * (1 + w), computed in fp32 and rounded once."""
+    x = torch.randn(37, 200, device=device, dtype=dtype) * 3
+    w = torch.randn(200, device=device, dtype=dtype) * 0.3
+    dy, res = torch.randn_like(x), torch.randn_like(x)
+    (y, r), (y0, r0) = both(lambda: K.rmsnorm_forward(x, w, 1e-6, offset=True))
+    assert rel_err(y, y0) < tol(dtype) and rel_err(r, r0) < 1e-5
+    xf = x.float()
+    hf = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + w.float())).to(dtype)
+    assert torch.equal(y0, hf)  # bit-identical to transformers' Gemma3RMSNorm arithmetic
+    dx, dx0 = both(lambda: K.rmsnorm_backward(dy, x, r0, w, residual=res, offset=True))
+    assert rel_err(dx, dx0) < tol(dtype)
+    if dtype == torch.float32:
+        xg = x.clone().requires_grad_(True)
+        (xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + w)).backward(dy)
+        assert rel_err(dx - res, xg.grad) < 1e-5
+
+
 def case_rope(device: str, dtype: torch.dtype) -> None:
     t, h, d = 29, 6, 48
     x = torch.randn(t, h, d, device=device, dtype=dtype)
@@ -69,16 +87,16 @@ def case_rope(device: str, dtype: torch.dtype) -> None:
     assert rel_err(out, ref) < tol(dtype)
 
 
-def case_swiglu(device: str, dtype: torch.dtype) -> None:
+def case_swiglu(device: str, dtype: torch.dtype, act: str = "silu") -> None:
     g = torch.randn(23, 300, device=device, dtype=dtype) * 2
     u = torch.randn_like(g)
     dm = torch.randn_like(g)
-    m, m0 = both(lambda: K.swiglu_forward(g, u))
+    m, m0 = both(lambda: K.swiglu_forward(g, u, act))
     assert rel_err(m, m0) < tol(dtype)
 
     def bwd() -> tuple[torch.Tensor, ...]:
         a, b, c = dm.clone(), g.clone(), u.clone()
-        K.swiglu_backward_(a, b, c)
+        K.swiglu_backward_(a, b, c, act)
         return a, b, c
 
     fast, ref = both(bwd)
@@ -86,8 +104,14 @@ def case_swiglu(device: str, dtype: torch.dtype) -> None:
         assert rel_err(a, b) < tol(dtype)
     if dtype == torch.float32:
         gg, uu = g.clone().requires_grad_(True), u.clone().requires_grad_(True)
-        (torch.nn.functional.silu(gg) * uu).backward(dm)
+        fn = torch.nn.functional
+        (fn.gelu(gg, approximate="tanh") if act == "gelu_tanh" else fn.silu(gg)).mul(uu).backward(dm)
         assert rel_err(ref[1], gg.grad) < 1e-5 and rel_err(ref[2], uu.grad) < 1e-5 and rel_err(ref[0], m0) < 1e-5
+
+
+def case_geglu(device: str, dtype: torch.dtype) -> None:
+    """Gemma's GeGLU: gelu(g, approximate="tanh") * u."""
+    case_swiglu(device, dtype, act="gelu_tanh")
 
 
 def case_cross_entropy(device: str, dtype: torch.dtype) -> None:
@@ -111,7 +135,7 @@ def case_cross_entropy(device: str, dtype: torch.dtype) -> None:
     assert rel_err(grad.float(), lf.grad) < tol(dtype)
 
 
-CASES = [case_rmsnorm, case_rope, case_swiglu, case_cross_entropy]
+CASES = [case_rmsnorm, case_rmsnorm_gemma, case_rope, case_swiglu, case_geglu, case_cross_entropy]
 
 
 def run_all(device: str) -> list[str]:

@@ -33,6 +33,10 @@ def test_explicit_fast_refuses_unsupported_models() -> None:
     with pytest.raises(ConfigError, match="does not support model type 'gemma'"):
         choose_booster(RunConfig(booster="fast"), model("gemma"))
     assert choose_booster(RunConfig(booster="fast"), model("qwen2")).mode == "fast"
+    for kind in ("qwen3", "gemma3_text"):
+        assert choose_booster(RunConfig(booster="fast"), model(kind)).mode == "fast"
+    with pytest.raises(ConfigError, match="does not support model type 'qwen3_moe'"):
+        choose_booster(RunConfig(booster="fast"), model("qwen3_moe"))
 
 
 def test_fast_options_follow_the_config() -> None:

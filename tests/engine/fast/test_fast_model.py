@@ -16,14 +16,32 @@ from tunelab.engine.fast.model import FastOptions, apply_fast_path, plan_tokens
 VOCAB = 300
 
 
+def tiny_lm(kind: str, vocab: int = VOCAB):
+    """A 2-layer random model of one family (Gemma 3: one sliding-window layer of 6 tokens, one global layer;
+    Mistral: a 6-token window), with random norm weights so each family's norm convention matters."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    extra = {"qwen3": dict(head_dim=16), "mistral": dict(sliding_window=6),
+             "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=6,
+                                 layer_types=["sliding_attention", "full_attention"])}.get(kind, {})
+    names = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral", "gemma3_text": "Gemma3"}
+    prefix = names[kind]
+    config_cls = getattr(tf, f"{prefix}TextConfig" if kind == "gemma3_text" else f"{prefix}Config")
+    model = getattr(tf, f"{prefix}ForCausalLM")(config_cls(**common, **extra))
+    gen = torch.Generator().manual_seed(11)
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.data.copy_(torch.randn(param.shape, generator=gen) * 0.2 + (0.0 if kind == "gemma3_text" else 1.0))
+    return model
+
+
 def build(kind: str = "llama", qlora: bool = False, seed: int = 0, **lora_kwargs):
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
-    model = LlamaForCausalLM(LlamaConfig(**common)) if kind == "llama" else Qwen2ForCausalLM(Qwen2Config(**common))
+    model = tiny_lm(kind)
     if qlora:
         from tunelab.engine.fast.quant import quantize_model_4bit
 
@@ -62,6 +80,27 @@ def padded_batch(seed: int = 1):
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("checkpointing", ["none", "mlp", "full", "offload"])
 def test_loss_and_lora_grads_match_plain_peft(kind: str, checkpointing: str) -> None:
+    check_family(kind, checkpointing)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "gemma3_text", "mistral"])
+def test_newer_families_match_plain_peft(kind: str) -> None:
+    """Qwen3 (q/k norms), Gemma 3 ((1 + w) norms, GeGLU, output norms, scaled embeddings, a 6-token sliding-window
+    layer beside a global one, each with its RoPE base) and Mistral's sliding window: the 20-token rows are longer
+    than the window, so a wrong band or norm shows in the loss and the gradients."""
+    check_family(kind, "offload")
+    ids, mask, _ = padded_batch()
+    ref, fast = build(kind), build(kind)
+    apply_fast_path(fast)
+    with torch.no_grad():
+        logits_ref = ref(input_ids=ids, attention_mask=mask).logits
+        logits = fast(input_ids=ids, attention_mask=mask).logits  # fast backbone, the model's own head
+    real = mask.bool()
+    assert torch.allclose(logits[real], logits_ref[real], atol=1e-5)
+
+
+def check_family(kind: str, checkpointing: str) -> None:
+    """The fast path's loss and LoRA gradients equal plain peft's on a padded batch."""
     ids, mask, labels = padded_batch()
     ref, fast = build(kind), build(kind)
     apply_fast_path(fast, FastOptions(checkpointing=checkpointing))

@@ -20,18 +20,18 @@ def test_kernels_match_pytorch_under_the_interpreter() -> None:
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     passed = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
-    assert len(passed) == 8, result.stdout
+    assert len(passed) == 12, result.stdout
 
 
 SIGNATURES = {
     "_rmsnorm_fwd_kernel": ({"X": "*bf16", "W": "*bf16", "Y": "*bf16", "RSTD": "*fp32", "n_cols": "i32", "eps": "fp32"},
-                            {"BLOCK": 4096}),
+                            {"OFFSET": True, "BLOCK": 4096}),
     "_rmsnorm_bwd_kernel": ({"DY": "*bf16", "X": "*bf16", "W": "*bf16", "RSTD": "*fp32", "DX": "*bf16", "RES": "*bf16",
-                             "n_cols": "i32"}, {"HAS_RES": True, "BLOCK": 4096}),
+                             "n_cols": "i32"}, {"HAS_RES": True, "OFFSET": True, "BLOCK": 4096}),
     "_rope_kernel": ({"X": "*bf16", "COS": "*bf16", "SIN": "*bf16", "stride_t": "i32", "stride_h": "i32",
                       "cos_stride": "i32", "n_heads": "i32", "half": "i32"}, {"SIGN": -1.0, "BLOCK_H": 16, "BLOCK_D": 64}),
-    "_swiglu_fwd_kernel": ({"G": "*bf16", "U": "*bf16", "M": "*bf16", "n": "i32"}, {"BLOCK": 2048}),
-    "_swiglu_bwd_kernel": ({"DM": "*bf16", "G": "*bf16", "U": "*bf16", "n": "i32"}, {"BLOCK": 2048}),
+    "_swiglu_fwd_kernel": ({"G": "*bf16", "U": "*bf16", "M": "*bf16", "n": "i32"}, {"GELU": True, "BLOCK": 2048}),
+    "_swiglu_bwd_kernel": ({"DM": "*bf16", "G": "*bf16", "U": "*bf16", "n": "i32"}, {"GELU": True, "BLOCK": 2048}),
     "_ce_grad_kernel": ({"LOGITS": "*bf16", "LABELS": "*i64", "LOSS": "*fp32", "scale": "fp32", "ignore_index": "i32"},
                         {"n_cols": 128256, "BLOCK": 4096}),
 }

@@ -36,9 +36,10 @@ class VarlenFlash(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
-                scale: float) -> torch.Tensor:
+                scale: float, window: int | None = None) -> torch.Tensor:
+        ctx.extra = {} if window is None else {"window_size_left": window - 1, "window_size_right": 0}
         out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
+            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale, **ctx.extra)
         ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
         ctx.max_len, ctx.scale = max_len, scale
         return out
@@ -48,8 +49,8 @@ class VarlenFlash(torch.autograd.Function):
         q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
         dq, dk, dv = torch.ops.aten._flash_attention_backward(
             dout.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, 0.0, True, rng, unused,
-            scale=ctx.scale)
-        return dq, dk, dv, None, None, None
+            scale=ctx.scale, **ctx.extra)
+        return dq, dk, dv, None, None, None, None
 
 
 def backend() -> str:
@@ -58,30 +59,42 @@ def backend() -> str:
     return os.environ.get("TUNELAB_FAST_ATTN", "auto")
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, scale: float) -> torch.Tensor:
-    """Causal attention within each segment; returns (T, Hq, D)."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, scale: float,
+           window: int | None = None) -> torch.Tensor:
+    """Causal attention within each segment; with ``window`` (sliding-window layers) each token sees itself and
+    the window - 1 tokens before it, as transformers' sliding-window mask does. Returns (T, Hq, D)."""
+    if window is not None and seg.max_len <= window:
+        window = None  # the window covers every example: plain causal attention
     mode = backend()
     if mode == "auto":
-        mode = "sdpa" if seg.rows else "flash"
+        mode = "sdpa" if seg.rows and window is None else "flash"
     if not q.is_cuda and mode == "flash":
         mode = "loop"
     if mode == "flash":
-        return VarlenFlash.apply(q, k, v, seg.cu_seqlens, seg.max_len, scale)
+        return VarlenFlash.apply(q, k, v, seg.cu_seqlens, seg.max_len, scale, window)
     if mode == "sdpa" and seg.rows:
         b, s = seg.rows, q.shape[0] // seg.rows
-        out = _sdpa(q.view(b, s, *q.shape[1:]), k.view(b, s, *k.shape[1:]), v.view(b, s, *v.shape[1:]), scale)
+        out = _sdpa(q.view(b, s, *q.shape[1:]), k.view(b, s, *k.shape[1:]), v.view(b, s, *v.shape[1:]), scale,
+                    window)
         return out.reshape(q.shape)
     outs, start = [], 0
     for length in seg.lengths:
         sl = slice(start, start + length)
-        outs.append(_sdpa(q[None, sl], k[None, sl], v[None, sl], scale)[0])
+        outs.append(_sdpa(q[None, sl], k[None, sl], v[None, sl], scale, window)[0])
         start += length
     return torch.cat(outs)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """(B, S, H, D) in and out, causal, grouped-query heads shared."""
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None
+          ) -> torch.Tensor:
+    """(B, S, H, D) in and out, causal (and banded to ``window`` keys), grouped-query heads shared."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = kt.shape[1] != qt.shape[1]
-    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
+    s = q.shape[1]
+    if window is None or s <= window:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        i = torch.arange(s, device=q.device)
+        band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=band, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)

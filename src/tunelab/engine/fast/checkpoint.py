@@ -12,6 +12,14 @@ from typing import Any, Callable
 import torch
 
 
+_PINNED = {"peak": 0}
+
+
+def pinned_peak_bytes() -> int:
+    """The most pinned host memory one forward pass's offloaded layer inputs held so far in this process."""
+    return _PINNED["peak"]
+
+
 class ActivationStore:
     """The checkpointed layer inputs of one forward pass, in forward order."""
 
@@ -20,6 +28,7 @@ class ActivationStore:
         self.offload = offload and device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.offload else None
         self.entries: list[Any] = []
+        self.pinned = 0
 
     def put(self, t: torch.Tensor) -> int:
         """Keep ``t`` until backward; returns its slot."""
@@ -31,6 +40,9 @@ class ActivationStore:
             host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         except RuntimeError:  # no pinned memory available: a synchronous copy is still correct
             host = torch.empty(t.shape, dtype=t.dtype)
+        if host.is_pinned():
+            self.pinned += host.numel() * host.element_size()
+            _PINNED["peak"] = max(_PINNED["peak"], self.pinned)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             host.copy_(t, non_blocking=True)

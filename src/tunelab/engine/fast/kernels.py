@@ -41,25 +41,31 @@ def _warps(block: int) -> int:
 if triton is not None:
 
     @triton.jit
-    def _rmsnorm_fwd_kernel(X, W, Y, RSTD, n_cols, eps, BLOCK: tl.constexpr):
+    def _rmsnorm_fwd_kernel(X, W, Y, RSTD, n_cols, eps, OFFSET: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(X + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-        normed = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # transformers rounds before the weight
-        tl.store(Y + row * n_cols + cols, (normed * w).to(Y.dtype.element_ty), mask=mask)
+        if OFFSET:  # Gemma: (x * rstd) * (1 + w) in fp32, rounded once
+            y = x * rstd * (1.0 + w)
+        else:  # Llama: transformers rounds before the weight
+            y = (x * rstd).to(X.dtype.element_ty).to(tl.float32) * w
+        tl.store(Y + row * n_cols + cols, y.to(Y.dtype.element_ty), mask=mask)
         tl.store(RSTD + row, rstd)
 
     @triton.jit
-    def _rmsnorm_bwd_kernel(DY, X, W, RSTD, DX, RES, n_cols, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    def _rmsnorm_bwd_kernel(DY, X, W, RSTD, DX, RES, n_cols, HAS_RES: tl.constexpr, OFFSET: tl.constexpr,
+                            BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
         dy = tl.load(DY + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(X + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        if OFFSET:
+            w = w + 1.0
         rstd = tl.load(RSTD + row)
         xhat = x * rstd
         dn = dy * w
@@ -86,27 +92,45 @@ if triton is not None:
         tl.store(ptr + half, (x2 * cos[None, :] + x1 * sin[None, :]).to(X.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _swiglu_fwd_kernel(G, U, M, n, BLOCK: tl.constexpr):
+    def _gelu_tanh(g):
+        # gelu(g, approximate="tanh") and its derivative, in fp32
+        c = 0.7978845608028654
+        inner = c * (g + 0.044715 * g * g * g)
+        t = 2.0 * tl.sigmoid(2.0 * inner) - 1.0  # tanh
+        act = 0.5 * g * (1.0 + t)
+        dact = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * g * g)
+        return act, dact
+
+    @triton.jit
+    def _swiglu_fwd_kernel(G, U, M, n, GELU: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
-        act = (g * tl.sigmoid(g)).to(G.dtype.element_ty).to(tl.float32)  # silu rounds like transformers' act_fn
+        if GELU:
+            act, _ = _gelu_tanh(g)
+        else:
+            act = g * tl.sigmoid(g)
+        act = act.to(G.dtype.element_ty).to(tl.float32)  # the activation rounds like transformers' act_fn
         tl.store(M + offs, (act * u).to(M.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _swiglu_bwd_kernel(DM, G, U, n, BLOCK: tl.constexpr):
+    def _swiglu_bwd_kernel(DM, G, U, n, GELU: tl.constexpr, BLOCK: tl.constexpr):
         # In place: G <- dG, U <- dU, DM <- silu(g) * u (the down projection's input, needed for its LoRA A grad).
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         dm = tl.load(DM + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(g)
-        act = g * sig
+        if GELU:
+            act, dact = _gelu_tanh(g)
+        else:
+            sig = tl.sigmoid(g)
+            act = g * sig
+            dact = sig * (1.0 + g * (1.0 - sig))
         act_r = act.to(G.dtype.element_ty).to(tl.float32)
         du = dm * act_r
-        dg = dm * u * sig * (1.0 + g * (1.0 - sig))
+        dg = dm * u * dact
         tl.store(G + offs, dg.to(G.dtype.element_ty), mask=mask)
         tl.store(U + offs, du.to(U.dtype.element_ty), mask=mask)
         tl.store(DM + offs, (act_r * u).to(DM.dtype.element_ty), mask=mask)
@@ -146,34 +170,40 @@ if triton is not None:
 # -- RMSNorm ----------------------------------------------------------------------------------------------------
 
 
-def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = weight * bf16(x * rstd) over the last dim of a (T, d) tensor; returns (y, rstd in fp32)."""
+def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = weight * bf16(x * rstd) over the last dim of a (T, d) tensor (``offset``, Gemma's convention:
+    y = bf16(x * rstd * (1 + weight)) in fp32); returns (y, rstd in fp32)."""
     if use_triton(x):
         x = x.contiguous()
         y = torch.empty_like(x)
         rstd = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
         block = triton.next_power_of_2(x.shape[1])
-        _rmsnorm_fwd_kernel[(x.shape[0],)](x, weight, y, rstd, x.shape[1], eps, BLOCK=block, num_warps=_warps(block))
+        _rmsnorm_fwd_kernel[(x.shape[0],)](x, weight, y, rstd, x.shape[1], eps, OFFSET=offset, BLOCK=block,
+                                           num_warps=_warps(block))
         return y, rstd
     xf = x.float()
     rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
+    if offset:
+        return (xf * rstd[:, None] * (1.0 + weight.float())).to(x.dtype), rstd
     y = weight * (xf * rstd[:, None]).to(x.dtype)
     return y.to(x.dtype), rstd
 
 
 def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
-                     residual: torch.Tensor | None = None) -> torch.Tensor:
-    """dx of y = rmsnorm(x) for a frozen weight, plus ``residual`` (a gradient flowing past the norm) if given."""
+                     residual: torch.Tensor | None = None, offset: bool = False) -> torch.Tensor:
+    """dx of y = rmsnorm(x) for a frozen weight (``offset``: the weight is 1 + weight), plus ``residual`` (a
+    gradient flowing past the norm) if given."""
     if use_triton(x):
         dy = dy.contiguous()
         dx = torch.empty_like(x)
         block = triton.next_power_of_2(x.shape[1])
         res = residual.contiguous() if residual is not None else dy
         _rmsnorm_bwd_kernel[(x.shape[0],)](dy, x, weight, rstd, dx, res, x.shape[1], HAS_RES=residual is not None,
-                                           BLOCK=block, num_warps=_warps(block))
+                                           OFFSET=offset, BLOCK=block, num_warps=_warps(block))
         return dx
     xhat = x.float() * rstd[:, None]
-    dn = dy.float() * weight.float()
+    dn = dy.float() * (weight.float() + 1.0 if offset else weight.float())
     dx = rstd[:, None] * (dn - xhat * (dn * xhat).mean(-1, keepdim=True))
     if residual is not None:
         dx = dx + residual.float()
@@ -208,27 +238,45 @@ def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool 
 _EW_BLOCK = 2048
 
 
-def swiglu_forward(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """silu(g) * u, rounded like transformers (silu output rounded, then the product)."""
+GATED_ACTS = ("silu", "gelu_tanh")  # SwiGLU (Llama, Qwen, Mistral) and GeGLU with tanh gelu (Gemma)
+
+
+def _act_and_grad(gf: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate activation and its derivative, in fp32."""
+    if act == "gelu_tanh":
+        c = 0.7978845608028654
+        t = torch.tanh(c * (gf + 0.044715 * gf.pow(3)))
+        return 0.5 * gf * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * gf * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * gf * gf)
+    sig = torch.sigmoid(gf)
+    return gf * sig, sig * (1.0 + gf * (1.0 - sig))
+
+
+def swiglu_forward(g: torch.Tensor, u: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    """act(g) * u, rounded like transformers (activation output rounded, then the product); ``act`` is silu
+    (SwiGLU) or gelu_tanh (GeGLU)."""
     if use_triton(g):
         m = torch.empty_like(g)
         n = g.numel()
-        _swiglu_fwd_kernel[(triton.cdiv(n, _EW_BLOCK),)](g, u, m, n, BLOCK=_EW_BLOCK, num_warps=8)
+        _swiglu_fwd_kernel[(triton.cdiv(n, _EW_BLOCK),)](g, u, m, n, GELU=act == "gelu_tanh", BLOCK=_EW_BLOCK,
+                                                         num_warps=8)
         return m
+    if act == "gelu_tanh":
+        return torch.nn.functional.gelu(g, approximate="tanh") * u
     return torch.nn.functional.silu(g) * u
 
 
-def swiglu_backward_(dm: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> None:
-    """In place: g <- dL/dg, u <- dL/du, dm <- silu(g) * u (the recomputed product)."""
+def swiglu_backward_(dm: torch.Tensor, g: torch.Tensor, u: torch.Tensor, act: str = "silu") -> None:
+    """In place: g <- dL/dg, u <- dL/du, dm <- act(g) * u (the recomputed product)."""
     if use_triton(g):
         assert dm.is_contiguous() and g.is_contiguous() and u.is_contiguous()
         n = g.numel()
-        _swiglu_bwd_kernel[(triton.cdiv(n, _EW_BLOCK),)](dm, g, u, n, BLOCK=_EW_BLOCK, num_warps=8)
+        _swiglu_bwd_kernel[(triton.cdiv(n, _EW_BLOCK),)](dm, g, u, n, GELU=act == "gelu_tanh", BLOCK=_EW_BLOCK,
+                                                         num_warps=8)
         return
     gf, uf, dmf = g.float(), u.float(), dm.float()
-    sig = torch.sigmoid(gf)
-    act = (gf * sig).to(g.dtype).float()
-    dg = dmf * uf * sig * (1.0 + gf * (1.0 - sig))
+    act_f, dact = _act_and_grad(gf, act)
+    act = act_f.to(g.dtype).float()
+    dg = dmf * uf * dact
     du = dmf * act
     dm.copy_((act * uf).to(dm.dtype))
     g.copy_(dg.to(g.dtype))

@@ -6,6 +6,8 @@ Three autograd Functions cover a Llama-style decoder layer (the attention itself
 - ``OutProj``:  (attn, residual) -> residual + attn @ Wo^T (+ LoRA).                      Saves attn, x@A^T.
 - ``NormMLP``:  h -> h + down(silu(gate(n)) * up(n)), n = rmsnorm(h), LoRA on all three.  Saves h, rstd, gate,
   up and x@A^T (or only h, rstd with ``recompute``: gate/up are recomputed in backward), in token chunks.
+Family variants: per-head q/k norms before RoPE (Qwen3, Gemma 3); Gemma's (1 + w) norms, GeGLU, and ``PostNorm``
+(its norms on the attention and MLP outputs before the residual add).
 
 For frozen base weights W (LoRA, QLoRA) y = x W^T + s (x A^T) B^T has
 dx = dy W + s (dy B) A,  dA = s (dy B)^T x,  dB = s dy^T (x A^T);  W gets no gradient. 4-bit weights are
@@ -156,12 +158,37 @@ def _flat_grads(grads: list[tuple[Any, Any]]) -> list[Any]:
 
 
 @dataclass
+class HeadNorm:
+    """A per-head RMSNorm on q or k (Qwen3, Gemma 3): its frozen weight (head_dim,) and epsilon."""
+
+    weight: torch.Tensor
+    eps: float
+
+
+@dataclass
 class QKVSpec:
     projs: list[Proj]
     eps: float
     q_heads: int
     kv_heads: int
     head_dim: int
+    offset: bool = False  # Gemma's norms: x * rstd * (1 + w)
+    q_norm: HeadNorm | None = None
+    k_norm: HeadNorm | None = None
+
+
+def _head_norm(x: torch.Tensor, norm: HeadNorm | None, offset: bool) -> tuple[torch.Tensor, Any]:
+    """Normalise each (token, head) row of a (T, H, D) tensor; returns it and the rstd (None without a norm)."""
+    if norm is None:
+        return x, None
+    y, rstd = K.rmsnorm_forward(x.reshape(-1, x.shape[-1]), norm.weight, norm.eps, offset)
+    return y.view(x.shape), rstd
+
+
+def _head_norm_backward(dy: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, norm: HeadNorm,
+                        offset: bool) -> torch.Tensor:
+    d = x.shape[-1]
+    return K.rmsnorm_backward(dy.reshape(-1, d), x.reshape(-1, d), rstd, norm.weight, offset=offset).view(x.shape)
 
 
 class NormQKV(torch.autograd.Function):
@@ -170,30 +197,40 @@ class NormQKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, norm_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 spec: QKVSpec, *lora: Any) -> tuple[torch.Tensor, ...]:
-        n, rstd = K.rmsnorm_forward(h, norm_w, spec.eps)
+        n, rstd = K.rmsnorm_forward(h, norm_w, spec.eps, spec.offset)
         (q, k, v), xa = group_forward(n, spec.projs)
         del n
         t = h.shape[0]
-        q = q.view(t, spec.q_heads, spec.head_dim)
-        k = k.view(t, spec.kv_heads, spec.head_dim)
+        q_raw = q.view(t, spec.q_heads, spec.head_dim)
+        k_raw = k.view(t, spec.kv_heads, spec.head_dim)
         v = v.view(t, spec.kv_heads, spec.head_dim)
+        q, q_rstd = _head_norm(q_raw, spec.q_norm, spec.offset)
+        k, k_rstd = _head_norm(k_raw, spec.k_norm, spec.offset)
         K.rope_(q, cos, sin)
         K.rope_(k, cos, sin)
-        ctx.save_for_backward(h, rstd, xa, cos, sin, norm_w)
+        heads = [q_raw, q_rstd] if spec.q_norm is not None else []
+        heads += [k_raw, k_rstd] if spec.k_norm is not None else []
+        ctx.save_for_backward(h, rstd, xa, cos, sin, norm_w, *heads)
         ctx.spec = spec
         return q, k, v
 
     @staticmethod
     def backward(ctx: Any, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> tuple[Any, ...]:
-        h, rstd, xa, cos, sin, norm_w = ctx.saved_tensors
+        h, rstd, xa, cos, sin, norm_w, *heads = ctx.saved_tensors
         spec: QKVSpec = ctx.spec
         t = h.shape[0]
         dq = K.rope_(dq.contiguous(), cos, sin, backward=True)  # the attention's fresh gradient: rotate in place
         dk = K.rope_(dk.contiguous(), cos, sin, backward=True)
-        n, _ = K.rmsnorm_forward(h, norm_w, spec.eps)
-        dn, grads = group_backward([dq.view(t, -1), dk.view(t, -1), dv.reshape(t, -1)], n, xa, spec.projs)
+        if spec.q_norm is not None:
+            q_raw, q_rstd, *heads = heads
+            dq = _head_norm_backward(dq, q_raw, q_rstd, spec.q_norm, spec.offset)
+        if spec.k_norm is not None:
+            k_raw, k_rstd = heads
+            dk = _head_norm_backward(dk, k_raw, k_rstd, spec.k_norm, spec.offset)
+        n, _ = K.rmsnorm_forward(h, norm_w, spec.eps, spec.offset)
+        dn, grads = group_backward([dq.reshape(t, -1), dk.reshape(t, -1), dv.reshape(t, -1)], n, xa, spec.projs)
         del n
-        dh = K.rmsnorm_backward(dn, h, rstd, norm_w)
+        dh = K.rmsnorm_backward(dn, h, rstd, norm_w, offset=spec.offset)
         return (dh, None, None, None, None, *_flat_grads(grads))
 
 
@@ -201,15 +238,15 @@ class NormQKV(torch.autograd.Function):
 
 
 class OutProj(torch.autograd.Function):
-    """(attn (T, Hq*D), residual (T, d)) -> residual + o_proj(attn)."""
+    """(attn (T, Hq*D), residual (T, d) or None) -> residual + o_proj(attn) (o_proj(attn) alone without one)."""
 
     @staticmethod
-    def forward(ctx: Any, attn: torch.Tensor, residual: torch.Tensor, proj: Proj, *lora: Any) -> torch.Tensor:
+    def forward(ctx: Any, attn: torch.Tensor, residual: torch.Tensor | None, proj: Proj, *lora: Any) -> torch.Tensor:
         (y,), xa = group_forward(attn, [proj], residual=residual if proj.bias is None else None)
-        if proj.bias is not None:
+        if proj.bias is not None and residual is not None:
             y += residual
         ctx.save_for_backward(attn, xa)
-        ctx.proj = proj
+        ctx.proj, ctx.has_residual = proj, residual is not None
         return y
 
     @staticmethod
@@ -217,7 +254,25 @@ class OutProj(torch.autograd.Function):
         attn, xa = ctx.saved_tensors
         dy = dy.contiguous()
         dattn, grads = group_backward([dy], attn, xa, [ctx.proj])
-        return (dattn, dy, None, *_flat_grads(grads))
+        return (dattn, dy if ctx.has_residual else None, None, *_flat_grads(grads))
+
+
+class PostNorm(torch.autograd.Function):
+    """(x, residual) -> residual + rmsnorm(x): Gemma's norms on the attention and MLP outputs."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float,
+                offset: bool) -> torch.Tensor:
+        y, rstd = K.rmsnorm_forward(x, w, eps, offset)
+        ctx.save_for_backward(x, rstd, w)
+        ctx.offset = offset
+        return y.add_(residual)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
+        x, rstd, w = ctx.saved_tensors
+        dy = dy.contiguous()
+        return K.rmsnorm_backward(dy, x, rstd, w, offset=ctx.offset), dy, None, None, None
 
 
 # -- MLP block: norm -> gate/up -> SwiGLU -> down -> + residual -------------------------------------------------
@@ -231,6 +286,9 @@ class MLPSpec:
     eps: float
     recompute: bool = False  # save only the block input; recompute gate/up in backward
     chunk: int = 16384  # tokens per chunk, which bounds the (chunk, intermediate) temporaries
+    offset: bool = False  # Gemma's norm: x * rstd * (1 + w)
+    act: str = "silu"  # the gate's activation: silu (SwiGLU) or gelu_tanh (GeGLU)
+    residual: bool = True  # add the block input to the output (off: Gemma normalises the output first)
 
 
 def _mlp_inner(n: torch.Tensor, spec: MLPSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -248,13 +306,14 @@ class NormMLP(torch.autograd.Function):
         xas, xds, gs, us = [], [], [], []
         for s in range(0, h.shape[0], spec.chunk):
             hc = h[s:s + spec.chunk]
-            n, r = K.rmsnorm_forward(hc, norm_w, spec.eps)
+            n, r = K.rmsnorm_forward(hc, norm_w, spec.eps, spec.offset)
             rstd[s:s + spec.chunk] = r
             g, u, xa = _mlp_inner(n, spec)
             del n
-            m = K.swiglu_forward(g, u)
-            (y,), xd = group_forward(m, [spec.down], residual=hc if spec.down.bias is None else None)
-            if spec.down.bias is not None:
+            m = K.swiglu_forward(g, u, spec.act)
+            res = hc if spec.residual else None
+            (y,), xd = group_forward(m, [spec.down], residual=res if spec.down.bias is None else None)
+            if spec.down.bias is not None and res is not None:
                 y += hc
             out[s:s + spec.chunk] = y
             del m, y
@@ -283,12 +342,12 @@ class NormMLP(torch.autograd.Function):
         total: list[list[torch.Tensor | None]] = [[None, None] for _ in range(3)]
         for i, s in enumerate(range(0, h.shape[0], spec.chunk)):
             hc, dyc = h[s:s + spec.chunk], dy[s:s + spec.chunk]
-            n, _ = K.rmsnorm_forward(hc, norm_w, spec.eps)
+            n, _ = K.rmsnorm_forward(hc, norm_w, spec.eps, spec.offset)
             g, u = gs[i], us[i]
             if g is None:
                 g, u, _ = _mlp_inner(n, spec)
             dm, gd = _down_input_grad(dyc, spec.down)
-            K.swiglu_backward_(dm, g, u)  # g <- dg, u <- du, dm <- silu(g) * u
+            K.swiglu_backward_(dm, g, u, spec.act)  # g <- dg, u <- du, dm <- act(g) * u
             down = [None, None]
             if gd is not None:
                 down = [mm_f32(gd.t(), dm).to(spec.down.A.dtype),
@@ -296,7 +355,8 @@ class NormMLP(torch.autograd.Function):
             del dm, gd
             dn, gu = group_backward([g, u], n, xas[i], [spec.gate, spec.up])
             del g, u, n
-            dh[s:s + spec.chunk] = K.rmsnorm_backward(dn, hc, rstd[s:s + spec.chunk], norm_w, residual=dyc)
+            dh[s:s + spec.chunk] = K.rmsnorm_backward(dn, hc, rstd[s:s + spec.chunk], norm_w,
+                                                      residual=dyc if spec.residual else None, offset=spec.offset)
             del dn
             for slot, pair in zip(total, [*gu, down]):
                 for j in range(2):

@@ -1,4 +1,7 @@
-"""Run a Llama-family causal LM (llama, qwen2, mistral) with LoRA/QLoRA adapters through the fast path.
+"""Run a Llama-family causal LM (llama, qwen2, mistral, qwen3, gemma3_text) with LoRA/QLoRA adapters through the
+fast path. Family conventions come from ``Family``: Qwen3's per-head q/k norms, Gemma 3's (1 + w) norms, GeGLU,
+norms on the attention and MLP outputs, scaled embeddings (inside its embedding module) and local/global layers
+(sliding-window attention with their own RoPE tables).
 
 The model instance (never its class) gets two forwards:
 - the backbone (``model.model``): padded or packed batches become one stream of real tokens (padding-free), each
@@ -12,6 +15,7 @@ original forwards. ``remove()`` restores them.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import types
 from dataclasses import dataclass
@@ -22,12 +26,13 @@ import torch
 from tunelab.engine.fast import kernels as K
 from tunelab.engine.fast.attention import Segments, attend
 from tunelab.engine.fast.checkpoint import ActivationStore, CheckpointedLayer
-from tunelab.engine.fast.lora import MLPSpec, NormMLP, NormQKV, OutProj, QKVSpec, Unsupported, _flat_lora, proj_of
+from tunelab.engine.fast.lora import (HeadNorm, MLPSpec, NormMLP, NormQKV, OutProj, PostNorm, QKVSpec, Unsupported,
+                                      _flat_lora, proj_of)
 from tunelab.engine.fast.loss import IGNORE, linear_cross_entropy
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
+SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "qwen3", "gemma3_text")
 CHECKPOINTING = ("none", "mlp", "full", "offload")
 
 
@@ -118,74 +123,146 @@ def _right_padded(keep: torch.Tensor) -> bool:
 # -- layers -----------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Family:
+    """How a model family's decoder layer differs from Llama's."""
+
+    offset: bool = False  # norms compute x * rstd * (1 + w) in fp32 (Gemma)
+    sandwich: bool = False  # norms on the attention and MLP outputs before each residual add (Gemma)
+    act: str = "silu"  # the MLP gate's activation
+
+
+FAMILIES = {"gemma3_text": Family(offset=True, sandwich=True, act="gelu_tanh")}
+
+
+def family_of(cfg: Any) -> Family:
+    """The Family of a model config (Llama's conventions unless listed in FAMILIES)."""
+    return FAMILIES.get(getattr(cfg, "model_type", ""), Family())
+
+
+def layer_window(cfg: Any, index: int) -> int | None:
+    """The sliding-window size of layer ``index`` (None: full causal attention)."""
+    window = getattr(cfg, "sliding_window", None)
+    types_ = getattr(cfg, "layer_types", None)
+    if types_ is not None:
+        return window if types_[index] == "sliding_attention" else None
+    return window if getattr(cfg, "model_type", "") == "mistral" else None
+
+
 @dataclass
 class Step:
     """Per-forward state shared by every layer."""
 
-    cos: torch.Tensor
-    sin: torch.Tensor
+    rope: dict[Any, tuple[torch.Tensor, torch.Tensor]]  # cos, sin per RoPE table
+    rope_keys: list[Any]  # the table each layer uses
+    windows: list[int | None]
+    family: Family
     segments: Segments
     recompute_mlp: bool
     mlp_chunk: int
 
 
-def layer_forward(layer: Any, step: Step, h: torch.Tensor) -> torch.Tensor:
+def _norm(module: Any) -> tuple[torch.Tensor, float]:
+    """An RMSNorm module's weight and epsilon (Llama-style ``variance_epsilon`` or Gemma-style ``eps``)."""
+    eps = getattr(module, "variance_epsilon", None)
+    return module.weight, float(module.eps if eps is None else eps)
+
+
+def _head_norm_of(attn: Any, name: str) -> HeadNorm | None:
+    module = getattr(attn, name, None)
+    return None if module is None else HeadNorm(*_norm(module))
+
+
+def layer_forward(layer: Any, step: Step, index: int, h: torch.Tensor) -> torch.Tensor:
     """One decoder layer on a (T, d) token stream."""
-    attn, mlp = layer.self_attn, layer.mlp
+    attn, mlp, fam = layer.self_attn, layer.mlp, step.family
     cfg = attn.config
-    head_dim = attn.head_dim
     q_heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or q_heads
     projs = [proj_of(attn.q_proj), proj_of(attn.k_proj), proj_of(attn.v_proj)]
-    spec = QKVSpec(projs, layer.input_layernorm.variance_epsilon, q_heads, kv_heads, head_dim)
-    q, k, v = NormQKV.apply(h, layer.input_layernorm.weight, step.cos, step.sin, spec, *_flat_lora(projs))
-    a = attend(q, k, v, step.segments, attn.scaling)
+    w_in, eps_in = _norm(layer.input_layernorm)
+    spec = QKVSpec(projs, eps_in, q_heads, kv_heads, attn.head_dim, fam.offset,
+                   _head_norm_of(attn, "q_norm"), _head_norm_of(attn, "k_norm"))
+    cos, sin = step.rope[step.rope_keys[index]]
+    q, k, v = NormQKV.apply(h, w_in, cos, sin, spec, *_flat_lora(projs))
+    a = attend(q, k, v, step.segments, attn.scaling, step.windows[index]).reshape(h.shape[0], -1)
     o = proj_of(attn.o_proj)
-    h = OutProj.apply(a.reshape(h.shape[0], -1), h, o, o.A, o.B)
-    mspec = MLPSpec(proj_of(mlp.gate_proj), proj_of(mlp.up_proj), proj_of(mlp.down_proj),
-                    layer.post_attention_layernorm.variance_epsilon, step.recompute_mlp, step.mlp_chunk)
-    return NormMLP.apply(h, layer.post_attention_layernorm.weight, mspec,
-                         *_flat_lora([mspec.gate, mspec.up, mspec.down]))
+    if fam.sandwich:
+        h = PostNorm.apply(OutProj.apply(a, None, o, o.A, o.B), h, *_norm(layer.post_attention_layernorm), fam.offset)
+        pre = layer.pre_feedforward_layernorm
+    else:
+        h = OutProj.apply(a, h, o, o.A, o.B)
+        pre = layer.post_attention_layernorm
+    w_pre, eps_pre = _norm(pre)
+    mspec = MLPSpec(proj_of(mlp.gate_proj), proj_of(mlp.up_proj), proj_of(mlp.down_proj), eps_pre,
+                    step.recompute_mlp, step.mlp_chunk, fam.offset, fam.act, residual=not fam.sandwich)
+    y = NormMLP.apply(h, w_pre, mspec, *_flat_lora([mspec.gate, mspec.up, mspec.down]))
+    if fam.sandwich:
+        y = PostNorm.apply(y, h, *_norm(layer.post_feedforward_layernorm), fam.offset)
+    return y
 
 
 class FinalNorm(torch.autograd.Function):
     """The backbone's last RMSNorm on the token stream."""
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-        y, rstd = K.rmsnorm_forward(h, w, eps)
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, eps: float, offset: bool = False) -> torch.Tensor:
+        y, rstd = K.rmsnorm_forward(h, w, eps, offset)
         ctx.save_for_backward(h, rstd, w)
+        ctx.offset = offset
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
         h, rstd, w = ctx.saved_tensors
-        return K.rmsnorm_backward(dy, h, rstd, w), None, None
+        return K.rmsnorm_backward(dy, h, rstd, w, offset=ctx.offset), None, None, None
+
+
+def rope_tables(backbone: Any, h: torch.Tensor, positions: torch.Tensor
+                ) -> tuple[dict[Any, tuple[torch.Tensor, torch.Tensor]], list[Any]]:
+    """cos/sin (T, D) for each RoPE table the backbone has, and the table of each layer (Gemma 3's local and
+    global layers use different bases; other families have one table)."""
+    cfg, rot = backbone.config, backbone.rotary_emb
+    n = cfg.num_hidden_layers
+    if "layer_type" in inspect.signature(rot.forward).parameters:
+        keys = list(cfg.layer_types[:n])
+        calls = {key: functools.partial(rot, layer_type=key) for key in set(keys)}
+    elif hasattr(backbone, "rotary_emb_local"):  # older transformers: a second module for the local layers
+        keys = ["local" if layer_window(cfg, i) else "global" for i in range(n)]
+        calls = {"global": rot, "local": backbone.rotary_emb_local}
+    else:
+        keys, calls = [None] * n, {None: rot}
+    tables = {}
+    for key, call in calls.items():
+        cos, sin = call(h[None], position_ids=positions[None])
+        tables[key] = (cos[0].contiguous(), sin[0].contiguous())
+    return tables, keys
 
 
 def fast_hidden(backbone: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None, options: FastOptions) -> tuple[torch.Tensor, TokenPlan]:
     """The final-norm hidden states (T, d) of the batch's real tokens, and the plan that placed them."""
     plan = plan_tokens(input_ids, attention_mask, position_ids, options.padding_free)
-    h = plan.gather(backbone.embed_tokens(input_ids))
-    cos, sin = backbone.rotary_emb(h[None], position_ids=plan.positions[None])
+    h = plan.gather(backbone.embed_tokens(input_ids))  # Gemma's embedding module applies its sqrt(d) scale
+    cfg = backbone.config
+    tables, keys = rope_tables(backbone, h, plan.positions)
     # Long sequences under layer checkpointing: the recomputed layer keeps only the MLP input, not its
     # (tokens, intermediate) gate/up outputs, which would dominate memory (7 x hidden per token).
     long_seq = options.checkpointing in ("full", "offload") and h.shape[0] > options.mlp_chunk
-    step = Step(cos[0].contiguous(), sin[0].contiguous(), plan.segments,
+    layers = backbone.layers[: cfg.num_hidden_layers]
+    step = Step(tables, keys, [layer_window(cfg, i) for i in range(len(layers))], family_of(cfg), plan.segments,
                 options.checkpointing == "mlp" or long_seq, options.mlp_chunk)
-    layers = backbone.layers[: backbone.config.num_hidden_layers]
     store = None
     if options.checkpointing in ("full", "offload") and torch.is_grad_enabled():
         store = ActivationStore(options.checkpointing == "offload", h.device)
-    for layer in layers:
-        run = functools.partial(layer_forward, layer, step)
+    for index, layer in enumerate(layers):
+        run = functools.partial(layer_forward, layer, step, index)
         if store is None:
             h = run(h)
         else:
             params = [p for p in layer.parameters() if p.requires_grad]
             h = CheckpointedLayer.apply(h, run, store, *params)
-    h = FinalNorm.apply(h, backbone.norm.weight, backbone.norm.variance_epsilon)
+    h = FinalNorm.apply(h, *_norm(backbone.norm), step.family.offset)
     return h, plan
 
 
@@ -204,14 +281,11 @@ def check_model(model: Any) -> None:
     kind = getattr(cfg, "model_type", "?")
     if kind not in SUPPORTED_TYPES:
         raise Unsupported(f"model type {kind!r} (the fast path covers {', '.join(SUPPORTED_TYPES)})")
-    if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
-        raise Unsupported(f"hidden_act {cfg.hidden_act!r}")
+    _check_family(cfg)
     if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
         raise Unsupported("pretraining_tp > 1")
     if getattr(cfg, "attention_dropout", 0.0):
         raise Unsupported("attention_dropout > 0")
-    if (kind == "mistral" and getattr(cfg, "sliding_window", None)) or getattr(cfg, "use_sliding_window", False):
-        raise Unsupported("sliding-window attention")
     if hasattr(lm.lm_head, "lora_A") or hasattr(lm.model.embed_tokens, "lora_embedding_A"):
         raise Unsupported("LoRA on the LM head or the embeddings")
     backbone = lm.model
@@ -223,8 +297,21 @@ def check_model(model: Any) -> None:
             proj_of(getattr(attn, name))
         for name in ("gate_proj", "up_proj", "down_proj"):
             proj_of(getattr(mlp, name))
-        if hasattr(attn, "q_norm"):
-            raise Unsupported("q/k norms (qwen3-style attention)")
+        if hasattr(attn, "q_norm") != (kind in ("qwen3", "gemma3_text")):
+            raise Unsupported(f"q/k norms where {kind} has none, or none where it has them")
+
+
+def _check_family(cfg: Any) -> None:
+    """The family's activation, soft-capping and attention conventions are the ones the fast layers compute."""
+    act = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu")
+    want = ("gelu_pytorch_tanh",) if family_of(cfg).act == "gelu_tanh" else ("silu", "swish")
+    if act not in want:
+        raise Unsupported(f"activation {act!r} (the fast path computes {want[0]} for {cfg.model_type})")
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, name, None):
+            raise Unsupported(f"{name} (logit soft-capping)")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise Unsupported("bidirectional attention")
 
 
 def _applicable(kwargs: dict, input_ids: Any) -> bool:

@@ -73,6 +73,9 @@ def training_args(ctx: StageContext, config_class: type, **stage_kwargs: Any) ->
         dataloader_num_workers=0,
         save_only_model=False,
     )
+    from tunelab.engine.dist import training_kwargs
+
+    common.update(training_kwargs(config, ctx.run_))  # several processes: ddp timeout, FSDP2 or DeepSpeed config
     common.update(stage_kwargs)
     return config_class(**common)
 
