@@ -86,6 +86,14 @@ class RunConfig(BaseModel):
     pissa_init: bool = _field(False, "Initialise LoRA from principal singular vectors (PiSSA).", "method")
     loraplus_lr_ratio: float | None = _field(None, "LoRA+: learning-rate ratio of B over A (e.g. 16).", "method", gt=0)
 
+    # -- vision-language models (sft with images; the language model always trains) ----------------------
+    train_projector: bool = _field(
+        False, "VLM: also train the projector between vision tower and language model (fully, also under LoRA).",
+        "method", stages=("sft",))
+    train_vision_tower: bool = _field(
+        False, "VLM: also train the vision tower (LoRA methods: LoRA on its linear layers too).", "method",
+        stages=("sft",))
+
     # -- preference and RL stages (each field shows only for the stages that use it) -----------------------
     beta: float = _field(
         0.1, "Strength of the preference/RL objective: DPO/KTO/SimPO beta, ORPO lambda, GRPO/RLOO KL coefficient "

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.core import llamafactory
 from tunelab.core.converters import convert_row
 from tunelab.core.datafiles import DataError, Malformed, guess_format, iter_rows
+from tunelab.core.media import IMAGES_COLUMN, convert_media_row
 from tunelab.core.messages import MEDIA_COLUMNS, OPENAI_TAGS, SHAREGPT_TAGS, TAG_KEYS
 from tunelab.core.paths import resource_dir
 from tunelab.core.stages import STAGES
@@ -202,14 +203,15 @@ def validate_file(name: str, spec: DatasetSpec, path: Path) -> DatasetReport:
     """Read and validate every row of a local dataset file (or folder of files)."""
     if not path.exists():
         raise DataError(f"dataset {name!r}: file {path} does not exist")
-    report = validate_records(name, spec, iter_rows(path, spec.text_split), str(path))
+    report = validate_records(name, spec, iter_rows(path, spec.text_split), str(path), base=path.parent)
     if report.rows == 0:
         report.problems.append("the file holds no rows")
     return report
 
 
-def validate_records(name: str, spec: DatasetSpec, records: Any, source: str) -> DatasetReport:
-    """Validate rows (an iterable of records or of (number, record) pairs from iter_rows)."""
+def validate_records(name: str, spec: DatasetSpec, records: Any, source: str, base: Path | None = None) -> DatasetReport:
+    """Validate rows (an iterable of records or of (number, record) pairs from iter_rows); image paths resolve
+    against ``base`` (the dataset file's folder)."""
     report = DatasetReport(name=name, source=source, format=spec.format, note=spec.note)
     used = spec.used_columns()
     seen: Counter[str] = Counter()
@@ -220,9 +222,11 @@ def validate_records(name: str, spec: DatasetSpec, records: Any, source: str) ->
         elif isinstance(record, dict):
             seen.update(str(k) for k in record if k in MEDIA_COLUMNS and record[k] not in (None, "", []))
         try:
-            report.examples.append(convert_row(record, spec))
+            report.examples.append(convert_media_row(record, spec, base))
         except ValueError as exc:
             report.problems.append(f"row {number}: {exc}")
+    if spec.format in CHAT_FORMATS:  # chat rows carry images into vision-language sft (core/media.py)
+        seen.pop(IMAGES_COLUMN, None)
     _judge_columns(report, spec, seen)
     if spec.num_samples and spec.num_samples < len(report.examples):
         keep = sorted(random.Random(0).sample(range(len(report.examples)), spec.num_samples))
@@ -236,6 +240,9 @@ def _numbered(records: Any):
             yield item
         else:
             yield index, item
+
+
+CHAT_FORMATS = ("alpaca", "sharegpt", "openai")
 
 
 def _judge_columns(report: DatasetReport, spec: DatasetSpec, seen: Counter[str]) -> None:

@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.config import ConfigError, RunConfig
+from tunelab.engine.vlm import (
+    VISION_PARTS,
+    freeze_parts,
+    is_vlm,
+    is_vlm_model,
+    lora_target_regex,
+    projector_modules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +26,10 @@ def resolve_model_path(model: str) -> str:
         from tunelab.engine.demo import build_demo_model
 
         return str(build_demo_model())
+    if model == "demo-vlm":
+        from tunelab.engine.vlm_demo import build_demo_vlm
+
+        return str(build_demo_vlm())
     return model
 
 
@@ -60,21 +72,29 @@ def load_model(config: RunConfig, path: str, auto_class: Any = None, **extra: An
 
     dtype = compute_dtype(config)
     load_dtype = dtype if config.dtype == "auto" else {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[config.dtype]
+    vlm = is_vlm(path, config.trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": load_dtype, "trust_remote_code": config.trust_remote_code}
     if config.attn_implementation != "auto":
         kwargs["attn_implementation"] = config.attn_implementation
     if config.quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=config.quant_type, bnb_4bit_use_double_quant=config.double_quant,
-            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=_vision_skips() if vlm else None,
         )
     elif config.quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_vision_skips() if vlm else None)
     if config.quantization != "none" and torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if auto_class is None and vlm:
+        from transformers import AutoModelForImageTextToText as auto_class
     model = (auto_class or AutoModelForCausalLM).from_pretrained(path, **kwargs, **extra)
     model.config.use_cache = False  # training: no KV cache, and packed rows need it off for per-example attention
     return model
+
+
+def _vision_skips() -> list[str]:
+    """Modules QLoRA leaves unquantized in a VLM: the vision tower, the projector and the head."""
+    return [*VISION_PARTS, "multi_modal_projector", "lm_head"]
 
 
 def lora_targets(config: RunConfig) -> str | list[str]:
@@ -91,6 +111,8 @@ def apply_method(model: Any, config: RunConfig, fast: bool = False) -> Any:
         return _apply_lora(model, config, fast)
     if config.method == "freeze":
         _freeze_all_but_last(model, config.freeze_trainable_layers)
+    if is_vlm_model(model):
+        freeze_parts(model, config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -107,10 +129,12 @@ def _apply_lora(model: Any, config: RunConfig, fast: bool = False) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     reward_head = config.stage == "rm"  # a sequence-classification head: new, so it trains in full
+    vlm = is_vlm_model(model)
+    saved = ["score"] if reward_head else projector_modules(model) if vlm and config.train_projector else None
     lora = LoraConfig(
-        task_type="SEQ_CLS" if reward_head else "CAUSAL_LM", modules_to_save=["score"] if reward_head else None,
-        r=config.lora_rank, lora_alpha=config.effective_lora_alpha,
-        lora_dropout=config.lora_dropout, target_modules=lora_targets(config), use_dora=config.use_dora,
+        task_type="SEQ_CLS" if reward_head else "CAUSAL_LM", modules_to_save=saved,
+        r=config.lora_rank, lora_alpha=config.effective_lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=lora_target_regex(model, config) if vlm else lora_targets(config), use_dora=config.use_dora,
         use_rslora=config.use_rslora, init_lora_weights="pissa" if config.pissa_init else True,
     )
     try:
@@ -123,7 +147,7 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
 def _freeze_all_but_last(model: Any, trainable_layers: int) -> None:
-    total = model.config.num_hidden_layers
+    total = model.config.get_text_config().num_hidden_layers
     if trainable_layers > total:
         raise ConfigError(f"freeze_trainable_layers: {trainable_layers} is more than the model's {total} layers")
     first = total - trainable_layers

@@ -194,6 +194,7 @@ def _cut(ids: list[int], labels: list[int], cutoff_len: int, stats: EncodeStats)
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash that changes whenever the tokenizer would split text differently."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor: its tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     payload = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = json.dumps([tokenizer.bos_token, tokenizer.eos_token, getattr(tokenizer, "add_bos_token", None)])

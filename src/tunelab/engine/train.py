@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import RunConfig
+from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import RunDir
 from tunelab.core.stages import stage_info
@@ -69,7 +69,12 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     log.info("stage: %s (%s)", config.stage, stage_info(config.stage).title)
     with dist.main_first():  # rank 0 fetches or builds the model first; the other ranks find it ready
         path = resolve_model_path(config.model)
-    tokenizer = load_tokenizer(path, config.trust_remote_code)
+    from tunelab.engine.vlm import is_vlm, load_processor
+
+    vlm = is_vlm(path, config.trust_remote_code)  # a VLM's processor stands in for the tokenizer throughout
+    if vlm and config.stage != "sft":
+        raise ConfigError(f"stage: {config.stage!r} does not take a vision-language model yet; valid choice for one: sft")
+    tokenizer = load_processor(path, config.trust_remote_code) if vlm else load_tokenizer(path, config.trust_remote_code)
     choice = None
     if stage_info(config.stage).template:
         choice = choose_template(config.template, config.model, local_dir(path))
