@@ -107,6 +107,7 @@ def test_meaningful_columns_are_refused_and_others_counted(tmp_path: Path) -> No
     images = tmp_path / "img.json"
     images.write_text(json.dumps([{"instruction": "<image>What?", "output": "A cat", "images": ["a.jpg"], "id": 7}]))
     report = validate_file(*reg.resolve(str(images)))
-    assert any("multimodal" in p for p in report.problems) and report.ignored == {"id": 1}
+    # images now feed vision-language sft (core/media.py): a missing picture is a row problem, not a silent drop
+    assert any("a.jpg: no such file" in p for p in report.problems) and report.ignored == {"id": 1}
     with pytest.raises(DataError, match="format 'alpaca' \\(guessed from the first row's keys"):
         report.raise_if_bad()

@@ -36,7 +36,12 @@ def has_media(record: Any) -> bool:
 
 
 def _has_parts(turns: Any) -> bool:
-    return isinstance(turns, list) and any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns)
+    """Whether any message has an image content part (text-only typed parts are the converters' business)."""
+    return isinstance(turns, list) and any(
+        isinstance(t, dict) and isinstance(t.get("content"), list)
+        and any(isinstance(part, dict) and part.get("type") in ("image_url", "image") for part in t["content"])
+        for t in turns
+    )
 
 
 def flatten_parts(record: dict, base: Path | None) -> tuple[dict, list[str]]:
