@@ -4,7 +4,6 @@ concurrency, client disconnects; and the `openai` engine (tunelab chat --engine 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time

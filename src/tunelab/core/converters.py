@@ -115,7 +115,7 @@ def _from_preference(record: dict, spec: "DatasetSpec") -> dict:
     return {"messages": messages, "chosen": chosen, "rejected": rejected}
 
 
-_LABELS = {True: True, False: False, "true": True, "false": False, 1: True, 0: False, "1": True, "0": False}
+_LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}
 
 
 def _from_kto(record: dict, spec: "DatasetSpec") -> dict:

@@ -154,7 +154,7 @@ class DatasetRegistry:
         candidate = Path(name_or_path).expanduser()
         if candidate.is_file() or candidate.is_dir():
             fmt, why = (format, "format given on the command line") if format else guess_format(candidate)
-            spec = DatasetSpec(file=str(candidate), format=fmt, note=why)  # type: ignore[arg-type]  # pydantic checks it
+            spec = DatasetSpec(file=str(candidate), format=fmt, note=why)  # type: ignore[arg-type,call-arg]  # pydantic checks it
             return candidate.name, spec, candidate.resolve()
         names = ", ".join(sorted(self.specs))
         raise DataError(f"dataset {name_or_path!r}: not in {self.path} and not a file; registered: {names}")

@@ -53,7 +53,7 @@ def flatten_parts(record: dict, base: Path | None) -> tuple[dict, list[str]]:
         if not _has_parts(turns):
             continue
         flat = []
-        for index, turn in enumerate(turns, 1):
+        for index, turn in enumerate(turns or [], 1):
             content = turn.get("content") if isinstance(turn, dict) else None
             if isinstance(content, list):
                 turn = {**turn, "content": _join_parts(content, index, images, base)}

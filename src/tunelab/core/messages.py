@@ -66,7 +66,9 @@ def _message(role: str, turn: dict, tags: dict[str, str], where: str) -> dict[st
 
 def _parts(parts: list, where: str) -> tuple[str, str, list]:
     """(text, reasoning, tool calls) of typed content parts."""
-    text, reasoning, calls = [], [], []
+    text: list[Any] = []
+    reasoning: list[Any] = []
+    calls: list[Any] = []
     for number, part in enumerate(parts, 1):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise ValueError(f"{where}: content part {number} must be an object with a 'type'")

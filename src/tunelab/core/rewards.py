@@ -21,7 +21,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RewardFn = Callable[..., list[float | None]]
+RewardFn = Callable[..., Any]  # (prompts, completions, **columns) -> list[float | None]
 BUILTINS = ("exact_answer", "think_format", "regex:PATTERN", "length:N")
 
 
@@ -242,7 +242,7 @@ class CheckedReward:
         try:
             scores = self.fn(prompts=prompts, completions=completions, **kwargs)
             if inspect.isawaitable(scores):  # an async user function
-                scores = asyncio.run(scores)
+                scores = asyncio.run(scores)  # type: ignore[arg-type]
         except RewardError:
             raise
         except Exception as exc:
