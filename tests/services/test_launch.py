@@ -59,7 +59,7 @@ def test_strategy_files_are_generated_or_copied(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["nproc_per_node=2"], "strategy: 'none' runs one process, but nproc_per_node x nnodes = 2; valid choices: ddp, fsdp2"),
+    (["nproc_per_node=2"], "nproc_per_node: nproc_per_node 2 x nnodes 1 = 2 processes need a strategy (strategy 'none' runs one process); valid strategies: ddp, fsdp2"),
     (["strategy=ddp", "nnodes=2", "node_rank=2"], "node_rank: 2 is not below nnodes=2"),
     (["strategy=ddp", "offload=true"], "offload: needs strategy fsdp2, deepspeed_zero2 or deepspeed_zero3, not 'ddp'"),
     (["strategy=ddp", "nproc_per_node=2", "booster=fast"], "booster: 'fast' is single-process"),

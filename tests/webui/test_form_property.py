@@ -112,7 +112,7 @@ def _submit(client, studio, values: list[Any]) -> tuple[str, str, set[Path]]:
     return checked, started, _runs(studio) - before
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(NUMBER_FIELDS), typed=typed_numbers)
 def test_a_typed_number_is_refused_naming_the_field_or_kept_exactly(served, name: str, typed: str) -> None:
     client, studio = served
@@ -136,7 +136,7 @@ def test_a_typed_number_is_refused_naming_the_field_or_kept_exactly(served, name
     studio.services["jobs"].stop(run_dir)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(CHOICE_FIELDS), typed=st.text(min_size=1, max_size=12))
 def test_an_unknown_choice_is_refused(served, name: str, typed: str) -> None:
     client, studio = served

@@ -16,7 +16,9 @@ def check_distributed(config: Any) -> None:
     world = config.nproc_per_node * config.nnodes
     if config.strategy == "none" and world > 1:
         raise ValueError(
-            f"strategy: 'none' runs one process, but nproc_per_node x nnodes = {world}; valid choices: {', '.join(MULTI)}"
+            f"{'nproc_per_node' if config.nproc_per_node > 1 else 'nnodes'}: nproc_per_node {config.nproc_per_node} x "
+            f"nnodes {config.nnodes} = {world} processes need a strategy "
+            f"(strategy 'none' runs one process); valid strategies: {', '.join(MULTI)}"
         )
     if config.node_rank >= config.nnodes:
         raise ValueError(f"node_rank: {config.node_rank} is not below nnodes={config.nnodes} (valid: 0..{config.nnodes - 1})")
