@@ -208,8 +208,9 @@ class TrainActions:
 
     def words(self, lang: str) -> dict[str, str]:
         """The live view's words in ``lang``."""
-        words = {k: self.text(f"live.{k}", lang) for k in ("step", "eta", "tokens_per_s", "loss", "preparing")}
+        words = {k: self.text(f"live.{k}", lang) for k in ("step", "eta", "tokens_per_s", "loss", "preparing", "waiting")}
         words.update({f"state.{s}": self.text(f"state.{s}", lang) for s in STATES})
+        words.update({f"prep.{s}": self.text(f"prep.{s}", lang) for s in live.PREPARE_STAGES})
         return words
 
     def watch(self, state: dict, weight: float, lang: str, picked: list[str] | None = None) -> tuple:
@@ -236,13 +237,16 @@ class TrainActions:
         if key == state.get("key"):
             return skip
         words = self.words(lang)
+        waiting = None
+        if run_state in ("queued", "running"):
+            waiting = f"{words['preparing']}: {live.stage_line(metrics.stage, words)[0]}" if metrics.stage else words["waiting"]
         names = {k: self.text(f"series.{k}", lang) for k in ("loss", "smoothed", "eval_loss")}
         choices = [n for n in live.metric_names(metrics) if n not in ALWAYS_PLOTTED]
         shown = [n for n in picked or [] if n in choices] or default_metrics(run, choices)
         loss, lr, speed, other = self.charts(
             live.loss_series(metrics, weight, names), live.metric_series(metrics, ["lr"]),
             live.metric_series(metrics, ["tokens_per_s"]), live.metric_series(metrics, shown), lang,
-            waiting=words["preparing"] if run_state in ("queued", "running") else None,
+            waiting=waiting,
         )
         return (
             {**state, "key": key, "metrics": choices}, self.headline(run, status, run_state, words, lang),

@@ -20,12 +20,12 @@ from tunelab.engine.vlm import (
 log = logging.getLogger(__name__)
 
 
-def resolve_model_path(model: str) -> str:
-    """'demo' -> the (built on demand) demo model folder; anything else unchanged."""
+def resolve_model_path(model: str, progress: Any = None) -> str:
+    """'demo' -> the (built on demand, ``progress`` hearing (done, total)) demo model folder; anything else unchanged."""
     if model == "demo":
         from tunelab.engine.demo import build_demo_model
 
-        return str(build_demo_model())
+        return str(build_demo_model(progress=progress))
     if model == "demo-vlm":
         from tunelab.engine.vlm_demo import build_demo_vlm
 
