@@ -41,6 +41,7 @@ def run(run_dir: str | Path) -> int:
     run_.set_status("running")
     writer.write("status", state="running")
     prepare(writer, "libraries")  # torch, transformers, peft, trl: the first seconds of every run
+    _skip_bitsandbytes(run_)
     from tunelab.engine.callbacks import StopRequest
 
     stop = StopRequest()
@@ -66,7 +67,9 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     from tunelab.engine import dist
     from tunelab.engine.booster import BoosterChoice, apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
-    from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
+    from tunelab.engine.model import (
+        apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, set_cpu_threads, trainable_summary,
+    )
     from tunelab.engine.stages import get_stage
     from tunelab.engine.stages.base import StageContext
 
@@ -105,6 +108,8 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     transformers.set_seed(config.seed)  # before any adapter or head is initialised: same seed, same run
     prepare(writer, "model", model=config.model, method=config.method)
     model = getattr(stage, "load_model", load_model)(config, path)
+    if set_cpu_threads(model):
+        log.info("CPU: a model under 100M parameters trains on 1 torch thread (set OMP_NUM_THREADS to choose)")
     booster = choose_booster(config, model, stage.booster_blocker(config))
     if dist.world_size() > 1 and config.booster == "auto":
         booster = BoosterChoice("none", dist.booster_note(config))
@@ -143,6 +148,17 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         "train_loss": round(float(result.training_loss), 6),
         **params,
     }
+
+
+def _skip_bitsandbytes(run_: RunDir) -> None:
+    """Keep bitsandbytes out of a run that neither quantizes nor uses an 8-bit or paged optimizer: peft would import
+    it (and torch's compiler with it) for nothing: ~0.7 CPU seconds and a kernel-loading warning in train.log."""
+    try:
+        config = run_.config()
+    except Exception:  # reported where training reads the config
+        return
+    if config.quantization == "none" and not any(word in config.optimizer for word in ("8bit", "paged")):
+        sys.modules.setdefault("bitsandbytes", None)  # type: ignore[assignment]  # find_spec() then says: not installed
 
 
 def prepare(writer: EventWriter, stage: str, **fields: Any) -> None:
