@@ -6,6 +6,7 @@ base-vs-fine-tuned metrics. The UI process never imports torch (both run as job 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,13 +79,24 @@ def test_eval_tab_shows_base_vs_finetuned(studio_app) -> None:
     loss = next(r for r in rows if r[0] == "loss")
     assert float(loss[2]) < float(loss[1]) and loss[3].startswith("-") and "▲" in loss[3]  # lower loss is better
     assert {"bleu4", "rougeL"} <= {r[0] for r in rows}
-    assert predictions["headers"] == ["prompt", "reference", "base", "fine-tuned"] and len(predictions["data"]) == 5
-    assert all("Tuna" in row[1] for row in predictions["data"])  # references are the identity replies
+    headers, cells = prediction_cells(predictions)
+    assert headers == ["prompt", "reference", "base", "fine-tuned"] and len(cells) == 5
+    assert all("Tuna" in row[1] for row in cells)  # references are the identity replies
+    # prompts are the conversation (role, then text), never the template's tokens
+    assert all(row[0].startswith('<div class="tl-turn" data-role="user"><b>user</b> ') for row in cells)
+    assert "im_start" not in predictions and "&lt;|" not in predictions
     latest_status, latest_table, latest_predictions = client.predict(str(run), api_name="/eval_latest")
     assert "Latest evaluation" in latest_status and latest_table["data"] == rows
-    assert latest_predictions["data"] == predictions["data"]
+    assert latest_predictions == predictions
     bad_status, _, _ = client.predict(str(run), ["bench"], [], 10, "", None, api_name="/evaluate")
     assert "needs at least one lm-eval task" in bad_status
+
+
+def prediction_cells(table: str) -> tuple[list[str], list[list[str]]]:
+    """The headers and the cells of each row of the predictions table (HTML)."""
+    headers = re.findall(r"<th\s[^>]*>(.*?)</th>", table)
+    body = table[table.index("<tbody>"):]
+    return headers, [re.findall(r"<td\s[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
 
 
 def test_export_tab_refuses_a_quantized_run_until_asked(studio_app) -> None:

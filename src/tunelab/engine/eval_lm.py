@@ -4,7 +4,8 @@ token loss, and greedy generation for the prompts of those rows."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ class EvalRows:
     rows: list[dict[str, list[int]]]
     description: str
     stage: str
+    chats: dict[str, list[dict]] = field(default_factory=dict)  # rendered prompt -> its conversation's messages
 
 
 def _stage_for(datasets: list[str], dataset_dir: str | None) -> str:
@@ -73,7 +75,30 @@ def load_rows(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: Temp
     rows = list(rows)[: cfg.max_samples] if cfg.max_samples else list(rows)
     if not rows:
         raise DataError(f"no evaluation examples in {what}")
-    return EvalRows([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], what, run_config.stage)
+    chats = prompt_conversations(run_config, choice) if "predict" in cfg.metrics else {}
+    return EvalRows([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], what, run_config.stage, chats)
+
+
+def prompt_conversations(run_config: RunConfig, choice: TemplateChoice | None) -> dict[str, list[dict]]:
+    """The rendered prompt of each example (its text before the last reply) -> the messages before that reply, so
+    predictions show as a conversation, not as template text. A prompt cut by cutoff_len matches nothing."""
+    from tunelab.engine.data import load_reports
+    from tunelab.engine.stages.sft import with_system
+    from tunelab.engine.tokenize import render_with_spans
+
+    if run_config.stage != "sft" or choice is None:
+        return {}
+    chats: dict[str, list[dict]] = {}
+    for report in load_reports(run_config):
+        for example in report.examples:
+            messages = with_system(example["messages"], run_config.system_prompt)
+            try:
+                rendered = render_with_spans(choice.template, messages, choice.entry, example.get("tools"))
+            except Exception:  # a conversation the template refuses has no evaluation row either
+                continue
+            if rendered.spans:
+                chats.setdefault(rendered.text[: rendered.spans[-1][0]], messages[:-1])
+    return chats
 
 
 def example_losses(model: Any, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int) -> np.ndarray:
@@ -130,15 +155,18 @@ def decode_reference(tokenizer: Any, ids: list[int], stops: list[str]) -> str:
 
 def generate(
     model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int, eos_ids: list[int],
-    stops: list[str],
+    stops: list[str], progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Greedy replies for tokenized prompts (left-padded batches), cut at the template's stop strings."""
+    """Greedy replies for tokenized prompts (left-padded batches), cut at the template's stop strings; ``progress``
+    hears (done, total) before each batch and at the end."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(model.parameters()).device
     replies: list[str] = []
     for start in range(0, len(prompts), batch_size):
+        if progress is not None:
+            progress(start, len(prompts))
         batch = prompts[start : start + batch_size]
         width = max(len(p) for p in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -152,6 +180,8 @@ def generate(
             )
         for row in out[:, width:].tolist():
             replies.append(cut_at_stops(tokenizer.decode(row, skip_special_tokens=False), stops + _specials(tokenizer)))
+    if progress is not None:
+        progress(len(prompts), len(prompts))
     return replies
 
 

@@ -46,6 +46,9 @@ def _load(path: str | Path, cfg: EvalConfig, device: str, dtype: Any, reward_mod
         model = auto.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
+    from tunelab.engine.model import set_cpu_threads
+
+    set_cpu_threads(model)
     return model.to(device).eval()
 
 
@@ -82,11 +85,14 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     """Run every configured metric for both sides; write results.json and predictions.jsonl."""
     from tunelab.engine.eval_lm import load_rows
     from tunelab.engine.export import resolve_template
+    from tunelab.engine.jobproc import reporter
     from tunelab.engine.model import load_tokenizer, resolve_model_path
 
     cfg = validate_eval_config(job.options(), str(job.config_file))
     started = time.time()
+    say = reporter(job, writer)  # each step in status.json: the Evaluate tab shows it, even after a reload
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
+    say(f"loading {source.label}", stage="load")
     base_path = resolve_model_path(source.model)
     device, dtype, dtype_name = _device_and_dtype(cfg)
     tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
@@ -98,24 +104,27 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
         "template": choice.name, "metrics": [], "notes": [], "sides": sides, "device": device, "dtype": dtype_name,
     }
     if {"loss", "predict"} & set(cfg.metrics):
+        say("tokenizing the evaluation data", stage="data")
         data = load_rows(cfg, source, tokenizer, choice)
         results["data"] = {"description": data.description, "examples": len(data.rows)}
         results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
         with _sides(source, base_path, cfg, device, dtype) as use:
-            _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides)
+            _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides, say)
     if "preference" in cfg.metrics:
+        say("scoring preference pairs", stage="preference")
         _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
     if "reward" in cfg.metrics:
+        say("generating and scoring rewards", stage="reward")
         _score_reward(cfg, job, writer, results, source, base_path, tokenizer, choice, device, dtype, sides)
     if "bench" in cfg.metrics:
-        _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides)
+        _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides, say)
     results["elapsed_s"] = round(time.time() - started, 2)
     write_json_atomic(job.results_file, results)
     return {"message": f"{len(results['metrics'])} metrics for {' and '.join(sides)}", "metrics": len(results["metrics"])}
 
 
 def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, data: Any, tokenizer: Any,
-              choice: Any, use: Any, sides: list[str]) -> None:
+              choice: Any, use: Any, sides: list[str], say: Any) -> None:
     from tunelab.engine.eval_lm import decode_reference, example_losses, generate, prompt_and_reference
     from tunelab.engine.export import stop_token_ids
     from tunelab.engine.scoring import generation_rows, loss_rows
@@ -130,13 +139,15 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
     for side in sides:
         with use(side) as model:
             if "loss" in cfg.metrics:
-                log.info("%s: loss on %d examples", side, len(data.rows))
+                say(f"{side}: loss on {len(data.rows)} examples", stage="loss", side=side, total=len(data.rows))
                 losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
             if split:
-                log.info("%s: generating for %d prompts", side, len(split))
+                def progress(done: int, total: int, side: str = side) -> None:
+                    say(f"{side}: generated {done}/{total} replies", stage="generate", side=side, done=done, total=total)
+
                 replies[side] = generate(
                     model, tokenizer, [p for p, _ in split], cfg.max_new_tokens, cfg.batch_size,
-                    stop_token_ids(tokenizer, stops), stops,
+                    stop_token_ids(tokenizer, stops), stops, progress,
                 )
     if losses:
         _add(results, writer, loss_rows(losses["tuned"], losses.get("base"), cfg.bootstrap, cfg.seed))
@@ -145,7 +156,10 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
         _add(results, writer, generation_rows(references, replies["tuned"], replies.get("base"), cfg.bootstrap, cfg.seed))
         lines = []
         for i, ((prompt, _), reference) in enumerate(zip(split, references)):
-            record = {"index": i, "prompt": tokenizer.decode(prompt), "reference": reference}
+            text = tokenizer.decode(prompt)
+            record = {"index": i, "prompt": text, "reference": reference}
+            if text in data.chats:  # the conversation itself, for showing it as chat
+                record["messages"] = data.chats[text]
             record.update({side: replies[side][i] for side in sides})
             lines.append(json.dumps(record, ensure_ascii=False))
         write_atomic(job.predictions_file, "\n".join(lines) + "\n")
@@ -197,13 +211,13 @@ def _score_preference(cfg: EvalConfig, source: ModelSource, base_path: str, devi
 
 
 def _score_bench(cfg: EvalConfig, source: ModelSource, base_path: str, device: str, dtype_name: str,
-                 writer: EventWriter, results: dict, sides: list[str]) -> None:
+                 writer: EventWriter, results: dict, sides: list[str], say: Any) -> None:
     from tunelab.engine.bench import bench_rows, run_bench
 
     runs = {}
     tokenizer = source.tokenizer_dir(base_path)
     for side in sides:
-        log.info("%s: lm-eval tasks %s (limit %s)", side, ", ".join(cfg.tasks), cfg.limit)
+        say(f"{side}: lm-eval tasks {', '.join(cfg.tasks)} (limit {cfg.limit})", stage="bench", side=side)
         if side == "base":
             runs[side] = run_bench(cfg, base_path, None, tokenizer, device, dtype_name)
         elif source.adapter is not None:

@@ -28,7 +28,7 @@ from tunelab.core.sources import ModelSource, resolve_source
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
 log = logging.getLogger("tunelab.export")
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # (message, stage=<load|merge|gguf|save|verify|verified|written|push>)
 VERIFY_MESSAGES = [{"role": "user", "content": "Who are you?"}]
 VERIFY_NEW_TOKENS = 8
 # Max |logit difference| allowed, relative to max(1, max |reference logit|): fp32 keeps the merged weights
@@ -103,7 +103,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
 
     from tunelab.engine.model import load_tokenizer, resolve_model_path
 
-    say = progress or (lambda message: log.info("%s", message))
+    say = progress or (lambda message, **_: log.info("%s", message))
     started = time.time()
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
     if source.run_config is not None and source.run_config.stage == "rm":
@@ -118,7 +118,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     base_path = resolve_model_path(source.model)
     choice = resolve_template(source, base_path)
     dtype_name = save_dtype(cfg, base_path)
-    say(f"loading {source.model} in fp32 (template: {choice.name})")
+    say(f"loading {source.model} in fp32 (template: {choice.name})", stage="load")
     tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
     if cfg.gguf:  # refuse an unsupported GGUF export before the slow part
         from transformers import AutoConfig
@@ -139,9 +139,9 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
         if cfg.gguf:
             from tunelab.engine.gguf import write_gguf
 
-            say(f"writing GGUF ({cfg.gguf}) from the fp32 merged weights")
+            say(f"writing GGUF ({cfg.gguf}) from the fp32 merged weights", stage="gguf")
             gguf_report = write_gguf(merged, tokenizer, choice.template, staging, cfg.gguf)
-        say(f"saving {dtype_name} safetensors (shards up to {cfg.shard_size}) to {out}")
+        say(f"saving {dtype_name} safetensors (shards up to {cfg.shard_size}) to {out}", stage="save")
         merged.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name])
         merged.save_pretrained(str(staging), max_shard_size=cfg.shard_bytes, safe_serialization=True)
         files = write_companions(staging, tokenizer, choice, base_path, source, gguf_report["file"] if gguf_report else None)
@@ -163,7 +163,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    say(f"export written to {out}")
+    say(f"export written to {out}", stage="written")
     if cfg.push_to_hub:
         report["pushed"] = push_to_hub(out, cfg.push_to_hub, say)
     return report
@@ -210,7 +210,7 @@ def _reference(model: Any, source: ModelSource, prompt_ids: Any, say: Progress) 
         peft_model.eval()
         logits = peft_model(prompt_ids).logits
         tokens = _greedy(peft_model, prompt_ids)
-        say(f"merging {source.adapter.name} into the base (fp32)")
+        say(f"merging {source.adapter.name} into the base (fp32)", stage="merge")
         merged = merge_adapter(peft_model)
     return {"logits": logits, "tokens": tokens, "base_logits": base_logits, "model": merged}
 
@@ -302,7 +302,7 @@ def verify_export(folder: Path, prompt_ids: Any, reference: dict[str, Any], dtyp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    say("verifying: reloading the export with plain transformers")
+    say("verifying: reloading the export with plain transformers", stage="verify")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     model.eval()
     with torch.no_grad():
@@ -325,7 +325,7 @@ def verify_export(folder: Path, prompt_ids: Any, reference: dict[str, Any], dtyp
     )
     if effect is not None and effect <= tolerance:
         summary += "; note: the adapter moves logits less than the tolerance, so this check cannot tell merged from unmerged"
-    say(("verified: " if passed else "verification FAILED: ") + summary)
+    say(("verified: " if passed else "verification FAILED: ") + summary, stage="verified")
     return {
         "passed": passed, "max_abs_diff": diff, "tolerance": tolerance, "adapter_effect": effect,
         "tokens_match": tokens == reference["tokens"], "template_ok": template_ok,
@@ -345,7 +345,7 @@ def push_to_hub(folder: Path, repo: str, say: Progress) -> str:
     """Upload the export to a hub model repo; ExportError (naming the cause) when that fails."""
     from huggingface_hub import HfApi
 
-    say(f"pushing {folder} to the hub repo {repo}")
+    say(f"pushing {folder} to the hub repo {repo}", stage="push")
     try:
         api = HfApi()
         api.create_repo(repo, repo_type="model", exist_ok=True)
