@@ -82,6 +82,11 @@ def config_file(text: str) -> str:
     return str(path)
 
 
+def _said(key: str, before: str = "", after: str = "") -> dict[str, str]:
+    """A message of the Train tab as data: a translated string between two untranslated parts (run ids)."""
+    return {"before": before, "key": key, "after": after}
+
+
 class TrainActions:
     """The Train tab's event handlers over one studio and the form's field specs."""
 
@@ -163,21 +168,28 @@ class TrainActions:
         job = jobs.job_for(run.path)
         if job is not None and job.state == "queued" and ahead:
             # a second run: say so, and name the ones ahead (each stays reachable from the Runs tab)
-            message = f"{self.text('train.queued_behind', lang)}: `{run.run_id}` ← " + ", ".join(f"`{a}`" for a in ahead)
+            said = _said("train.queued_behind", after=f": `{run.run_id}` ← " + ", ".join(f"`{a}`" for a in ahead))
         else:
-            message = f"{self.text('train.started', lang)}: `{run.run_id}`"
-        return "", {"run": str(run.path), "key": None}, message
+            said = _said("train.started", after=f": `{run.run_id}`")
+        return "", {"run": str(run.path), "key": None, "said": said}, self.said(lang, {"said": said})
 
     def on_stop(self, lang: str, state: dict) -> tuple:
         """Stop the watched run (dequeue it, or signal its process group)."""
-        import gradio as gr
-
         if not state.get("run"):
-            return self.text("train.nothing_to_stop", lang), gr.skip()
+            said = _said("train.nothing_to_stop")
+            return self.said(lang, {"said": said}), {**state, "said": said}
         outcome = self.studio.services["jobs"].stop(state["run"])
         message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
+        said = _said(message, before=f"`{RunDir(state['run']).run_id}`: ")
         # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
-        return f"`{RunDir(state['run']).run_id}`: {self.text(message, lang)}", {**state, "key": None}
+        return self.said(lang, {"said": said}), {**state, "key": None, "said": said}
+
+    def said(self, lang: str, state: dict | None) -> Any:
+        """What Start or Stop last said (kept in the live state), in ``lang``: re-rendered when the language changes."""
+        import gradio as gr
+
+        said = (state or {}).get("said")
+        return said["before"] + self.text(said["key"], lang) + said["after"] if said else gr.skip()
 
     def on_load_file(self, lang: str, file: Any) -> list[Any]:
         """Fill the form from an uploaded YAML config."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
+from tests.webui.conftest import BROKEN_WORDS_JS, CHROMIUM, CHROMIUM_FLAGS, shot
 
 
 @pytest.fixture(scope="module")
@@ -131,20 +131,30 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         shutil.copy(run / "config.yaml", later / "config.yaml")
         shutil.copy(run / "status.json", later / "status.json")
         page.locator("#export_run input").click()
-        expect(page.get_by_role("option", name=f"{later.name} (succeeded)")).to_be_visible()
-        page.keyboard.press("Escape")
-        shutil.rmtree(later)
-        expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
+        page.get_by_role("option", name=f"{later.name} (succeeded)").click()
+        expect(page.locator("#export_run input")).to_have_value(f"{later.name} (succeeded)")
+        shutil.rmtree(later)  # deleted while the page shows it: the list follows, no click needed
+        expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)", timeout=15_000)
         page.locator("#export_dir textarea, #export_dir input").first.fill(str(run / "merged-browser"))
         page.locator("#export_button").click()
         expect(page.locator("#export_status")).to_contain_text("Verified", timeout=300_000)
         assert (run / "merged-browser" / "model.safetensors").is_file()
         shot(page, "export")
         page.get_by_role("tab", name="Evaluate").click()
-        page.locator("#eval_max_samples input").fill("6")
-        page.locator("#eval_metrics").get_by_label("predict").uncheck()
+        page.locator("#eval_max_samples input").fill("4")
         page.locator("#eval_button").click()
+        expect(page.locator("#eval_status")).to_contain_text("⏳", timeout=60_000)  # its current step
+        page.reload()  # the evaluation goes on; the reloaded page finds it and shows its progress
+        page.get_by_role("tab", name="Evaluate").click()
+        expect(page.locator("#eval_status")).to_contain_text("-eval-", timeout=30_000)
+        if "Evaluation finished" not in page.locator("#eval_status").inner_text():
+            expect(page.locator("#eval_status")).to_contain_text("⏳")
         expect(page.locator("#eval_status")).to_contain_text("Evaluation finished", timeout=300_000)
         expect(page.locator("#eval_results")).to_contain_text("perplexity")
+        page.get_by_text("Predictions: base vs fine-tuned replies").click()
+        expect(page.locator("#eval_predictions .tl-turn").first).to_contain_text("user")
+        assert page.evaluate(BROKEN_WORDS_JS, "#eval_results, #eval_predictions") == []
+        right = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll('#eval_predictions th')).map(t => t.getBoundingClientRect().right))")
+        assert 0 < right <= 1280, right  # prompt, reference, base and fine-tuned side by side, all on screen
         shot(page, "evaluate")
         browser.close()

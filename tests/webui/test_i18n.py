@@ -50,6 +50,13 @@ def test_keys_built_at_run_time_are_in_the_table() -> None:
     assert sorted(set(names) - set(table)) == []
 
 
+def test_no_key_is_written_twice_in_a_file() -> None:
+    """YAML keeps the last of two equal keys without a word: the first line would be dead text."""
+    for path in sorted((ROOT / "webui" / "i18n").glob("*.yaml")):
+        keys = re.findall(r"^([\w.]+):", path.read_text(encoding="utf-8"), re.M)
+        assert sorted({k for k in keys if keys.count(k) > 1}) == [], path.name
+
+
 def test_chinese_strings_are_chinese() -> None:
     table = load_translations().table
     assert "zh" in LANGUAGES
