@@ -106,8 +106,8 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
             page.locator(f"#{elem_id} input").fill(value)
             page.locator(f"#{elem_id} input").press("Tab")
         expect(page.locator("#learning_rate .tl-field-error")).to_have_count(0, timeout=10_000)
-        expect(page.locator("#template_info")).to_contain_text("chatml")
-        expect(page.locator("#data_preview")).to_contain_text("<|im_start|>assistant")
+        expect(page.locator("#template_info")).to_contain_text("chatml", timeout=30_000)
+        expect(page.locator("#data_preview")).to_contain_text("<|im_start|>assistant", timeout=30_000)
         page.get_by_role("button", name=re.compile("^Config")).click()
         expect(page.locator("#config_command")).to_contain_text("max_steps=400", timeout=10_000)
         page.locator("#start").click()
@@ -201,12 +201,12 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         assert page.evaluate("window.__kept") == "same page"  # switched without a reload
         assert page.evaluate(ENGLISH_JS, english_phrases()) == []
         page.get_by_role("tab", name="对话").click()
-        expect(page.locator("#chat_status")).to_contain_text("尚未加载模型")
+        expect(page.locator("#chat_status")).to_contain_text("尚未加载模型", timeout=30_000)
         assert page.evaluate(ENGLISH_JS, english_phrases()) == []
         page.locator("#language label", has_text="English").click()  # and back: every string, status lines too
-        expect(page.locator("#chat_status")).to_contain_text("No model loaded")
+        expect(page.locator("#chat_status")).to_contain_text("No model loaded", timeout=30_000)
         page.get_by_role("tab", name="Train").click()
-        expect(page.locator("#start")).to_have_text("Start")
+        expect(page.locator("#start")).to_have_text("Start", timeout=30_000)
         expect(page.locator("#status")).to_contain_text("aborted")
         expect(page.locator("#progress")).to_contain_text("aborted")
         assert page.evaluate("window.__kept") == "same page"

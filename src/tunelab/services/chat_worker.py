@@ -129,6 +129,7 @@ class ChatService:
         self.description = ""
         self.engine_name = ""
         self._lock = threading.Lock()
+        self._starting: Worker | None = None  # the worker being started, while load() waits for it
         atexit.register(self.unload)  # never leave a worker holding a model after the studio exits
 
     @property
@@ -154,6 +155,7 @@ class ChatService:
             api_key = secrets.token_hex(16)
             argv = worker_argv(model, adapters, options, template, ready)
             worker = Worker(argv, ready, self.log_dir / f"worker-{stamp}.log", api_key)
+            self._starting = worker
             try:
                 worker.wait_ready(self.startup_timeout)
                 self.client = OpenAIEngine(worker.base_url, api_key)
@@ -161,9 +163,25 @@ class ChatService:
             except BaseException:
                 worker.stop()
                 raise
+            finally:
+                self._starting = None
             self.worker, self.engine_name = worker, options.engine
             self.description = f"worker pid {worker.process.pid}"
             return models
+
+    def starting_note(self) -> str:
+        """While load() waits for a worker: the last line of its log ('' otherwise), to show what it is doing."""
+        worker = self._starting
+        if worker is None:
+            return ""
+        try:
+            with worker.log_path.open("rb") as handle:
+                handle.seek(max(handle.seek(0, 2) - 4096, 0))
+                lines = handle.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return last[:160]
 
     def unload(self) -> None:
         """Stop the worker (if any) and forget the connection."""
