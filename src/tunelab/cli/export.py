@@ -46,7 +46,7 @@ def _export(args: argparse.Namespace) -> int:
     from tunelab.engine.gguf import GgufUnsupported
 
     try:
-        report = export_model(config, progress=lambda message: print(message, flush=True))
+        report = export_model(config, progress=lambda message, **_: print(message, flush=True))
     except (ConfigError, SourceError, GgufUnsupported, ExportError, FileNotFoundError) as exc:
         print(f"tunelab export: {exc}", file=sys.stderr)
         return 2 if not str(exc).startswith("verification failed") else 1
