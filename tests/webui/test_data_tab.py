@@ -1,0 +1,78 @@
+"""The Data tab in a real browser (Playwright + Debian's chromium) over a real `tunelab webui`: upload a file, read
+the guess, save it, preview it raw and rendered, check it and see the token-length histogram with its cutoff line,
+then find the new dataset in the Train tab's dropdown. Plus the histogram's SVG checked against its bins."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
+from tests.webui.test_browser import open_page
+from tunelab.core.datacheck import histogram_bins
+from tunelab.webui.charts import histogram_chart
+
+BARS_JS = """() => Array.from(document.querySelectorAll('#data_histogram rect.tl-hist-bar'))
+  .map(r => [Number(r.dataset.low), Number(r.dataset.high), Number(r.dataset.count)])"""
+
+
+def test_histogram_svg_draws_every_bin_and_the_cutoff() -> None:
+    lengths = [5, 7, 7, 9, 30, 31, 64]
+    svg = histogram_chart(histogram_bins(lengths, 20, bins=6), 20, "lengths")
+    counts = [int(c) for c in re.findall(r'class="tl-hist-bar"[^>]*data-count="(\d+)"', svg)]
+    assert len(counts) in (6, 7) and sum(counts) == len(lengths)  # 7: the cutoff ends a bin
+    bars = re.findall(r'class="tl-hist-bar" x="([\d.]+)"[^>]*data-low="(\d+)"', svg)
+    cutoff_x = float(re.search(r'class="tl-cutoff" x1="([\d.]+)"[^>]*data-cutoff="20"', svg).group(1))
+    assert all((float(x) < cutoff_x) == (int(low) <= 20) for x, low in bars)  # the line falls where 20 tokens is
+    assert 'data-empty="1"' in histogram_chart([], 20, "lengths")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, tmp_path: Path, tiny_model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNELAB_HOME", str(home))  # the studio's registry of user datasets starts empty
+    upload = tmp_path / "quiz.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}. " + "Indeed " * (i * 4)} for i in range(1, 9)]
+    upload.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    server = studio_server().start()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = open_page(browser, server.url)
+        page.get_by_role("tab", name="Data").click()
+        page.locator("#data_upload input[type=file]").set_input_files(str(upload))
+        expect(page.locator("#data_guess")).to_contain_text("instruction ← question, output ← answer", timeout=30_000)
+        expect(page.locator("#data_name textarea")).to_have_value("quiz")
+        expect(page.locator("#data_format input")).to_have_value("alpaca")
+        page.locator("#data_save").click()
+        expect(page.locator("#data_message")).to_contain_text("Saved", timeout=30_000)
+        stored = json.loads((home / "datasets" / "dataset_info.json").read_text())["quiz"]
+        assert stored["file"].startswith("files/") and (home / "datasets" / stored["file"]).is_file()
+        expect(page.locator("#data_pick input")).to_have_value("quiz (alpaca, yours)", timeout=10_000)
+        expect(page.locator("#data_raw")).to_contain_text("What is 1 plus 1?", timeout=30_000)
+        expect(page.locator("#data_rendered")).to_contain_text("<|im_start|>assistant", timeout=10_000)
+        trained = page.locator("#data_rendered").get_by_text("2. Indeed", exact=False).first
+        expect(trained).to_be_visible()
+        page.locator("#data_model textarea").fill(str(tiny_model_dir))
+        page.locator("#data_cutoff input").fill("100")
+        page.locator("#data_check").click()
+        expect(page.locator("#data_report")).to_contain_text("8 rows, format alpaca", timeout=240_000)
+        expect(page.locator("#data_report")).to_contain_text("cutoff 100:")
+        expect(page.locator("#data_histogram line.tl-cutoff")).to_have_attribute("data-cutoff", "100")
+        bars = page.evaluate(BARS_JS)  # [low, high, count] per bar
+        assert sum(count for _, _, count in bars) == len(rows)
+        assert {high <= 100 for _, high, count in bars if count} == {True, False}  # rows on both sides of the cutoff
+        shot(page, "data-tab")
+        shot(page, "data-tab-histogram", page.locator("#data_histogram"))
+        page.get_by_role("tab", name="Train").click()
+        box = page.locator("#dataset input[role=combobox]")
+        box.click()
+        box.fill("quiz")
+        expect(page.get_by_role("option", name="quiz (alpaca)")).to_be_visible(timeout=10_000)
+        browser.close()
