@@ -89,3 +89,8 @@ def test_refusals_are_one_line(home: Path, tmp_path: Path, capsys) -> None:
     assert cli_main(["data", "add", "x", str(good)]) == 0  # after all those refusals the good file still registers
     capsys.readouterr()
     assert cli_main(["data", "add", "x", str(good)]) == 1 and "already one of your datasets" in capsys.readouterr().err
+    good.unlink()  # a registered file that went away: named, not a traceback
+    for verb, message in (("show", "good.csv: cannot be read"), ("check", "good.csv does not exist")):
+        assert cli_main(["data", verb, "x"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -30,6 +30,7 @@ def test_histogram_svg_draws_every_bin_and_the_cutoff() -> None:
     assert 'data-empty="1"' in histogram_chart([], 20, "lengths")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, tmp_path: Path, tiny_model_dir: Path,
@@ -68,8 +69,7 @@ def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, tmp
         bars = page.evaluate(BARS_JS)  # [low, high, count] per bar
         assert sum(count for _, _, count in bars) == len(rows)
         assert {high <= 100 for _, high, count in bars if count} == {True, False}  # rows on both sides of the cutoff
-        shot(page, "data-tab")
-        shot(page, "data-tab-histogram", page.locator("#data_histogram"))
+        shot(page, "data-tab", page.locator("#tab_data"))
         page.get_by_role("tab", name="Train").click()
         box = page.locator("#dataset input[role=combobox]")
         box.click()

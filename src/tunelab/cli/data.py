@@ -18,15 +18,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add the `data` command group."""
     group = commands.add_parser("data", help="register, preview, check and list datasets")
     sub = group.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    add = sub.add_parser("add", help="register a dataset file, folder or hub id in your registry (format and columns guessed)")
+    add = _verb(sub, "add", _add, "register a dataset file, folder or hub id in your registry (format and columns guessed)")
     add.add_argument("name", help="the dataset's name (letters, digits, '_', '.', '-')")
     add.add_argument("source", help="a .json/.jsonl/.csv/.tsv/.parquet/.txt file, a folder of them, or a hub id owner/name")
     add.add_argument("--format", choices=FORMATS, help="the file's format (default: guessed from its first rows)")
     add.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="map format keys to the file's columns, e.g. output=answer")
     add.add_argument("--description", default="", help="a line shown in lists")
     add.add_argument("--copy", action="store_true", help="keep a copy of the file in TUNELAB_HOME (default: point at it)")
-    add.set_defaults(handler=_guarded(_add))
-    check = sub.add_parser("check", help="validate every row of a dataset (exit 1 on any malformed row)")
+    check = _verb(sub, "check", _check, "validate every row of a dataset (exit 1 on any malformed row)")
     check.add_argument("dataset", help="a registered name or a file path")
     check.add_argument("--format", choices=FORMATS, help="the file's format (default: registry entry, else guessed)")
     check.add_argument("--dataset-dir", help="folder holding dataset_info.json (default: the shipped data/ + yours)")
@@ -35,23 +34,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--template", default="auto", help="chat template for the lengths (default: auto)")
     check.add_argument("--cutoff", type=int, default=1024, help="cutoff_len to count truncated/dropped rows (1024)")
     check.add_argument("--json", action="store_true", help="print the findings as one JSON object (for scripts)")
-    check.set_defaults(handler=_guarded(_check))
-    listing = sub.add_parser("list", help="list registered datasets, shipped and yours (and entries that cannot be used)")
-    listing.add_argument("--dataset-dir")
-    listing.set_defaults(handler=_guarded(_list))
-    show = sub.add_parser("show", help="print a dataset's first rows raw and rendered through the chat template")
-    show.add_argument("name")
+    _verb(sub, "list", _list, "list registered datasets, shipped and yours (and entries that cannot be used)").add_argument("--dataset-dir")
+    show = _verb(sub, "show", _show, "print a dataset's first rows raw and rendered through the chat template", "name")
     show.add_argument("--rows", type=int, default=3, help="how many rows (3)")
     show.add_argument("--model", default="demo", help="the model whose template renders the rows (demo)")
     show.add_argument("--template", default="auto")
-    show.set_defaults(handler=_guarded(_show))
-    remove = sub.add_parser("rm", help="remove one of your datasets (shipped ones are read-only)")
-    remove.add_argument("name")
-    remove.set_defaults(handler=_guarded(_rm))
-    rename = sub.add_parser("rename", help="rename one of your datasets")
-    rename.add_argument("old")
-    rename.add_argument("new")
-    rename.set_defaults(handler=_guarded(_rename))
+    _verb(sub, "rm", _rm, "remove one of your datasets (shipped ones are read-only)", "name")
+    _verb(sub, "rename", _rename, "rename one of your datasets", "old", "new")
+
+
+def _verb(sub: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int], help: str,
+          *positionals: str) -> argparse.ArgumentParser:
+    """One `data` verb whose DataError is one line on stderr and exit status 1."""
+    parser = sub.add_parser(name, help=help)
+    for positional in positionals:
+        parser.add_argument(positional)
+    parser.set_defaults(handler=_guarded(handler))
+    return parser
 
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
