@@ -14,6 +14,9 @@ from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
 from tests.webui.test_browser import open_page
 from tunelab.core.datacheck import histogram_bins
 from tunelab.webui.charts import histogram_chart
+from tunelab.webui.data_actions import DataActions, train_datasets
+from tunelab.webui.i18n import load_translations
+from tunelab.webui.studio import Studio
 
 BARS_JS = """() => Array.from(document.querySelectorAll('#data_histogram rect.tl-hist-bar'))
   .map(r => [Number(r.dataset.low), Number(r.dataset.high), Number(r.dataset.count)])"""
@@ -28,6 +31,30 @@ def test_histogram_svg_draws_every_bin_and_the_cutoff() -> None:
     cutoff_x = float(re.search(r'class="tl-cutoff" x1="([\d.]+)"[^>]*data-cutoff="20"', svg).group(1))
     assert all((float(x) < cutoff_x) == (int(low) <= 20) for x, low in bars)  # the line falls where 20 tokens is
     assert 'data-empty="1"' in histogram_chart([], 20, "lengths")
+
+
+def test_tab_handlers_refuse_in_one_line_and_the_train_dropdown_follows(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    act = DataActions(Studio(runs_dir=tmp_path, translations=load_translations()))
+    broken = tmp_path / "broken.csv"
+    broken.write_text("instruction,output\nq,a\nq2,a2,extra\n")
+    state, guess, name, fmt, _ = act.on_upload("en", str(broken))
+    assert (name, fmt) == ("broken", "alpaca") and "format **alpaca**" in guess
+    assert "broken.csv: row 2: 3 fields where the header has 2" in act.on_save("en", state, "", name, fmt, "", "")[0]
+    state, refusal, *_ = act.on_inspect("en", "owner/name")
+    assert state is None and "hub dataset 'owner/name' could not be read" in refusal
+    late = tmp_path / "late.jsonl"  # row 25 is broken: past the rows Save reads, found by Check
+    late.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(24)) + "{oops\n")
+    assert "Saved" in act.on_save("en", None, str(late), "late", None, "", "")[0]
+    report, chart = act.on_check("en", "late", "", "auto", 1024, None)  # `tunelab data check --json`, a subprocess
+    assert report.startswith("❌") and "row 25: invalid JSON" in report and chart == ""
+    assert "'identity' is shipped with tunelab and read-only" in act.on_rename("en", "identity", "x")[0]
+    assert "Renamed" in act.on_rename("en", "late", "later")[0]
+    assert ("later (alpaca)", "later") in train_datasets("sft", ["identity"])["choices"]
+    assert train_datasets("sft", ["identity", "gone"])["value"] == ["identity"]
+    assert "later" not in {name for _, name in train_datasets("dpo", [])["choices"]}  # dpo offers preference sets only
+    assert "Deleted" in act.on_delete("en", "later")[0]
+    assert "later" not in {name for _, name in train_datasets("sft", [])["choices"]}
 
 
 @pytest.mark.slow

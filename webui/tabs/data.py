@@ -84,6 +84,7 @@ def build(studio: Studio) -> None:
     lang = studio.components["language"]
     guessed = [ui["guess"], ui["name"], ui["format"], ui["columns"]]
     ui["upload"].upload(act.on_upload, inputs=[lang, ui["upload"]], outputs=[ui["upload_state"], *guessed], api_name="data_upload")
+    ui["upload"].clear(lambda: None, outputs=[ui["upload_state"]], api_name=False)  # Save then reads the path box
     for event in (ui["inspect"].click, ui["source"].submit):
         event(act.on_inspect, inputs=[lang, ui["source"]], outputs=[ui["upload_state"], *guessed], api_name=False)
     edited = [ui["message"], ui["pick"], ui["validation"]]

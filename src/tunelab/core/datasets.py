@@ -198,7 +198,7 @@ def load_dataset_registry(path: str | Path | None = None) -> DatasetRegistry:
             continue
         user[name] = mine.path
         if name in mine.specs:
-            specs[name] = mine.specs[name].model_copy(update={"note": f"format from your registry {user_file}"})
+            specs[name] = mine.specs[name].model_copy(update={"note": "format from your registry"})
         else:
             errors[name] = mine.errors[name]
     return DatasetRegistry(shipped.path, specs, errors, user, notes)
