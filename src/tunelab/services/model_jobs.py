@@ -13,8 +13,9 @@ from typing import Any
 from tunelab.core.jobs import JobDir, create_job, list_jobs
 from tunelab.core.paths import runs_dir
 from tunelab.core.rundir import FINAL_STATES
+from tunelab.services.gpus import detect_gpus
 from tunelab.services.jobs import JOB_MODULES as MODULES
-from tunelab.services.jobs import JobQueue, detect_gpus
+from tunelab.services.jobs import JobQueue
 from tunelab.services.runner import reconcile, spawn
 
 FOLDERS = {"export": "exports", "eval": "evals"}
