@@ -92,8 +92,8 @@ def _start_through_queue(config: RunConfig, runs_parent: str | None):
     queue.poll()  # reap jobs whose processes are gone, so a resumed run is not "already running"
     run = create_run(config, runs_parent)
 
-    def waiting(job) -> None:
-        print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
+    def waiting(reason: str) -> None:
+        print(f"queued: {reason}", flush=True)
 
     return run, queue, queue.run_when_free(run, on_wait=waiting)
 
