@@ -91,6 +91,7 @@ def test_a_holder_that_dies_frees_its_gpu(tmp_path: Path) -> None:
     assert queue.job_for(hold.run_dir).result == "released"
 
 
+@pytest.mark.slow  # a real `tunelab api` worker loading the demo model: 24-35 s on the loaded 2-core machine
 def test_the_chat_worker_holds_its_gpu_through_the_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_model_dir: Path
 ) -> None:
