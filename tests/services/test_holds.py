@@ -2,14 +2,16 @@
 `tunelab chat`/`api`, `tunelab export`) hold it through the runs folder's job queue, like training does.
 
 GPUs cannot exist on this machine: the queue gets a mocked device list, and the chat worker (a real `tunelab api`
-process) finds the same GPU through a fake nvidia-smi on its PATH. Everything else is real: the SQLite queue, the
-worker, and the stand-in trainer processes of test_jobs.
+process started by a real studio-like process) finds the same GPU through a fake nvidia-smi on its PATH. Everything
+else is real: the SQLite queue, the worker, signals, and the stand-in trainer processes of test_jobs.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.services.test_jobs import launcher, new_run, wait_for
-from tunelab.core.serving import EngineOptions
-from tunelab.services.chat_worker import ChatService
 from tunelab.services.gpus import Gpu, detect_gpus
 from tunelab.services.holds import hold_gpus
 from tunelab.services.jobs import JobQueue
+from tunelab.services.runner import pid_running
 
 
 def fake_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Gpu]:
@@ -91,8 +92,26 @@ def test_a_holder_that_dies_frees_its_gpu(tmp_path: Path) -> None:
     assert queue.job_for(hold.run_dir).result == "released"
 
 
-@pytest.mark.slow  # a real `tunelab api` worker loading the demo model: 24-35 s on the loaded 2-core machine
-def test_the_chat_worker_holds_its_gpu_through_the_queue(
+STUDIO = """
+import sys, threading, time
+from pathlib import Path
+from tunelab.core.serving import EngineOptions
+from tunelab.services.chat_worker import ChatService
+service = ChatService(log_dir=sys.argv[1], runs_dir=Path(sys.argv[2]))
+served = []
+loading = threading.Thread(target=lambda: served.extend(service.load("demo", [], EngineOptions(engine="hf"))))
+loading.start()
+while loading.is_alive() and not service.waiting:
+    time.sleep(0.1)
+print("waiting:", service.waiting, flush=True)
+loading.join()
+print([m.id for m in served], service.worker.process.pid, service.description, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow  # a real `tunelab api` worker loading the demo model: ~35 s on the loaded 2-core machine
+def test_the_chat_worker_holds_its_gpu_and_stops_with_the_studio(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_model_dir: Path
 ) -> None:
     gpus = fake_gpu(tmp_path, monkeypatch)
@@ -101,31 +120,31 @@ def test_the_chat_worker_holds_its_gpu_through_the_queue(
     training = new_run(queue.runs_dir, "training")
     queue.submit(training)
     queue.poll()
-    service = ChatService(log_dir=tmp_path / "chat", runs_dir=queue.runs_dir)
+    studio = subprocess.Popen([sys.executable, "-c", STUDIO, str(tmp_path / "chat"), str(queue.runs_dir)],
+                              stdout=subprocess.PIPE, text=True)  # a studio process whose Chat tab loads demo
     try:
-        with ThreadPoolExecutor(1) as pool:
-            loading = pool.submit(service.load, "demo", [], EngineOptions(engine="hf"))
-            wait_for(lambda: service.waiting is not None, timeout=120)
-            assert service.waiting == "waiting for 1 free GPU: GPU 0 is held by run training"
-            assert [j.state for j in queue.jobs() if j.kind == "hold"] == ["queued"]
-            queue.stop(training.path)  # the worker's own scheduling starts it once GPU 0 is free
-            assert [m.id for m in loading.result(180)] == ["demo"]
-        pid = service.worker.process.pid
+        assert studio.stdout.readline().strip() == "waiting: waiting for 1 free GPU: GPU 0 is held by run training"
+        assert [j.state for j in queue.jobs() if j.kind == "hold"] == ["queued"]
+        queue.stop(training.path)  # the worker's own scheduling hands it GPU 0 once the training is gone
+        names, pid, description = studio.stdout.readline().strip().split(" ", 2)
+        worker = int(pid)
+        assert names == "['demo']" and description == f"worker pid {worker} on GPU 0"
         [hold] = [j for j in queue.jobs() if j.kind == "hold"]
-        assert (hold.state, hold.devices, hold.pgid) == ("running", ["0"], pid)
-        assert service.description == f"worker pid {pid} on GPU 0"
+        assert (hold.state, hold.devices, hold.pgid) == ("running", ["0"], worker)
 
         second = new_run(queue.runs_dir, "second")  # a training started now waits for the chat model's GPU
         queue.submit(second)
         queue.poll()
         assert queue.job_for(second.path).state == "queued"
-        assert second.status()["message"] == f"waiting for 1 free GPU: GPU 0 is held by the Chat tab's model demo (pid {pid})"
-        service.unload()
-        wait_for(lambda: queue.job_for(second.path).state == "running", poll=queue.poll)
-        assert queue.job_for(hold.run_dir).result == "released"
-        wait_for(lambda: (second.path / "env.txt").is_file())
-        assert (second.path / "env.txt").read_text() == "0"
-        queue.stop(second.path)
-        wait_for(lambda: queue.job_for(second.path).state == "finished", poll=queue.poll)
+        assert second.status()["message"] == f"waiting for 1 free GPU: GPU 0 is held by the Chat tab's model demo (pid {worker})"
     finally:
-        service.unload()
+        os.kill(studio.pid, signal.SIGKILL)  # no atexit, no unload: only the worker's own watch of its parent can help
+        studio.wait()
+        studio.stdout.close()
+    wait_for(lambda: not pid_running(worker), timeout=30)  # the worker shut down, and freed its GPU on the way out
+    wait_for(lambda: queue.job_for(second.path).state == "running", poll=queue.poll)
+    assert queue.job_for(hold.run_dir).result == "released"
+    wait_for(lambda: (second.path / "env.txt").is_file())
+    assert (second.path / "env.txt").read_text() == "0"
+    queue.stop(second.path)
+    wait_for(lambda: queue.job_for(second.path).state == "finished", poll=queue.poll)
