@@ -71,7 +71,8 @@ def make_studio(runs_dir: str | Path, lang: str = "en", start_jobs: bool = True,
     """A Studio with the shared services: the job queue (scheduler started), the run history and the
     config the Train form starts from (a RunConfig; None: the schema defaults)."""
     from tunelab.services.history import RunHistory
-    from tunelab.services.jobs import JobQueue, detect_gpus
+    from tunelab.services.gpus import detect_gpus
+    from tunelab.services.jobs import JobQueue
 
     if lang not in LANGUAGES:
         raise ValueError(f"language {lang!r} is not available; valid: {', '.join(LANGUAGES)}")

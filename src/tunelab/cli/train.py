@@ -85,14 +85,15 @@ def _start_through_queue(config: RunConfig, runs_parent: str | None):
     starts only once its GPUs are free; with no studio running, this process schedules it. Returns (run, queue, process)."""
     from tunelab.core.paths import runs_dir
     from tunelab.core.rundir import create_run
-    from tunelab.services.jobs import JobQueue, detect_gpus
+    from tunelab.services.gpus import detect_gpus
+    from tunelab.services.jobs import JobQueue
 
     queue = JobQueue(Path(runs_parent or runs_dir()), gpus=detect_gpus())
     queue.poll()  # reap jobs whose processes are gone, so a resumed run is not "already running"
     run = create_run(config, runs_parent)
 
-    def waiting(job) -> None:
-        print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
+    def waiting(reason: str) -> None:
+        print(f"queued: {reason}", flush=True)
 
     return run, queue, queue.run_when_free(run, on_wait=waiting)
 
