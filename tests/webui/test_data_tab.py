@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
+from tests.webui.conftest import shot
 from tests.webui.test_browser import open_page
 from tunelab.core.datacheck import histogram_bins
 from tunelab.webui.charts import histogram_chart
@@ -18,6 +18,14 @@ from tunelab.webui.data_actions import DataActions, train_datasets
 from tunelab.webui.i18n import load_translations
 from tunelab.webui.studio import Studio
 
+# whether the rendered text holding ``text`` sits on a coloured (loss-carrying) background
+HIGHLIGHTED_JS = """(text) => {
+  const spans = Array.from(document.querySelectorAll('#data_rendered span')).filter(s => s.textContent.includes(text)
+    && !Array.from(s.children).some(c => c.textContent.includes(text)));
+  return spans.some(s => { for (let e = s; e && e.id !== 'data_rendered'; e = e.parentElement) {
+    const bg = getComputedStyle(e).backgroundColor; if (bg && bg !== 'rgba(0, 0, 0, 0)' && bg !== 'transparent') return true; }
+    return false; });
+}"""
 BARS_JS = """() => Array.from(document.querySelectorAll('#data_histogram rect.tl-hist-bar'))
   .map(r => [Number(r.dataset.low), Number(r.dataset.high), Number(r.dataset.count)])"""
 
@@ -59,10 +67,9 @@ def test_tab_handlers_refuse_in_one_line_and_the_train_dropdown_follows(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)")
-def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, tmp_path: Path, tiny_model_dir: Path,
+def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, browser, tmp_path: Path, tiny_model_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     home = tmp_path / "home"
     monkeypatch.setenv("TUNELAB_HOME", str(home))  # the studio's registry of user datasets starts empty
@@ -70,36 +77,32 @@ def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, tmp
     rows = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}. " + "Indeed " * (i * 4)} for i in range(1, 9)]
     upload.write_text("".join(json.dumps(row) + "\n" for row in rows))
     server = studio_server().start()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = open_page(browser, server.url)
-        page.get_by_role("tab", name="Data").click()
-        page.locator("#data_upload input[type=file]").set_input_files(str(upload))
-        expect(page.locator("#data_guess")).to_contain_text("instruction ← question, output ← answer", timeout=30_000)
-        expect(page.locator("#data_name textarea")).to_have_value("quiz")
-        expect(page.locator("#data_format input")).to_have_value("alpaca")
-        page.locator("#data_save").click()
-        expect(page.locator("#data_message")).to_contain_text("Saved", timeout=30_000)
-        stored = json.loads((home / "datasets" / "dataset_info.json").read_text())["quiz"]
-        assert stored["file"].startswith("files/") and (home / "datasets" / stored["file"]).is_file()
-        expect(page.locator("#data_pick input")).to_have_value("quiz (alpaca, yours)", timeout=10_000)
-        expect(page.locator("#data_raw")).to_contain_text("What is 1 plus 1?", timeout=30_000)
-        expect(page.locator("#data_rendered")).to_contain_text("<|im_start|>assistant", timeout=10_000)
-        trained = page.locator("#data_rendered").get_by_text("2. Indeed", exact=False).first
-        expect(trained).to_be_visible()
-        page.locator("#data_model textarea").fill(str(tiny_model_dir))
-        page.locator("#data_cutoff input").fill("100")
-        page.locator("#data_check").click()
-        expect(page.locator("#data_report")).to_contain_text("8 rows, format alpaca", timeout=240_000)
-        expect(page.locator("#data_report")).to_contain_text("cutoff 100:")
-        expect(page.locator("#data_histogram line.tl-cutoff")).to_have_attribute("data-cutoff", "100")
-        bars = page.evaluate(BARS_JS)  # [low, high, count] per bar
-        assert sum(count for _, _, count in bars) == len(rows)
-        assert {high <= 100 for _, high, count in bars if count} == {True, False}  # rows on both sides of the cutoff
-        shot(page, "data-tab", page.locator("#tab_data"))
-        page.get_by_role("tab", name="Train").click()
-        box = page.locator("#dataset input[role=combobox]")
-        box.click()
-        box.fill("quiz")
-        expect(page.get_by_role("option", name="quiz (alpaca)")).to_be_visible(timeout=10_000)
-        browser.close()
+    page = open_page(browser, server.url)
+    page.get_by_role("tab", name="Data").click()
+    page.locator("#data_upload input[type=file]").set_input_files(str(upload))
+    expect(page.locator("#data_guess")).to_contain_text("instruction ← question, output ← answer", timeout=30_000)
+    expect(page.locator("#data_name textarea")).to_have_value("quiz")
+    expect(page.locator("#data_format input")).to_have_value("alpaca")
+    page.locator("#data_save").click()
+    expect(page.locator("#data_message")).to_contain_text("Saved", timeout=30_000)
+    stored = json.loads((home / "datasets" / "dataset_info.json").read_text())["quiz"]
+    assert stored["file"].startswith("files/") and (home / "datasets" / stored["file"]).is_file()
+    expect(page.locator("#data_pick input")).to_have_value("quiz (alpaca, yours)", timeout=10_000)
+    expect(page.locator("#data_raw")).to_contain_text("What is 1 plus 1?", timeout=30_000)
+    expect(page.locator("#data_rendered")).to_contain_text("<|im_start|>assistant", timeout=10_000)
+    assert page.evaluate(HIGHLIGHTED_JS, "2. Indeed") and not page.evaluate(HIGHLIGHTED_JS, "What is 1 plus 1?")
+    page.locator("#data_model textarea").fill(str(tiny_model_dir))
+    page.locator("#data_cutoff input").fill("100")
+    page.locator("#data_check").click()
+    expect(page.locator("#data_report")).to_contain_text("8 rows, format alpaca", timeout=240_000)
+    expect(page.locator("#data_report")).to_contain_text("cutoff 100:")
+    expect(page.locator("#data_histogram line.tl-cutoff")).to_have_attribute("data-cutoff", "100")
+    bars = page.evaluate(BARS_JS)  # [low, high, count] per bar
+    assert sum(count for _, _, count in bars) == len(rows)
+    assert {high <= 100 for _, high, count in bars if count} == {True, False}  # rows on both sides of the cutoff
+    shot(page, "data-tab", page.locator("#tab_data"))
+    page.get_by_role("tab", name="Train").click()
+    box = page.locator("#dataset input[role=combobox]")
+    box.click()
+    box.fill("quiz")
+    expect(page.get_by_role("option", name="quiz (alpaca)")).to_be_visible(timeout=10_000)
