@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 TABS = [
     ("train", "tunelab.webui.tabs.train"),
     ("runs", "tunelab.webui.tabs.runs"),
+    ("data", "tunelab.webui.tabs.data"),
     ("chat", "tunelab.webui.tabs.chat"),
     ("evaluate", "tunelab.webui.tabs.evaluate"),
     ("export", "tunelab.webui.tabs.export"),
@@ -46,6 +47,7 @@ CSS = """
 .tl-chart-empty { height: 90px; display: flex; align-items: center; justify-content: center; color: var(--body-text-color-subdued); }
 .tl-legend { display: flex; flex-wrap: wrap; gap: 0.3em 1em; font-size: 0.8em; }
 table th, table th span { word-break: keep-all; overflow-wrap: normal; hyphens: none; }
+.tl-hist-bar:hover { opacity: 0.8; }
 #log textarea { font-family: var(--font-mono); font-size: 0.8em; }
 """
 
