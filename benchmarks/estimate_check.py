@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - start:5.0f}s] {name}: {got.get('tokens_per_s')} tok/s, "
               f"{got.get('peak_reserved_gib')} GiB reserved (estimated {row.get('estimated_at_run')}) {row.get('error', '')[:300]}",
               flush=True)
+    save(out, results)
     print(table(results["rows"]))
     if results["skipped"]:
         print(f"skipped (budget): {', '.join(results['skipped'])}")

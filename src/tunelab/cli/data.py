@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tunelab.core.datacheck import duplicates, histogram_lines, length_summary, overlap
 from tunelab.core.datasets import FORMATS, DataError, DatasetReport, load_dataset_registry, validate_file
@@ -74,6 +75,10 @@ def _lengths(report: DatasetReport, args: argparse.Namespace) -> None:
     except (ConfigError, UnknownTemplate, OSError) as exc:
         raise DataError(f"--model {args.model} / --template {args.template}: {exc}") from None
     measured = measure(report.examples, report.format, tokenizer, choice, args.cutoff)
+    if Path(report.source).is_file():  # kept for `tunelab estimate` and the Train tab's estimate of this file
+        from tunelab.core.token_lengths import save_lengths
+
+        save_lengths(Path(report.source), args.model, args.template, measured.lengths)
     where = f"template {choice.name}, " if choice else ""
     print(f"  token lengths ({where}tokenizer of {args.model}): {length_summary(measured.lengths)}")
     for line in histogram_lines(measured.lengths, args.cutoff):

@@ -181,7 +181,9 @@ def cheaper(config: RunConfig, shape: ModelShape, device: Device, data: DataSize
 def _notes(config: RunConfig, shape: ModelShape, device: Device, path: str) -> list[str]:
     """What the estimate does not model for this config."""
     notes = []
-    if not device.gpu.measured:
+    if device.is_cpu:
+        notes.append("CPU: a rough figure (from tiny-model runs on a shared 2-core machine)")
+    elif not device.gpu.measured:
         notes.append(f"{device.gpu.name}: speed scaled from datasheet rates, not measured")
     if config.stage not in FAST_STAGES:
         notes.append(f"stage {config.stage}: training memory only; calibrated on sft")

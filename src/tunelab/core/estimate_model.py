@@ -22,33 +22,45 @@ FAST_STAGES = ("pt", "sft")
 PAIR_STAGES = ("dpo", "orpo", "simpo", "kto")  # two sequences per example (chosen/rejected, or completion + KL)
 TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK = 4096, 32768  # trl.kernels.chunked_logprob: the fused LM head's tile
 
-# Fitted constants, on the rows of benchmarks/results/estimate-check.json: the 8B shape through the product path on
-# an H200 (imported from h200-product.json, 2026-12-02) set the first values; the 7B (Qwen2.5 shape) and 3B (Llama-3.2
-# shape, full fine-tuning) rows measured on an H100 on 2026-12-06 then checked them (fast path: predicted within 9%
-# before measuring) and refitted the plain path's speed and the allocator slack.
+# Constants, fitted on the rows of benchmarks/results/estimate-check.json (names below are its rows): the 8B rows
+# (Llama-3.1 shape, product path, one H200, imported from h200-product.json, 2026-12-02) set the first values; the
+# 7B (Qwen2.5 shape) and 3B (Llama-3.2 shape, full fine-tuning) rows measured on one H100 on 2026-12-06 checked them
+# (the fast path's were predicted within 9% before measuring) and refitted the plain path's speed and the slack.
 CAL: dict[str, Any] = {
-    # outside torch's allocator (CUDA context, cuBLAS/cuDNN handles): nvidia-smi's use minus max_memory_reserved
+    # outside torch's allocator (CUDA context, cuBLAS/cuDNN handles); not in the rows (they record torch's figures):
+    # an assumption (about half a GiB on Hopper with CUDA 12-13), used only for the fit verdict
     "context_gib": 0.55,
-    # allocated besides what is counted (cuBLAS workspaces, RoPE tables, small buffers)
+    # allocated besides what is counted (cuBLAS workspaces, RoPE tables, small buffers) and, with
+    # work_factor["fast"], set so llama8b-lora-fast (4,070 tokens a step) and -nopack (818) land within 2%
     "workspace_gib": 0.25,
-    # one decoder layer's saved activations per token, in units of its tensors (see _layer_saved); backward keeps
-    # about this multiple of them alive (saved tensors + their gradients), per path
+    # one decoder layer's saved activations per token (see _layer_saved) times this = its working set in backward
+    # (saved tensors + their gradients); fast: the slope of those two rows (0.44 GiB per 3,252 tokens); none: from
+    # counting one HF layer's tensors and gradients, llama8b-lora-none and qwen7b-lora-none within 3%
     "work_factor": {"fast": 0.55, "none": 1.6},
-    # reserved - allocated: the caching allocator's slack: a constant, a share of the activation peak and of the
-    # optimizer's step temporary (freed and re-made every step)
+    # reserved - allocated (the caching allocator's slack): a constant, shares of the activation peak and of the
+    # optimizer's step temporary (made and freed every step). fast: 0.6 GiB at 818 tokens, 1.7-2.6 at 4,070 (the
+    # five fast rows); none: 0.6-1.2 GiB on the LoRA/QLoRA plain rows, 2.0 on llama3b-full-none (6 GiB temporary)
     "slack_gib": {"fast": 0.0, "none": 0.4},
     "slack_act": {"fast": 2.5, "none": 0.2},
     "slack_temp": 0.21,
-    # fraction of the datasheet bf16 rate the GEMMs reach (the README's profile of the fast path: ~650 of 989)
+    # share of the datasheet bf16 rate the GEMMs reach: the README's profile of the 8B fast step (~650 of 989
+    # TFLOP/s), llama8b-lora-fast within 3%; the plain path runs the same cuBLAS GEMMs
     "gemm_eff": {"fast": 0.63, "none": 0.63, "cpu": 0.05},
-    # plain transformers' unfused element-wise work and masked attention: bytes of memory traffic per token, per layer
-    # and per unit of (hidden + intermediate), at the datasheet bandwidth
+    # plain transformers' unfused element-wise work and masked attention over packed rows, as memory traffic: bytes
+    # per token, per layer and per unit of (hidden + intermediate) at the datasheet bandwidth. Fitted on the four
+    # plain rows (smallest worst error: llama3b-full-none -19%, qwen7b-lora-none +18%); the bandwidth term is what
+    # separates the H200 and H100 rows
     "plain_bytes": 1280.0,
-    # 4-bit dequantization: fraction of the datasheet bandwidth it reaches
+    # 4-bit dequantization: share of the datasheet bandwidth. fast: llama8b-qlora-fast is host-bound, so this
+    # hardly matters there; none: qwen7b-qlora-none ran no slower than qwen7b-lora-none (bnb's dequantization is
+    # hidden by the plain path's other work)
     "dequant_eff": {"fast": 0.35, "none": 0.5, "cpu": 0.05},
-    # host time per step the GPU cannot hide: seconds + seconds per layer (+ per layer for 4-bit), per path
+    # host time per step the GPU cannot hide: seconds + per layer (+ per layer with 4-bit weights). fast: from
+    # llama8b-lora-fast-nopack (0.429 s with 818 tokens: host-bound), the 2-layer rows of
+    # h200-product-smoke-2layers.json (~0.1 s) and llama8b-qlora-fast (+0.06 s); none: small, not separable from
+    # plain_bytes; cpu: tiny-model runs on this project's shared 2-core machine (rough)
     "host_s": {"fast": (0.075, 0.0111, 0.0019), "none": (0.05, 0.002, 0.004), "cpu": (1.0, 0.5, 0.5)},
-    # packed rows fill this share of batch x cutoff (8B product row: 4,070 of 4,096 tokens)
+    # packed rows fill this share of batch x cutoff (llama8b-lora-fast: 4,070 of 4,096 tokens)
     "pack_fill": 0.994,
 }
 

@@ -97,7 +97,8 @@ class ModelShape:
     def label(self) -> str:
         """'llama, 8.0B parameters (32 layers, hidden 4096)'."""
         moe = f", MoE {self.experts} experts ({self.experts_per_token} per token)" if self.moe_layers else ""
-        return f"{self.model_type}, {self.total_params / 1e9:.1f}B parameters ({self.layers} layers, hidden {self.hidden}{moe})"
+        count = f"{self.total_params / 1e9:.1f}B" if self.total_params >= 1e9 else f"{self.total_params / 1e6:.1f}M"
+        return f"{self.model_type}, {count} parameters ({self.layers} layers, hidden {self.hidden}{moe})"
 
 
 def _int(cfg: dict[str, Any], *keys: str, default: int | None = None) -> int:

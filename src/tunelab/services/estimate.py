@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
+from pathlib import Path
 
 from tunelab.core.config import RunConfig
-from tunelab.core.datasets import DataError, load_dataset_registry, validate_file
+from tunelab.core.datasets import DataError, DatasetSpec, load_dataset_registry, validate_file
 from tunelab.core.estimate import DataSize, Device, Estimate, estimate
 from tunelab.core.gpus import CPU, by_name, gpu_class
 from tunelab.core.model_shape import ModelShape, load_shape, shape_from_config
 from tunelab.core.schema import ConfigError
 from tunelab.core.token_lengths import guessed_lengths, load_lengths
+from tunelab.services.jobs import Gpu
 
 
 def model_shape(model: str) -> ModelShape:
@@ -35,16 +38,17 @@ def host_memory_gib() -> float:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def device_for(choice: str | None = None) -> Device:
-    """The device to estimate for: ``None``/'auto' = the first visible GPU (nvidia-smi), else the CPU; a GPU
-    index ('0', 'GPU 1'); or a class of the table ('H100', 'RTX 4090', 'CPU'). ConfigError for anything else."""
+def device_for(choice: str | None = None, gpus: list[Gpu] | None = None) -> Device:
+    """The device to estimate for: ``None``/'auto' = the first visible GPU, else the CPU; a GPU index ('0',
+    'GPU 1'); or a class of the table ('H100', 'RTX 4090', 'CPU'). ``gpus``: the GPUs here (default: nvidia-smi's).
+    ConfigError for anything else."""
     from tunelab.core.gpus import class_names
     from tunelab.services.jobs import detect_gpus
 
     wanted = (choice or "auto").strip()
     if wanted.lower() == "cpu":
         return Device(CPU, by_name(CPU), round(host_memory_gib(), 1))  # type: ignore[arg-type]
-    gpus = detect_gpus()
+    gpus = detect_gpus() if gpus is None else gpus
     index = wanted.removeprefix("GPU ").split(":")[0].strip()
     if wanted.lower() == "auto" or index.isdigit():
         found = gpus[0] if wanted.lower() == "auto" and gpus else next((g for g in gpus if g.index == index), None)
@@ -53,13 +57,13 @@ def device_for(choice: str | None = None) -> Device:
             memory = found.memory_mib / 1024 if found.memory_mib else cls.memory_gib
             return Device(f"GPU {found.index}: {found.name or cls.name}", cls, round(memory, 1))
         if wanted.lower() == "auto":
-            return device_for(CPU)
+            return device_for(CPU, gpus)
         raise ConfigError(f"gpu: no GPU {index} here (visible: {', '.join(g.index for g in gpus) or 'none'})")
-    cls = by_name(wanted)
-    if cls is None:
+    named = by_name(wanted)
+    if named is None:
         raise ConfigError(f"gpu: {wanted!r} is not valid; valid choices: auto, a GPU index, {', '.join(class_names())}")
-    memory = host_memory_gib() if cls.name == CPU else cls.memory_gib
-    return Device(cls.name, cls, round(memory, 1))
+    memory = host_memory_gib() if named.name == CPU else named.memory_gib
+    return Device(named.name, named, round(memory, 1))
 
 
 def data_size(config: RunConfig) -> DataSize | None:
@@ -78,12 +82,11 @@ def data_size(config: RunConfig) -> DataSize | None:
             return None
         if local is None:
             return None
-        measured = load_lengths(local, config.model, config.template)
+        measured, how = load_lengths(local, config.model, config.template), "measured by `tunelab data check`"
         if measured is None:
-            report = validate_file(name, spec, local)
-            measured, how = guessed_lengths(report.examples), "estimated from characters"
-        else:
-            how = "measured by `tunelab data check`"
+            stat = local.stat()
+            measured = list(_guessed(name, spec.model_dump_json(), str(local), stat.st_mtime_ns, stat.st_size))
+            how = "estimated from characters"
         if config.max_samples:
             measured = measured[: config.max_samples]
         lengths.extend(measured)
@@ -93,6 +96,13 @@ def data_size(config: RunConfig) -> DataSize | None:
     if not lengths:
         return None
     return DataSize(len(lengths), tuple(lengths), sum(lengths) / len(lengths), "; ".join(sorted(sources)))
+
+
+@lru_cache(maxsize=32)
+def _guessed(name: str, spec_json: str, path: str, mtime_ns: int, size: int) -> tuple[int, ...]:
+    """One file's token lengths counted from characters (cached per file version: the Train tab asks often)."""
+    report = validate_file(name, DatasetSpec.model_validate_json(spec_json), Path(path))
+    return tuple(guessed_lengths(report.examples))
 
 
 def estimate_config(config: RunConfig, device: Device | str | None = None, data: DataSize | None | bool = True) -> Estimate:
