@@ -23,8 +23,8 @@ def device_choices(gpus: list[Any]) -> list[tuple[str, str]]:
 
 
 def default_device(gpus: list[Any]) -> str:
-    """GPU 0 when there is one, else an 80 GB H100 (what a run here would be planned for), else the CPU."""
-    return gpus[0].index if gpus else "H100"
+    """GPU 0 when there is one, else the CPU (where Start would train); a GPU class can be picked to plan for."""
+    return gpus[0].index if gpus else "CPU"
 
 
 def render(est: Estimate, text: Text) -> str:

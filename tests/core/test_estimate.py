@@ -103,6 +103,9 @@ def test_epoch_time_follows_the_data() -> None:
     double = estimate(config, shape_from_config(LLAMA8B), H100, DataSize(2000, (), 500.0, "test"))
     assert small.epoch_s and double.epoch_s and double.epoch_s == pytest.approx(2 * small.epoch_s, rel=0.01)
     assert estimate(config, shape_from_config(LLAMA8B), H100, None).epoch_s is None  # unknown data: no time
+    unpacked = config.model_copy(update={"packing": False, "booster": "none"})
+    unknown = estimate(unpacked, shape_from_config(LLAMA8B), H100, None)  # rows assumed full length, not empty
+    assert unknown.tokens_per_step == 2 * 2048 and unknown.parts_gib["layer_backward"] > 0.5
 
 
 def test_calibration_rows_stay_within_20_percent() -> None:

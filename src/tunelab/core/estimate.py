@@ -81,9 +81,10 @@ class Estimate:
 
     def line(self) -> str:
         """'~18.9 GiB of 80 GiB on GPU 0: NVIDIA H100, ~9,800 tok/s, ~14 min/epoch'."""
-        where = f"{self.device}" if self.device != CPU else "CPU (RAM)"
+        cpu = self.device == CPU
         epoch = f", ~{format_duration(self.epoch_s)}/epoch" if self.epoch_s else ""
-        return (f"~{self.reserved_gib:.1f} GiB of {self.memory_gib:.0f} GiB on {where}, "
+        return (f"~{self.needed_gib if cpu else self.reserved_gib:.1f} GiB of {self.memory_gib:.0f} GiB on "
+                f"{'CPU (RAM)' if cpu else self.device}, "
                 f"~{self.tokens_per_s:,.0f} tok/s{epoch}")
 
     def verdict(self) -> str:

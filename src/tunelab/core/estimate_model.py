@@ -270,7 +270,8 @@ def batch_tokens(config: RunConfig, path: str, lengths: list[int]) -> tuple[floa
         real = config.batch_size * config.cutoff_len * CAL["pack_fill"]
         return real, real, mean
     real = config.batch_size * mean * pairs
-    computed = real if path == "fast" else config.batch_size * pairs * expected_max(lengths, config.batch_size)
+    longest = expected_max(lengths, config.batch_size) if lengths else mean  # unknown data: full-length rows
+    computed = real if path == "fast" else config.batch_size * pairs * longest
     return real, computed, mean
 
 
