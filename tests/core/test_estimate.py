@@ -105,7 +105,7 @@ def test_epoch_time_follows_the_data() -> None:
     assert estimate(config, shape_from_config(LLAMA8B), H100, None).epoch_s is None  # unknown data: no time
     unpacked = config.model_copy(update={"packing": False, "booster": "none"})
     unknown = estimate(unpacked, shape_from_config(LLAMA8B), H100, None)  # rows assumed full length, not empty
-    assert unknown.tokens_per_step == 2 * 2048 and unknown.parts_gib["layer_backward"] > 0.5
+    assert unknown.tokens_per_step == 2 * 2048 and unknown.parts_gib["saved_activations"] > 5
 
 
 def test_calibration_rows_stay_within_20_percent() -> None:
