@@ -32,7 +32,7 @@ def test_estimate_box_and_estimate_vs_measured(tmp_path: Path, monkeypatch) -> N
     (model / "config.json").write_text(json.dumps(LLAMA8B))  # the estimate reads only the config
     runs = tmp_path / "runs"
     run = create_run(RunConfig(output_dir=str(runs / "r1")))
-    recorded = {"reserved_gib": 18.4, "allocated_gib": 16.6, "tokens_per_s": 9464.0, "needed_gib": 19.0,
+    recorded = {"reserved_gib": 18.8, "allocated_gib": 16.6, "tokens_per_s": 9464.0, "needed_gib": 19.0,
                 "memory_gib": 140.4, "fits": True, "path": "fast", "device": "NVIDIA H200"}
     run.set_status("running", estimate=recorded)  # as the trainer records it at start
     EventWriter(run.events_file).write("train", step=11, total_steps=11, loss=1.0, peak_reserved_gb=18.869,
@@ -57,7 +57,7 @@ def test_estimate_box_and_estimate_vs_measured(tmp_path: Path, monkeypatch) -> N
         assert box == "*表单有效后显示预估。*"  # an invalid form: no estimate yet
         client.predict("en", None, [], api_name="/runs")  # the runs list fills the run picker
         line = client.predict("en", "r1", api_name="/run_estimate")
-        assert line == ("**Estimate vs measured:** 18.4 vs 18.9 GiB reserved (-2%), 9,464 vs 9,807 tok/s (-3%)"
+        assert line == ("**Estimate vs measured:** 18.8 vs 18.9 GiB reserved (-0%), 9,464 vs 9,807 tok/s (-3%)"
                         " · NVIDIA H200")
     finally:
         blocks.close()

@@ -20,9 +20,10 @@ from tunelab.core.estimate_model import (
     PAIR_STAGES,
     Device,
     batch_tokens,
-    checkpointing,
     expected_path,
     memory_parts,
+    offloaded_gib,
+    slack_gib,
     step_seconds,
 )
 from tunelab.core.gpus import CPU
@@ -118,14 +119,12 @@ def estimate(config: RunConfig, shape: ModelShape, device: Device, data: DataSiz
     lengths = data.cut(config.cutoff_len) if data else []
     real, computed, context = batch_tokens(config, path, lengths)
     parts = memory_parts(config, shape, path, computed, device)
-    key = "fast" if path == "fast" else "none"
     allocated = parts.pop("peak") / GIB
-    acts = sum(parts.get(k, 0.0) for k in ("layer_inputs", "layer_backward", "saved_activations", "lm_head")) / GIB
+    pinned = 0.0 if device.is_cpu else offloaded_gib(config, shape, path, computed)
     if device.is_cpu:
         reserved, needed = allocated, allocated + 1.5  # + the process itself (python, torch, transformers)
     else:
-        temp = parts.get("optimizer_step_temp", 0.0) / GIB
-        reserved = allocated + CAL["slack_gib"][key] + CAL["slack_act"][key] * acts + CAL["slack_temp"] * temp
+        reserved = allocated + slack_gib(path, parts, pinned)
         needed = reserved + CAL["context_gib"]
     step = step_seconds(config, shape, path, computed, context, device)
     steps = epoch_s = epoch_tokens = None
@@ -135,9 +134,6 @@ def estimate(config: RunConfig, shape: ModelShape, device: Device, data: DataSiz
         count = epoch_tokens if config.packing else data.examples
         steps = max(1, math.ceil(count / per_step / config.world_size))
         epoch_s = steps * step
-    pinned = 0.0
-    if checkpointing(config, path) == "offload" and not device.is_cpu:
-        pinned = shape.layers * computed * shape.hidden * 2 / GIB
     notes = _notes(config, shape, device, path)
     margin = device.memory_gib - needed
     result = Estimate(

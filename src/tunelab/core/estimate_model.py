@@ -33,15 +33,22 @@ CAL: dict[str, Any] = {
     # allocated besides what is counted (cuBLAS workspaces, RoPE tables, small buffers) and, with
     # work_factor["fast"], set so llama8b-lora-fast (4,070 tokens a step) and -nopack (818) land within 2%
     "workspace_gib": 0.25,
-    # one decoder layer's saved activations per token (see _layer_saved) times this = its working set in backward
-    # (saved tensors + their gradients); fast: the slope of those two rows (0.44 GiB per 3,252 tokens); none: from
-    # counting one HF layer's tensors and gradients, llama8b-lora-none and qwen7b-lora-none within 3%
-    "work_factor": {"fast": 0.55, "none": 1.6},
-    # reserved - allocated (the caching allocator's slack): a constant, shares of the activation peak and of the
-    # optimizer's step temporary (made and freed every step). fast: 0.6 GiB at 818 tokens, 1.7-2.6 at 4,070 (the
-    # five fast rows); none: 0.6-1.2 GiB on the LoRA/QLoRA plain rows, 2.0 on llama3b-full-none (6 GiB temporary)
-    "slack_gib": {"fast": 0.0, "none": 0.4},
-    "slack_act": {"fast": 2.5, "none": 0.2},
+    # what one decoder layer keeps for backward, as a share of the tensors _layer_saved counts (plain transformers
+    # keeps them all; the fast path's fused kernels about half: 12 GiB for 32 layers x 4,096 tokens in the bare-loop
+    # fast-none row of h200-fast-path.json, and the slope of llama8b-lora-fast over -nopack, 0.44 GiB per 3,252
+    # tokens); one layer's working set in backward is work_factor times that (saved tensors + their gradients;
+    # none: llama8b-lora-none and qwen7b-lora-none within 3%)
+    "saved_share": {"fast": 0.55, "none": 1.0},
+    "work_factor": {"fast": 1.0, "none": 1.6},
+    # reserved - allocated (the caching allocator's slack): a constant, shares of the activation peak, of the
+    # offloaded layer inputs (their GPU copies live until the side stream has copied them out) and of the
+    # optimizer's step temporary (made and freed every step). fast, offload: 0.6 GiB at 818 tokens, 1.7-2.6 at
+    # 4,070 (the five fast rows); fast, other modes: 0.2-1.6 GiB with 3-11 GiB of activations (the bare-loop rows
+    # of h200-fast-path.json); none: 0.6-1.2 GiB on the LoRA/QLoRA plain rows, 2.0 on llama3b-full-none (6 GiB
+    # temporary)
+    "slack_gib": {"fast": 0.2, "none": 0.4},
+    "slack_act": {"fast": 0.08, "none": 0.2},
+    "slack_offload": 2.0,
     "slack_temp": 0.21,
     # share of the datasheet bf16 rate the GEMMs reach: the README's profile of the 8B fast step (~650 of 989
     # TFLOP/s), llama8b-lora-fast within 3%; the plain path runs the same cuBLAS GEMMs
@@ -175,9 +182,10 @@ def optimizer_bytes(config: RunConfig, path: str, trainable: int, width: int) ->
 def activation_bytes(config: RunConfig, shape: ModelShape, path: str, tokens: float, width: int) -> dict[str, float]:
     """Peak activation memory of one micro-batch of ``tokens`` computed tokens, by part."""
     mode = checkpointing(config, path)
-    factor = CAL["work_factor"]["fast" if path == "fast" else "none"]
+    key = "fast" if path == "fast" else "none"
+    factor, share = CAL["work_factor"][key], CAL["saved_share"][key]
     residual = 4 if (path != "fast" and config.quantization != "none") else width  # fp32 norms upcast the residual
-    saved = _layer_saved(shape) * width * tokens
+    saved = _layer_saved(shape) * width * tokens * share
     layers = shape.layers
     if config.method == "freeze":
         layers = min(config.freeze_trainable_layers, shape.layers)  # frozen layers keep nothing for backward
@@ -187,7 +195,7 @@ def activation_bytes(config: RunConfig, shape: ModelShape, path: str, tokens: fl
         parts["layer_inputs"] = kept * tokens * shape.hidden * residual
         parts["layer_backward"] = factor * saved
     elif mode == "mlp":  # attention activations kept, the MLP's gate/up recomputed
-        mlp_share = 4 * shape.intermediate * width * tokens
+        mlp_share = 4 * shape.intermediate * width * tokens * share
         parts["saved_activations"] = layers * (saved - mlp_share) + factor * saved
     else:
         parts["saved_activations"] = layers * saved + (factor - 1) * saved
@@ -220,6 +228,20 @@ def memory_parts(config: RunConfig, shape: ModelShape, path: str, tokens: float,
     parts["optimizer_step_temp"] = temp
     parts["peak"] = peak + CAL["workspace_gib"] * GIB * (not device.is_cpu)
     return parts
+
+
+def offloaded_gib(config: RunConfig, shape: ModelShape, path: str, tokens: float) -> float:
+    """GiB of layer inputs the fast path's offload mode keeps in pinned host memory."""
+    return shape.layers * tokens * shape.hidden * 2 / GIB if checkpointing(config, path) == "offload" else 0.0
+
+
+def slack_gib(path: str, parts: dict[str, float], offloaded: float) -> float:
+    """Reserved minus allocated GiB: the caching allocator's slack (see CAL)."""
+    acts = sum(parts.get(k, 0.0) for k in ("layer_inputs", "layer_backward", "saved_activations", "lm_head")) / GIB
+    if path == "fast":
+        return CAL["slack_gib"]["fast"] + CAL["slack_offload"] * offloaded + CAL["slack_act"]["fast"] * acts
+    temp = parts.get("optimizer_step_temp", 0.0) / GIB
+    return CAL["slack_gib"]["none"] + CAL["slack_act"]["none"] * acts + CAL["slack_temp"] * temp
 
 
 # -- speed ----------------------------------------------------------------------------------------------------

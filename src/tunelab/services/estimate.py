@@ -84,8 +84,11 @@ def data_size(config: RunConfig) -> DataSize | None:
             return None
         measured, how = load_lengths(local, config.model, config.template), "measured by `tunelab data check`"
         if measured is None:
-            stat = local.stat()
-            measured = list(_guessed(name, spec.model_dump_json(), str(local), stat.st_mtime_ns, stat.st_size))
+            try:
+                stat = local.stat()
+                measured = list(_guessed(name, spec.model_dump_json(), str(local), stat.st_mtime_ns, stat.st_size))
+            except (OSError, DataError):  # a missing or unreadable file: memory and speed still, no epoch time
+                return None
             how = "estimated from characters"
         if config.max_samples:
             measured = measured[: config.max_samples]
