@@ -141,6 +141,13 @@ class TrainActions:
                   labels["undesirable"]: "red"}
         return gr.update(choices=choices), info, gr.update(value=result.segments, color_map=colors), result.note
 
+    def on_estimate(self, lang: str, device: str | None, path: str | None, *values: Any) -> str:
+        """The estimate box for the form as it stands, on the picked device."""
+        from tunelab.webui.estimate_view import form_estimate
+
+        return form_estimate(lambda key: self.text(key, lang), device, path, list(values), self.specs,
+                             self.studio.services["jobs"].gpus)
+
     def on_start(self, lang: str, devices: list[str], *values: Any) -> tuple:
         """Validate, create the run directory, queue it; the page then watches it."""
         import gradio as gr

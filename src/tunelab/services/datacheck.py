@@ -8,6 +8,7 @@ The tokenizer is loaded lazily (transformers, no model weights); the rest is pur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunelab.core.datacheck import duplicates, histogram_lines, length_summary, overlap
@@ -146,3 +147,7 @@ def _measure(result: CheckResult, model: str, template: str) -> None:
     result.lengths, result.truncated, result.dropped = measured.lengths, measured.truncated, measured.dropped
     result.refused = measured.refused[:MAX_REPORTED]
     result.measured_with = (f"template {choice.name}, " if choice else "") + f"tokenizer of {model}"
+    if Path(result.source).is_file():  # kept for `tunelab estimate` and the Train tab's estimate of this file
+        from tunelab.core.token_lengths import save_lengths
+
+        save_lengths(Path(result.source), model, template, measured.lengths)
