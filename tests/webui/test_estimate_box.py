@@ -11,7 +11,7 @@ import pytest
 from tunelab.core.config import RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import create_run
-from tunelab.services.jobs import Gpu
+from tunelab.services.gpus import Gpu
 from tunelab.webui import app, form
 
 LLAMA8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,

@@ -18,7 +18,7 @@ from tunelab.core.gpus import CPU, by_name, gpu_class
 from tunelab.core.model_shape import ModelShape, load_shape, shape_from_config
 from tunelab.core.schema import ConfigError
 from tunelab.core.token_lengths import guessed_lengths, load_lengths
-from tunelab.services.jobs import Gpu
+from tunelab.services.gpus import Gpu
 
 
 def model_shape(model: str) -> ModelShape:
@@ -43,7 +43,7 @@ def device_for(choice: str | None = None, gpus: list[Gpu] | None = None) -> Devi
     'GPU 1'); or a class of the table ('H100', 'RTX 4090', 'CPU'). ``gpus``: the GPUs here (default: nvidia-smi's).
     ConfigError for anything else."""
     from tunelab.core.gpus import class_names
-    from tunelab.services.jobs import detect_gpus
+    from tunelab.services.gpus import detect_gpus
 
     wanted = (choice or "auto").strip()
     if wanted.lower() == "cpu":
