@@ -134,7 +134,7 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         assert run.config().max_steps == 400 and run.config().learning_rate == 0.003
 
         page.locator("#start").click()  # the same form again: queued behind the first run, and the page says so
-        expect(page.locator("#train_message")).to_contain_text("queued", timeout=30_000)
+        expect(page.locator("#train_message")).to_contain_text("Queued", timeout=30_000)
         expect(page.locator("#train_message")).to_contain_text(run.run_id)
         page.locator("#stop").click()  # stops what the page shows: the queued one
         expect(page.locator("#train_message")).to_contain_text("removed from the queue", timeout=30_000)

@@ -9,8 +9,8 @@ tab then selects the base model that run was trained on.
 from __future__ import annotations
 
 import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
 
 def _service(studio: Any) -> ChatService:
     if "chat" not in studio.services:
-        studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers")
+        studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers", runs_dir=studio.runs_dir)
     return studio.services["chat"]
 
 
@@ -101,18 +101,21 @@ def build(studio: Any) -> None:
         yield t("chat.status.loading").format(what=what, engine=engine_v), gr.update(), [], [], [], []
         options = EngineOptions(engine=engine_v, dtype=dtype_v, base_url=url_v or None, api_key=key_v or None,
                                 vllm_python=vllm_v or None)
-        loading = _in_background(lambda: service.load(model_v or None, list(adapters_v or []), options, template_v or "auto"))
-        started = time.monotonic()
-        while not loading.wait(1.0):  # a worker (vLLM above all) takes a while: say how long, and what its log says
-            note = service.starting_note()
-            yield (t("chat.status.loading").format(what=what, engine=engine_v) + f" {time.monotonic() - started:.0f} s"
-                   + (f"  \n`{note}`" if note else ""), gr.update(), [], [], [], [])
-        if isinstance(loading.result, (InferenceError, EngineCrashed)):
-            yield t("chat.status.error").format(message=loading.result), gr.update(choices=[], value=None), [], [], [], []
+        with ThreadPoolExecutor(1) as pool:  # a worker takes a while (vLLM above all): say how long and what its log
+            # says, or, while it waits in the job queue for a GPU, which job holds it
+            loading, started = pool.submit(service.load, model_v or None, list(adapters_v or []), options, template_v or "auto"), time.monotonic()
+            while not wait([loading], timeout=1.0).done:
+                seconds, note = f" {time.monotonic() - started:.0f} s", service.starting_note()
+                if service.waiting:
+                    yield t("chat.status.waiting").format(message=service.waiting) + seconds, gr.update(), [], [], [], []
+                else:
+                    yield (t("chat.status.loading").format(what=what, engine=engine_v) + seconds + (f"  \n`{note}`" if note else ""),
+                           gr.update(), [], [], [], [])
+        try:
+            served = loading.result()
+        except (InferenceError, EngineCrashed) as exc:
+            yield t("chat.status.error").format(message=exc), gr.update(choices=[], value=None), [], [], [], []
             return
-        if isinstance(loading.result, BaseException):
-            raise loading.result
-        served = loading.result
         names = [m.id for m in served]
         first = next((m.id for m in served if m.parent), names[0] if names else None)
         text = t("chat.status.loaded").format(engine=service.engine_name, where=service.description, names=", ".join(names))
@@ -182,31 +185,6 @@ def build(studio: Any) -> None:
     regenerated = regenerate.click(do_regenerate, [language, *knob_inputs], chat_outputs, api_name="chat_regenerate")
     stop.click(None, None, None, cancels=[sent, submitted, regenerated])
     clear.click(lambda: ([], [], [], []), None, [output, output_base, history, history_base], api_name="chat_clear")
-
-
-class _Background(threading.Thread):
-    """A call run on a thread; ``result`` holds its return value or the exception it raised."""
-
-    def __init__(self, call: Any):
-        super().__init__(daemon=True)
-        self.call, self.result = call, None
-
-    def run(self) -> None:
-        try:
-            self.result = self.call()
-        except BaseException as exc:  # handed to the caller, who reports or re-raises it
-            self.result = exc
-
-    def wait(self, seconds: float) -> bool:
-        """Whether the call has finished (waiting up to ``seconds``)."""
-        self.join(seconds)
-        return not self.is_alive()
-
-
-def _in_background(call: Any) -> _Background:
-    worker = _Background(call)
-    worker.start()
-    return worker
 
 
 def _lists_update(runs_dir: Path, last: Any) -> tuple:

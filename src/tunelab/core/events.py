@@ -7,6 +7,7 @@ Each line is one object with ``v`` (schema version), ``type`` and ``time``. Type
 - ``eval``: step, eval_loss (and any other eval metric)
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)
 - ``status``: state (running, succeeded, failed, aborted) and message
+- ``estimate``: the trainer's estimate at start (tunelab.core.estimate.Estimate: reserved_gib, tokens_per_s ...)
 - ``prepare``: stage (libraries, demo, tokenizer, data, model, trainer, steps, evaluate, save): the step the trainer is
   in before its first loss or after training; optional done/total (progress) and details; cpu_s (its CPU seconds so far)
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_VERSION = 1
-EVENT_TYPES = ("train", "eval", "data", "status", "metric", "prepare")
+EVENT_TYPES = ("train", "eval", "data", "status", "metric", "estimate", "prepare")
 
 
 class EventWriter:
