@@ -133,8 +133,11 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         page.locator("#export_run input").click()
         page.get_by_role("option", name=f"{later.name} (succeeded)").click()
         expect(page.locator("#export_run input")).to_have_value(f"{later.name} (succeeded)")
-        shutil.rmtree(later)  # deleted while the page shows it: the list follows, no click needed
-        expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)", timeout=15_000)
+        shutil.rmtree(later)  # deleted while the page shows it: the list follows (the newest run left), no click needed
+        expect(page.locator("#export_run input")).not_to_have_value(f"{later.name} (succeeded)", timeout=15_000)
+        page.locator("#export_run input").click()
+        page.get_by_role("option", name=f"{run.name} (succeeded)").click()
+        expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
         page.locator("#export_dir textarea, #export_dir input").first.fill(str(run / "merged-browser"))
         page.locator("#export_button").click()
         expect(page.locator("#export_status")).to_contain_text("Verified", timeout=300_000)
@@ -156,5 +159,6 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         assert page.evaluate(BROKEN_WORDS_JS, "#eval_results, #eval_predictions") == []
         right = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll('#eval_predictions th')).map(t => t.getBoundingClientRect().right))")
         assert 0 < right <= 1280, right  # prompt, reference, base and fine-tuned side by side, all on screen
+        page.locator("#eval_predictions").scroll_into_view_if_needed()
         shot(page, "evaluate")
         browser.close()
