@@ -157,10 +157,11 @@ def generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                 eos_token_id=eos_ids, pad_token_id=pad,
             )
-        for row in out[:, width:].tolist():
-            replies.append(cut_at_stops(tokenizer.decode(row, skip_special_tokens=False), stops + _specials(tokenizer)))
+        replies += [decode_reply(tokenizer, row, stops) for row in out[:, width:].tolist()]
     return replies
 
 
-def _specials(tokenizer: Any) -> list[str]:
-    return [t for t in (tokenizer.pad_token, tokenizer.eos_token) if t]
+def decode_reply(tokenizer: Any, ids: list[int], stops: list[str]) -> str:
+    """Generated token ids as a reply: decoded with special tokens, cut at the first stop (or pad/eos) string."""
+    specials = [t for t in (tokenizer.pad_token, tokenizer.eos_token) if t]
+    return cut_at_stops(tokenizer.decode(ids, skip_special_tokens=False), stops + specials)

@@ -146,6 +146,17 @@ class VLLMEngine(LocalEngine):
         first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, id=ids[0])
         return [first, *(self._entries(ids[1:], ranked[1:], top) or [])]
 
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """One ``LLM.generate`` over every prompt (vLLM schedules the batch), the adapter as the LoRA request."""
+        from vllm import SamplingParams as VSamplingParams
+
+        self.check_model(model)
+        params = VSamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids, detokenize=False)
+        with self._lock:
+            outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                        lora_request=self.loras.get(model), use_tqdm=False)
+        return [list(output.outputs[0].token_ids) for output in outputs]
+
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
         add_special_tokens: bool,
