@@ -14,6 +14,7 @@ from typing import Any
 from tunelab.core.config import ConfigError
 from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.rundir import list_runs
+from tunelab.core.serving import require_vllm
 from tunelab.webui.options import SchemaOptions
 from tunelab.webui.studio import Studio
 
@@ -117,6 +118,8 @@ def start_eval(studio: Studio, run: str | None, *values: Any) -> Iterator[tuple[
         return
     try:
         config = validate_eval_config({"run": run, **options().mapping(list(values))}, "eval")
+        if config.engine == "vllm":
+            require_vllm("engine 'vllm'")
         from_run(run)
     except (ConfigError, SourceError) as exc:
         yield f"❌ {exc}", *empty

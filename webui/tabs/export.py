@@ -13,6 +13,7 @@ from typing import Any
 from tunelab.core.config import ConfigError
 from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export_config
 from tunelab.core.rundir import list_runs
+from tunelab.core.serving import require_vllm
 from tunelab.webui.options import SchemaOptions
 from tunelab.webui.studio import Studio
 
@@ -75,6 +76,8 @@ def start_export(studio: Studio, run: str | None, *values: Any) -> Iterator[str]
         return
     try:
         config = validate_export_config({"run": run, **options().mapping(list(values))})
+        if config.serve_check:
+            require_vllm("serve_check")
         source = from_run(run)
     except (ConfigError, SourceError) as exc:
         yield f"❌ {exc}"

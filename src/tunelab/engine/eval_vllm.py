@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError
 from tunelab.core.eval_config import EvalConfig
-from tunelab.core.serving import AdapterSpec, EngineOptions, ModelSpec
+from tunelab.core.serving import AdapterSpec, EngineOptions, ModelSpec, require_vllm, vllm_reachable
 from tunelab.core.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -27,17 +25,13 @@ CHUNK = 256  # prompts per vLLM request (vLLM schedules them as one batch)
 
 
 def use_vllm(cfg: EvalConfig, cuda: bool) -> bool:
-    """Whether predict/bench run on vLLM: always for engine=vllm (ConfigError when vLLM is nowhere to be found), for
-    auto only on a GPU (on a CPU vLLM's start costs more than it saves on the small sets the studio evaluates)."""
-    from tunelab.engine.inference.vllm_engine import VLLM_PYTHON_ENV, vllm_importable
-
+    """Whether predict/bench run on vLLM: always for engine=vllm (ConfigError when vLLM cannot run here), for auto
+    only on a GPU where vLLM can run (on a CPU its start costs more than it saves on the sets the studio evaluates)."""
+    if cfg.engine == "vllm":
+        require_vllm("engine 'vllm'")
     if cfg.engine == "hf" or not set(GENERATING) & set(cfg.metrics):
         return False
-    available = vllm_importable() or bool(os.environ.get(VLLM_PYTHON_ENV))
-    if cfg.engine == "vllm" and not available:
-        raise ConfigError(f"engine: 'vllm' needs vLLM importable in this Python or ${VLLM_PYTHON_ENV} naming a Python "
-                          "that has it (make vllm-venv builds .venv-vllm); or choose engine=hf")
-    return available and (cfg.engine == "vllm" or cuda)
+    return cfg.engine == "vllm" or (cuda and vllm_reachable())
 
 
 def _rank(adapter: Path) -> int:
@@ -128,9 +122,12 @@ def vllm_bench(cfg: EvalConfig, sides: VLLMSides, side: str, tokenizer_dir: str)
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
         engine, name = sides.target(side)
+        # vLLM computes prompt logprobs (echo) of several prompts in one step with one LoRA index per sequence, not
+        # per token, and fails (vllm-project/vllm#29955): with LoRA enabled, one prompt per request, one at a time.
+        batch = 1 if engine.spec is not None and engine.spec.adapters else cfg.batch_size
         return LocalCompletionsAPI(
             model=name, base_url=f"{engine.base_url}/completions", tokenizer=tokenizer_dir, tokenizer_backend="huggingface",
-            header={"Authorization": f"Bearer {engine.client.api_key}"}, batch_size=cfg.batch_size, num_concurrent=1,
+            header={"Authorization": f"Bearer {engine.client.api_key}"}, batch_size=batch, num_concurrent=1,
             max_retries=1, trust_remote_code=cfg.trust_remote_code, timeout=1800,
         )
 
@@ -138,7 +135,7 @@ def vllm_bench(cfg: EvalConfig, sides: VLLMSides, side: str, tokenizer_dir: str)
 
 
 def native_lm(cfg: EvalConfig, sides: VLLMSides, side: str, tokenizer_dir: str) -> Any:
-    """lm-eval's own vllm backend for one side (the adapter as its LoRA)."""
+    """lm-eval's own vllm backend for one side (the adapter as its LoRA; one request at a time then, as in vllm_bench)."""
     from lm_eval.models.vllm_causallms import VLLM
 
     adapter = sides.source.adapter
@@ -146,7 +143,7 @@ def native_lm(cfg: EvalConfig, sides: VLLMSides, side: str, tokenizer_dir: str) 
     lora = str(adapter) if adapter is not None and side == "tuned" else None
     return VLLM(
         pretrained=str(sides.source.weights) if full else sides.base_path, tokenizer=tokenizer_dir,
-        dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[sides.dtype], batch_size="auto",
+        dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[sides.dtype], batch_size=1 if lora else "auto",
         lora_local_path=lora, max_lora_rank=_rank(Path(lora)) if lora else 16, seed=cfg.seed, enforce_eager=not cuda(),
         trust_remote_code=cfg.trust_remote_code, generation_config="vllm",
     )

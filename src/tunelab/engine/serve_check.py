@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError
 from tunelab.core.generation import InferenceError
-from tunelab.core.serving import EngineOptions, ModelSpec
+from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec, require_vllm
 
 log = logging.getLogger(__name__)
 MAX_TOKENS = 32
@@ -27,13 +26,12 @@ MAX_MODEL_LEN = 1024  # a short prompt: keeps vLLM's KV cache small (CPU builds 
 
 def vllm_python() -> str:
     """The Python that runs `vllm serve`; ConfigError naming how to get one when there is none."""
-    from tunelab.engine.inference.vllm_engine import VLLM_PYTHON_ENV, _other_python, vllm_importable
+    from tunelab.engine.inference.vllm_engine import _other_python, vllm_importable
 
-    python = _other_python(os.environ.get(VLLM_PYTHON_ENV)) or (sys.executable if vllm_importable() else None)
-    if python is None:
-        raise ConfigError(f"serve_check: needs vLLM, importable in this Python or in the one ${VLLM_PYTHON_ENV} names "
-                          "(make vllm-venv builds .venv-vllm); or export without serve_check")
-    return python
+    require_vllm("serve_check")
+    if vllm_importable():
+        return sys.executable
+    return _other_python(os.environ.get(VLLM_PYTHON_ENV)) or sys.executable
 
 
 def _max_model_len(folder: Path) -> int:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
-from tunelab.core.serving import EngineOptions, ModelSpec
+from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec
 from tunelab.engine.inference.base import Engine, LocalEngine
 
 log = logging.getLogger(__name__)
 
-VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 CPU_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 MISSING = (
