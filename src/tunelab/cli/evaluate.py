@@ -19,7 +19,8 @@ from tunelab.core.serving import require_vllm
 from tunelab.cli.schema_args import add_schema_options, schema_values
 
 # EvalConfig fields with their own flag; every other field is a key=value option.
-FLAGS = ["run", "model", "adapter", "metrics", "dataset", "tasks", "limit", "max_samples", "compare_base", "output_dir"]
+FLAGS = ["run", "model", "adapter", "metrics", "dataset", "tasks", "limit", "max_samples", "engine", "compare_base",
+         "output_dir"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
