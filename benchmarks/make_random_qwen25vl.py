@@ -1,9 +1,10 @@
 """Write a Qwen2.5-VL model with random weights (7B shape by default) for GPU throughput runs; no download.
 
-    python benchmarks/make_random_qwen25vl.py OUT_DIR [--tiny]
+    python benchmarks/make_random_qwen25vl.py OUT_DIR [--tiny] [--tokenizer DIR]
 
-The tokenizer is the demo tokenizer plus Qwen's vision tokens (the embedding keeps Qwen's 152064 rows); the image
-processor is Qwen2-VL's with its usual patch 14 / merge 2. Needs torchvision (transformers' Qwen-VL processors do).
+The tokenizer is the demo tokenizer (or DIR's) plus Qwen's vision tokens (the embedding keeps Qwen's 152064 rows);
+the image processor is Qwen2-VL's with its usual patch 14 / merge 2: the torchvision one where torchvision is
+installed, else its PIL twin. No video processor is saved (image runs only), so loading needs no torchvision.
 """
 
 from __future__ import annotations
@@ -23,21 +24,27 @@ VISION_TINY = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, 
 
 def main(argv: list[str]) -> None:
     """Build and save the model, processor and chat template."""
+    import importlib.util
+
     import torch
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-    )
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     from tunelab.core.templates import registry
-    from tunelab.engine.demo import build_demo_model
+
+    if importlib.util.find_spec("torchvision") is not None:
+        from transformers import Qwen2VLImageProcessor as ImageProcessor
+    else:
+        from transformers import Qwen2VLImageProcessorPil as ImageProcessor
 
     out, tiny = Path(argv[0]), "--tiny" in argv
     text, vision = (TINY, VISION_TINY) if tiny else (SEVEN_B, VISION_7B)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(build_demo_model())
+    if "--tokenizer" in argv:
+        source = Path(argv[argv.index("--tokenizer") + 1])
+    else:
+        from tunelab.engine.demo import build_demo_model
+
+        source = build_demo_model()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
     tokenizer.chat_template = registry().get("qwen2").source
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")}
@@ -54,8 +61,7 @@ def main(argv: list[str]) -> None:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
     model.save_pretrained(out)
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-                                    chat_template=tokenizer.chat_template)
+    processor = Qwen2_5_VLProcessor(image_processor=ImageProcessor(), tokenizer=tokenizer, chat_template=tokenizer.chat_template)
     processor.save_pretrained(out)
     print(f"saved {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters to {out}")
 
