@@ -3,8 +3,8 @@
     python benchmarks/make_random_qwen25vl.py OUT_DIR [--tiny] [--tokenizer DIR]
 
 The tokenizer is the demo tokenizer (or DIR's) plus Qwen's vision tokens (the embedding keeps Qwen's 152064 rows);
-the image processor is Qwen2-VL's with its usual patch 14 / merge 2: the torchvision one where torchvision is
-installed, else its PIL twin. No video processor is saved (image runs only), so loading needs no torchvision.
+the image processor is Qwen2-VL's with its usual patch 14 / merge 2. Needs torchvision (transformers builds Qwen-VL
+processors, video processor included, only with it).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ def main(argv: list[str]) -> None:
 
     from tunelab.core.templates import registry
 
-    if importlib.util.find_spec("torchvision") is not None:
-        from transformers import Qwen2VLImageProcessor as ImageProcessor
-    else:
-        from transformers import Qwen2VLImageProcessorPil as ImageProcessor
+    if importlib.util.find_spec("torchvision") is None:
+        sys.exit("make_random_qwen25vl: transformers builds Qwen-VL processors only with torchvision; install it")
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     out, tiny = Path(argv[0]), "--tiny" in argv
     text, vision = (TINY, VISION_TINY) if tiny else (SEVEN_B, VISION_7B)
@@ -58,10 +57,13 @@ def main(argv: list[str]) -> None:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
     )
     torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: no fp32 copy of 8B parameters
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    torch.set_default_dtype(torch.float32)
     model.save_pretrained(out)
-    processor = Qwen2_5_VLProcessor(image_processor=ImageProcessor(), tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=tokenizer.chat_template)
     processor.save_pretrained(out)
     print(f"saved {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters to {out}")
 

@@ -1,7 +1,7 @@
 """A Qwen2.5-VL-7B-shaped (random weights) LoRA run through `tunelab train` on images: tokens/s and peak memory.
 
     python benchmarks/vlm_bench.py --out OUT [--tokenizer DIR]      (on a GPU: the 7B shape)
-    python benchmarks/vlm_bench.py --out /tmp/vb --cpu                (tiny shape on the CPU: checks this script)
+    python benchmarks/vlm_bench.py --out /tmp/vb --cpu --model DIR    (on the CPU, e.g. the demo VLM: checks this script)
 
 Writes the model with benchmarks/make_random_qwen25vl.py, a dataset of generated 448x448 pictures (256 image tokens
 each after Qwen's 2x2 merge) with long answers, then runs `tunelab train` once per booster, each in its own process:
@@ -27,7 +27,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
 from product_bench import rate  # noqa: E402  (a sibling script)
 
-COMMON = ["stage=sft", "method=lora", "template=qwen2", "lora_rank=16", "lora_target=all", "gradient_checkpointing=true",
+COMMON = ["stage=sft", "method=lora", "lora_rank=16", "lora_target=all", "gradient_checkpointing=true",
           "logging_steps=1", "save_steps=100000", "learning_rate=2e-4", "warmup_ratio=0"]
 
 
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", default=None, help="a tokenizer folder for make_random_qwen25vl.py (default: demo)")
+    p.add_argument("--model", default=None, help="an existing VLM folder instead of the random Qwen2.5-VL-7B")
     p.add_argument("--boosters", default="auto,liger")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--size", type=int, default=448, help="picture side in pixels")
     p.add_argument("--timeout", type=int, default=240)
-    p.add_argument("--cpu", action="store_true", help="tiny shape, 2 steps, fp32: checks this script")
+    p.add_argument("--cpu", action="store_true", help="small pictures, 2 steps, fp32: checks this script")
     args = p.parse_args(argv)
     if args.cpu:
         args.batch, args.seq, args.steps, args.warmup, args.size, args.boosters = 2, 256, 2, 1, 56, "auto"
@@ -98,6 +99,15 @@ def run_train(booster: str, args: argparse.Namespace, model: Path, data: Path, o
             "booster_reason": status.get("booster_reason"), "losses": [e["loss"] for e in train], "wall_s": wall}
 
 
+def _version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -107,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     start = time.perf_counter()
-    model = work / ("qwen25vl-tiny" if args.cpu else "qwen25vl-7b")
+    model = Path(args.model) if args.model else work / "qwen25vl-7b"
     if not (model / "config.json").is_file():
-        make = [sys.executable, str(HERE / "make_random_qwen25vl.py"), str(model), *(["--tiny"] if args.cpu else []),
+        make = [sys.executable, str(HERE / "make_random_qwen25vl.py"), str(model),
                 *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
         subprocess.run(make, check=True)
+    versions = {name: _version(name) for name in ("torch", "torchvision", "transformers", "peft", "trl", "liger-kernel")}
     results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "args": vars(args),
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions, "rows": []}
     data = write_dataset(args, work / "data")
     results["prepare_s"] = round(time.perf_counter() - start, 1)
     for booster in args.boosters.split(","):

@@ -85,11 +85,18 @@ class OpenAIEngine(Engine):
         request: dict[str, Any] = dict(model=model, messages=inlined, stream=True, stream_options={"include_usage": True},
                                        **_sampling(params))
         stops = list(params.stop)
-        if self.templates is not None:  # a server tunelab started: it renders with the template the model was trained with
+        if self.templates is not None:  # vllm serve started by tunelab: it renders with the template the model was trained with
             self.check_model(model)
             if tools:
                 raise InferenceError("tools: not with images on this engine; send the image without tools")
-            request.setdefault("extra_body", {})["chat_template"] = image_chat_template(self.templates.choice(model).template)
+            from tunelab.engine.inference.vllm_engine import vision_image_text
+
+            assert self.spec is not None
+            image_text = vision_image_text(self.spec.path, False)
+            if image_text is None:
+                raise InferenceError(f"messages: {model!r} is a text-only model and takes no images")
+            template = self.templates.choice(model).template.serving_jinja
+            request.setdefault("extra_body", {})["chat_template"] = image_chat_template(template, image_text)
             stops += self.templates.stops(model)
             request["stop"] = [s for s in dict.fromkeys(stops) if s] or None
         elif tools:
