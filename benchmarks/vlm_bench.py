@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
-from product_bench import rate  # noqa: E402  (a sibling script)
+from product_bench import measured_run, prepare_dirs  # noqa: E402  (a sibling script)
 
 COMMON = ["stage=sft", "method=lora", "lora_rank=16", "lora_target=all", "gradient_checkpointing=true",
           "logging_steps=1", "save_steps=100000", "learning_rate=2e-4", "warmup_ratio=0"]
@@ -81,22 +80,7 @@ def run_train(booster: str, args: argparse.Namespace, model: Path, data: Path, o
     cmd = [sys.executable, "-m", "tunelab.cli", "train", f"model={model}", f"dataset={data}", f"booster={booster}",
            f"cutoff_len={args.seq}", f"batch_size={args.batch}", f"max_steps={args.warmup + args.steps}", *COMMON,
            *(["precision=fp32"] if args.cpu else []), "--runs-dir", str(out / "runs")]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired as exc:
-        return {"error": f"timeout after {args.timeout}s: {str(exc.stdout or '')[-800:]}"}
-    wall = round(time.perf_counter() - t0, 1)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("run directory: ")), None)
-    if proc.returncode != 0 or line is None:
-        return {"error": f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}", "wall_s": wall}
-    run_dir = Path(line.removeprefix("run directory: "))
-    events = [json.loads(ln) for ln in (run_dir / "events.jsonl").read_text().splitlines()]
-    train = [e for e in events if e["type"] == "train"]
-    status = json.loads((run_dir / "status.json").read_text())
-    return {**rate(train, args.warmup), "peak_gib": train[-1].get("peak_mem_gb"),
-            "peak_reserved_gib": train[-1].get("peak_reserved_gb"), "booster": status.get("booster"),
-            "booster_reason": status.get("booster_reason"), "losses": [e["loss"] for e in train], "wall_s": wall}
+    return measured_run(cmd, args.timeout, args.warmup)
 
 
 def _version(name: str) -> str | None:
@@ -111,11 +95,7 @@ def _version(name: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("TUNELAB_BENCH_DIR", "/tmp/tunelab-vlm-bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    work = prepare_dirs(out, "/tmp/tunelab-vlm-bench")
     start = time.perf_counter()
     model = Path(args.model) if args.model else work / "qwen25vl-7b"
     if not (model / "config.json").is_file():

@@ -114,5 +114,5 @@ def test_train_chat_with_a_picture_and_export_a_vlm(studio_server, demo_vlm_dir:
         page.locator("#export_button").click()
         expect(page.locator("#export_status")).to_contain_text("✅", timeout=300_000)
         expect(page.locator("#export_status")).to_contain_text("on a prompt with a picture")
-        assert (run.path / "merged" / "preprocessor_config.json").is_file()
+        assert (run.path / "merged" / "processor_config.json").is_file()  # the processor came along
         browser.close()

@@ -50,9 +50,8 @@ def open_vllm(spec: ModelSpec, options: EngineOptions) -> Engine:
     python = python or _other_python(os.environ.get(VLLM_PYTHON_ENV))
     if not python:
         raise InferenceError(MISSING.format(python=sys.executable, env=VLLM_PYTHON_ENV))
-    from tunelab.engine.inference.vllm_server import probe_vllm, serve_with_vllm
+    from tunelab.engine.inference.vllm_server import serve_with_vllm
 
-    probe_vllm(python)  # a Python without vLLM is named as such first
     refuse_vision(spec, python)
 
     return serve_with_vllm(spec, options, python)
@@ -98,6 +97,10 @@ def refuse_vision(spec: ModelSpec, python: str) -> None:
 
     if not is_vlm(spec.path):
         return
+    if python != sys.executable:
+        from tunelab.engine.inference.vllm_server import probe_vllm
+
+        probe_vllm(python)  # a Python without vLLM at all is named as such first
     problem = vision_problem(None if python == sys.executable else python)
     if problem:
         raise InferenceError(

@@ -61,7 +61,7 @@ def serve_argv(python: str, spec: ModelSpec, options: EngineOptions, port: int, 
         argv += ["--max-model-len", str(options.max_model_len)]
     if options.trust_remote_code:
         argv.append("--trust-remote-code")
-    if is_vlm(spec.path, options.trust_remote_code):  # image chats carry the registry template (with image parts)
+    if (Path(spec.path) / "config.json").is_file() and is_vlm(spec.path):  # image chats carry the registry template
         argv.append("--trust-request-chat-template")
     if spec.adapters:
         argv += ["--enable-lora", "--max-loras", str(len(spec.adapters)), "--max-lora-rank", str(lora_rank_limit(spec))]
