@@ -20,7 +20,7 @@ from tests.conftest import VLM_QUESTION as QUESTION
 
 
 @pytest.fixture(scope="module")
-def vlm_server(demo_vlm_dir: Path, vlm_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def vlm_server(demo_vlm_dir: Path, vlm_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory, request):
     """`tunelab api --model demo-vlm --adapter DIR --port 0`; yields its base URL."""
     folder = tmp_path_factory.mktemp("vlm-api")
     ready, log = folder / "ready.json", folder / "api.log"
@@ -29,6 +29,7 @@ def vlm_server(demo_vlm_dir: Path, vlm_adapter_dir: Path, tmp_path_factory: pyte
             [sys.executable, "-m", "tunelab.cli", "api", "--model", "demo-vlm", "--adapter", f"tuned={vlm_adapter_dir}",
              "--port", "0", "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT,
         )
+    request.getfixturevalue("vlm_answers")  # the reference answers are computed while the server loads
     deadline = time.time() + 300
     while not ready.is_file():
         assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
@@ -45,6 +46,7 @@ def _ask(client: openai.OpenAI, model: str, url: str, **kwargs) -> str:
     return response.choices[0].message.content
 
 
+@pytest.mark.slow
 def test_api_answers_image_parts_like_transformers(vlm_server: str, vlm_answers: dict[str, str]) -> None:
     client = openai.OpenAI(base_url=vlm_server, api_key="none", max_retries=0)
     data_url = "data:image/png;base64," + base64.b64encode(PICTURE.read_bytes()).decode()

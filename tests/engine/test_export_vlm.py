@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import VLM_PICTURE, VLM_QUESTION
 
 
+@pytest.mark.slow
 def test_vlm_export_reloads_in_plain_transformers_and_answers_the_picture(
     demo_vlm_dir: Path, vlm_adapter_dir: Path, vlm_answers: dict[str, str], tmp_path: Path,
 ) -> None:

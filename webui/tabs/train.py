@@ -187,12 +187,16 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     preview_outputs = [fields["template"], ui["template_info"], ui["data_preview"], ui["preview_note"], ui["preview_images"]]
     for component in ordered:
         component.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
+    # previews run one at a time, in the order they were asked for: a slow earlier one (a model folder read for
+    # the first time) must not land after, and overwrite, the preview of the datasets picked since
+    in_order = dict(concurrency_id="train_preview", concurrency_limit=1)
     for name in PREVIEW_FIELDS:
-        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["model_path"].change(act.on_form, inputs=form_inputs, outputs=form_outputs, show_progress="hidden", api_name="check_form")
-    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview")
+    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview",
+                            **in_order)
     language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
-    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
                       outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
     ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")
