@@ -47,8 +47,9 @@ def _ask(client: openai.OpenAI, model: str, url: str, **kwargs) -> str:
 
 
 @pytest.mark.slow
-def test_api_answers_image_parts_like_transformers(vlm_server: str, vlm_answers: dict[str, str]) -> None:
+def test_api_answers_image_parts_like_transformers(vlm_server: str, vlm_answers: dict[str, str], request) -> None:
     client = openai.OpenAI(base_url=vlm_server, api_key="none", max_retries=0)
+    request.addfinalizer(client.close)  # no idle keep-alive connection holds the server's shutdown
     data_url = "data:image/png;base64," + base64.b64encode(PICTURE.read_bytes()).decode()
     for model in ("tuned", "demo-vlm"):
         assert _ask(client, model, data_url).strip() == vlm_answers[model]
