@@ -11,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VLM_PICTURE, VLM_QUESTION
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS
 from tests.webui.test_browser import open_page, pick
 from tunelab.core.rundir import RunDir
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the browser fixture skips where chromium is not installed
 MAX_NEW = 8
 
 
@@ -97,22 +92,19 @@ def _reference(run: RunDir) -> dict[str, str]:
     return {"base": base, "tuned": generate_reply(tuned, processor, choice, messages, [str(VLM_PICTURE)], max_new_tokens=MAX_NEW)}
 
 
-def test_train_chat_with_a_picture_and_export_a_vlm(studio_server, demo_vlm_dir: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_train_chat_with_a_picture_and_export_a_vlm(studio_server, browser, demo_vlm_dir: Path) -> None:
+    from playwright.sync_api import expect
 
     server = studio_server().start()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = open_page(browser, server.url)
-        run = _train(page, server)
-        expected = _reference(run)
-        assert expected["tuned"] and expected["base"], expected
-        _chat(page, run, expected)
-        page.locator("#chat_unload").click()
-        page.get_by_role("tab", name="Export").click()
-        page.locator("#export_refresh").click()
-        page.locator("#export_button").click()
-        expect(page.locator("#export_status")).to_contain_text("✅", timeout=300_000)
-        expect(page.locator("#export_status")).to_contain_text("on a prompt with a picture")
-        assert (run.path / "merged" / "processor_config.json").is_file()  # the processor came along
-        browser.close()
+    page = open_page(browser, server.url)
+    run = _train(page, server)
+    expected = _reference(run)
+    assert expected["tuned"] and expected["base"], expected
+    _chat(page, run, expected)
+    page.locator("#chat_unload").click()
+    page.get_by_role("tab", name="Export").click()
+    page.locator("#export_refresh").click()
+    page.locator("#export_button").click()
+    expect(page.locator("#export_status")).to_contain_text("✅", timeout=300_000)
+    expect(page.locator("#export_status")).to_contain_text("on a prompt with a picture")
+    assert (run.path / "merged" / "processor_config.json").is_file()  # the processor came along

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
 
 def _service(studio: Any) -> ChatService:
     if "chat" not in studio.services:
-        studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers")
+        studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers", runs_dir=studio.runs_dir)
     return studio.services["chat"]
 
 
@@ -97,8 +98,15 @@ def build(studio: Any) -> None:
         yield t("chat.status.loading").format(what=what, engine=engine_v), gr.update(), [], [], [], []
         options = EngineOptions(engine=engine_v, dtype=dtype_v, base_url=url_v or None, api_key=key_v or None,
                                 vllm_python=vllm_v or None)
+        with ThreadPoolExecutor(1) as pool:  # while it waits in the job queue for a GPU, say which job holds it
+            loading, shown = pool.submit(service.load, model_v or None, list(adapters_v or []), options, template_v or "auto"), None
+            while not loading.done():
+                if service.waiting and service.waiting != shown:
+                    shown = service.waiting
+                    yield t("chat.status.waiting").format(message=shown), gr.update(), [], [], [], []
+                time.sleep(0.3)
         try:
-            served = service.load(model_v or None, list(adapters_v or []), options, template_v or "auto")
+            served = loading.result()
         except (InferenceError, EngineCrashed) as exc:
             yield t("chat.status.error").format(message=exc), gr.update(choices=[], value=None), [], [], [], []
             return

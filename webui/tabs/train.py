@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from tunelab.core.config import RunConfig
-from tunelab.webui import form
+from tunelab.webui import estimate_view, form
 from tunelab.webui.studio import Studio
 from tunelab.webui.train_actions import TrainActions, dataset_choices, model_choices, template_choices
 
@@ -122,6 +122,7 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
     ))
     if not gpus:
         gr.Markdown(studio.t("train.gpus_none"))
+    _estimate_box(studio, ui, gpus)
     with gr.Row():
         ui["start"] = studio.register(gr.Button(studio.t("train.start"), variant="primary", elem_id="start"))
         ui["stop"] = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
@@ -129,6 +130,17 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
     ui["train_message"] = studio.register(gr.Markdown(elem_id="train_message"))  # what Start / Stop just did
     ui["status"] = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
     ui["progress"] = studio.register(gr.HTML(elem_id="progress"))
+
+
+def _estimate_box(studio: Studio, ui: dict[str, Any], gpus: list[Any]) -> None:
+    """Peak memory, tokens/s and time per epoch of the form's config on the picked device, before Start."""
+    import gradio as gr
+
+    ui["estimate_device"] = studio.register(gr.Dropdown(
+        choices=estimate_view.device_choices(gpus), value=estimate_view.default_device(gpus), elem_id="estimate_device",
+        label=studio.t("estimate.for"), info=studio.t("estimate.for_hint"),
+    ))
+    ui["estimate"] = studio.register(gr.Markdown(elem_id="estimate"))
 
 
 def _log(studio: Studio, ui: dict[str, Any]) -> None:
@@ -212,6 +224,12 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     ui["metric_pick"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     language.change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
+    estimate_inputs = [language, ui["estimate_device"], ui["model_path"], *ordered]
+    ui["estimate_device"].change(act.on_estimate, inputs=estimate_inputs, outputs=[ui["estimate"]],
+                                 show_progress="hidden", api_name="estimate")
+    for component in [ui["model_path"], language, *ordered]:
+        component.change(act.on_estimate, inputs=estimate_inputs, outputs=[ui["estimate"]], **quiet)
+    root_blocks().load(act.on_estimate, inputs=estimate_inputs, outputs=[ui["estimate"]], **quiet)
     ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)
     names = json.dumps([s.name for s in specs])
     ui["form_error"].change(None, inputs=[ui["form_error"]], js=MARK_FIELDS_JS.replace("NAMES", names), **quiet)  # keep the newest log lines in view

@@ -9,7 +9,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tunelab.cli.serving import add_model_arguments, add_sampling_arguments, open_from_args, sampling_params, user_errors
+from tunelab.cli.serving import (
+    add_model_arguments, add_sampling_arguments, held_gpu, open_from_args, sampling_params, user_errors,
+)
 from tunelab.core.generation import CHAT_TEMPERATURE
 from tunelab.core.media import user_message
 
@@ -33,6 +35,14 @@ def _chat(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        with held_gpu(args, "tunelab chat with", lambda reason: print(f"queued: {reason}", file=sys.stderr, flush=True)):
+            return _chat_on_device(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _chat_on_device(args: argparse.Namespace) -> int:
     try:
         params = sampling_params(args)
         _check_images(args.image)
