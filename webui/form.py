@@ -18,7 +18,7 @@ import yaml
 
 from pydantic import BaseModel
 
-from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, stage_fields, validate_config
+from tunelab.core.config import ConfigError, RunConfig, stage_fields, validate_config
 from tunelab.core.schema import choices_of
 
 GROUPS = ("model", "method", "stage", "data", "train", "distributed", "output")
@@ -79,8 +79,6 @@ def schema_specs(schema: type[BaseModel], names: list[str]) -> list[FieldSpec]:
         info = schema.model_fields[name]
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         choices = tuple(choices_of(schema, name) or ())
-        if schema is RunConfig and name == "stage":
-            choices = tuple(c for c in choices if c in STAGES_AVAILABLE)
         specs.append(FieldSpec(
             name=name, kind=_kind(info.annotation, list(choices)), default=info.default, description=info.description or "",
             group=str(extra.get("group", "other")), main=bool(extra.get("main")),
