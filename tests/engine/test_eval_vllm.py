@@ -60,6 +60,7 @@ def test_vllm_requests_are_refused_before_any_work_without_vllm(demo_lora_run: P
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @requires_vllm
 def test_eval_on_vllm_equals_the_hf_engine(demo_lora_run: Path, tmp_path: Path) -> None:
     task = write_choice_task(tmp_path, "tuna_vllm")
