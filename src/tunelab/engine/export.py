@@ -114,6 +114,10 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
             "AutoModelForSequenceClassification(num_labels=1)"
         )
     refuse_quantized_run(source, cfg)
+    if cfg.serve_check:  # before the slow part: is there a vLLM to serve the export with?
+        from tunelab.engine.serve_check import vllm_python
+
+        vllm_python()
     out = Path(cfg.out).expanduser().resolve() if cfg.out else default_out(source)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ExportError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
@@ -171,6 +175,12 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"export written to {out}")
+    if cfg.serve_check:
+        from tunelab.engine.serve_check import serve_check
+
+        expected = verify["generated"] if verify else None
+        report["serve_check"] = serve_check(out, dtype_name, VERIFY_MESSAGES, expected, source.trust_remote_code, say)
+        write_json_atomic(out / "tunelab_export.json", report)
     if cfg.push_to_hub:
         report["pushed"] = push_to_hub(out, cfg.push_to_hub, say)
     return report

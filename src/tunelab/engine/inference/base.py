@@ -66,6 +66,10 @@ class Engine(ABC):
         """The text of token ids (for echoing a tokenized prompt)."""
         raise InferenceError(f"prompt: token-id prompts cannot be echoed by the {self.name} engine; send text")
 
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """Greedy continuations (token ids) of tokenized prompts, all submitted at once for the engine to batch."""
+        raise InferenceError(f"batched generation is not available from the {self.name} engine")
+
     def tool_parser(self, model: str) -> str:
         """The tool-call format of ``model``'s template; InferenceError when its template renders no tools."""
         raise InferenceError(f"tools: the {self.name} engine does not render tools")

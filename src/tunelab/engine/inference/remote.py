@@ -123,6 +123,17 @@ class OpenAIEngine(Engine):
         entries = _text_entries(choice.logprobs)
         return entries[: response.usage.prompt_tokens] if response.usage else entries
 
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """One /v1/completions request holding every tokenized prompt (vLLM batches them), token ids returned."""
+        if not self._vllm:
+            raise InferenceError(f"batched token-id generation needs vLLM's server; {self.base_url} is another one")
+        with _translated(self.base_url):
+            response = self.client.completions.create(
+                model=model, prompt=prompts, max_tokens=max_new_tokens, temperature=0,
+                extra_body={"return_token_ids": True, "stop_token_ids": stop_ids, "skip_special_tokens": False},
+            )
+        return [list((c.model_extra or {}).get("token_ids") or []) for c in sorted(response.choices, key=lambda c: c.index)]
+
     def complete(
         self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,
         add_special_tokens: bool = True,

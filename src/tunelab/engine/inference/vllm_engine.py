@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
-from tunelab.core.serving import EngineOptions, ModelSpec
+from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec
 from tunelab.engine.inference.base import Engine, LocalEngine
 
 log = logging.getLogger(__name__)
 
-VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 CPU_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 MISSING = (
@@ -198,6 +197,17 @@ class VLLMEngine(LocalEngine):
         ranked = list(output.prompt_logprobs or [])
         first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, id=ids[0])
         return [first, *(self._entries(ids[1:], ranked[1:], top) or [])]
+
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """One ``LLM.generate`` over every prompt (vLLM schedules the batch), the adapter as the LoRA request."""
+        from vllm import SamplingParams as VSamplingParams
+
+        self.check_model(model)
+        params = VSamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids, detokenize=False)
+        with self._lock:
+            outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                        lora_request=self.loras.get(model), use_tqdm=False)
+        return [list(output.outputs[0].token_ids) for output in outputs]
 
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
