@@ -122,7 +122,7 @@ class LeanSteps:
         """trl's log, after turning the metrics kept on the device into numbers (one sync per logged step)."""
         import torch
 
-        for store in self._metrics.values():  # type: ignore[attr-defined]
+        for store in getattr(self, "_metrics", {}).values():  # trl's per-step metrics
             for key, values in store.items():
                 if any(isinstance(v, torch.Tensor) for v in values):
                     store[key] = [float(v) for v in values]
