@@ -16,14 +16,16 @@ def tiny_lora() -> Any:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    return get_peft_model(LlamaForCausalLM(config), lora)
+    lora = LoraConfig(r=4, lora_dropout=0.5, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    # eval mode, as from_pretrained leaves a model: the peft wrapper around it starts out saying "training"
+    return get_peft_model(LlamaForCausalLM(config).eval(), lora)
 
 
 def run(tmp_path: Any, trainer_class: type, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], dict[str, int]]:
     from transformers import TrainerCallback, TrainingArguments
 
     walks = {"train": 0, "parameters": 0}
+    modes: list[bool] = []  # every module training (dropout on) at each step's end
     counting = {"on": False}
     original_train, original_parameters = torch.nn.Module.train, torch.nn.Module.parameters
 
@@ -38,6 +40,7 @@ def run(tmp_path: Any, trainer_class: type, monkeypatch: pytest.MonkeyPatch) -> 
     class Window(TrainerCallback):  # count from the end of step 1 to the end of the run
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             counting["on"] = state.global_step < state.max_steps
+            modes.append(all(m.training for m in model.modules()))
 
     model = tiny_lora()
     monkeypatch.setattr(torch.nn.Module, "train", train)
@@ -51,6 +54,7 @@ def run(tmp_path: Any, trainer_class: type, monkeypatch: pytest.MonkeyPatch) -> 
     trainer.train()
     monkeypatch.undo()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert modes == [True] * 5, modes
     return losses, walks
 
 

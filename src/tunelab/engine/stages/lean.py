@@ -4,7 +4,7 @@ On a GPU the host queues kernels ahead of the device; each host sync (``.item()`
 over all ~3,000 modules or ~1,000 parameters of an 8B peft model between steps is time the GPU sits idle. With
 the fast path the step's GPU work is short enough that this showed: ``tunelab train`` ran 14% slower than the
 bare loop on the same batches. ``LeanSteps`` (mixed into trl's SFTTrainer) removes, in a single process:
-- the walk of every module by ``model.train()`` at each step (skipped when the model is already training);
+- the walk of every module by ``model.train()`` at each step (done once; again only when the mode changes);
 - ``model.zero_grad()``'s and gradient clipping's walks over every parameter (the optimizer's own list instead);
 - ``floating_point_ops``' parameter count at each step (counted once);
 - with the fast path, trl's chunked LM head (a third vocabulary-sized GEMM) and its two metric syncs between the
@@ -46,10 +46,13 @@ class LeanSteps:
     def _lean_model(self) -> Iterator[None]:
         model = self.model  # type: ignore[attr-defined]
         cls = type(model)
+        walked: dict[str, bool | None] = {"mode": None}  # the mode the last full walk set on every submodule
 
         def train(mode: bool = True) -> Any:
-            if mode and model.training:  # every submodule was set by the call that set the root
+            # The root's own flag is no proof: a peft wrapper is created training around a model loaded in eval mode.
+            if walked["mode"] is mode:
                 return model
+            walked["mode"] = mode
             return cls.train(model, mode)
 
         def zero_grad(set_to_none: bool = True) -> None:
