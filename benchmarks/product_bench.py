@@ -46,9 +46,9 @@ DEFAULT_RUNS = "lora-fast-pack,lora-fast-nopack,lora-none-pack,qlora-fast-pack,q
 PEERS = {"trl-lora-pack": ("trl", "lora", True), "trl-qlora-pack": ("trl", "qlora", True),
          "unsloth-lora-pack": ("unsloth", "lora", True), "unsloth-qlora-pack": ("unsloth", "qlora", True)}
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-# The bare loop gets the allocator setting `tunelab train` gives itself (engine/train.py), so the trainer gap compares
-# the same allocator; the peers keep their own (trl: PyTorch's default; Unsloth sets expandable segments itself).
-SAME_ALLOCATOR = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+# Extra environment of the bare loop: none now. benchmarks/results/h100-product.json's bare rows and tunelab rows ran
+# with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (then tunelab train's default, since dropped: no gain seen).
+SAME_ALLOCATOR: dict[str, str] = {}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -211,7 +211,7 @@ def environment() -> dict[str, Any]:
 def table(rows: list[dict]) -> str:
     """The README table: one line per run; ratios to plain HF (trl's recipe), to Unsloth's recipe and, for the fast
     path, to the bare loop, each of the same method (lora / qlora)."""
-    ok = {r["name"]: r for r in rows if r.get("tokens_per_s")}
+    ok = {r["name"]: r for r in rows if r.get("tokens_per_s") and not r.get("invalid")}
     lines = ["| run | tok/s | GiB alloc / reserved | pinned host GiB | x plain HF (trl) | x Unsloth | x bare loop |",
              "|---|---:|---:|---:|---:|---:|---:|"]
 
@@ -219,6 +219,9 @@ def table(rows: list[dict]) -> str:
         return f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref and ref is not r else ""
 
     for r in rows:
+        if r.get("invalid"):  # measured, then found wrong: kept in the JSON with the reason, left out of the ratios
+            lines.append(f"| {r['name']} | invalid: {r['invalid'][:90]} | | | | | |")
+            continue
         if not r.get("tokens_per_s"):
             lines.append(f"| {r['name']} | failed: {str(r.get('error', ''))[-80:]!r} | | | | | |")
             continue
