@@ -139,8 +139,16 @@ def run_product(name: str, args: argparse.Namespace, model: Path, data: Path, ou
            f"booster={booster}", f"packing={str(packing).lower()}", f"cutoff_len={args.seq}",
            f"batch_size={args.batch}", f"max_steps={args.warmup + args.steps}", *COMMON, *extra,
            *(["precision=fp32"] if args.cpu else []), "--runs-dir", str(out / "runs")]
+    return measured_run(cmd, args.timeout, args.warmup)
+
+
+def measured_run(cmd: list[str], timeout: int, warmup: int) -> dict:
+    """Run a `tunelab train` command line; its speed (after ``warmup`` steps) and memory from the run's events."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"timeout after {timeout}s: {str(exc.stdout or '')[-800:]}"}
     wall = round(time.perf_counter() - t0, 1)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("run directory: ")), None)
     if proc.returncode != 0 or line is None:
@@ -150,7 +158,7 @@ def run_product(name: str, args: argparse.Namespace, model: Path, data: Path, ou
     train = [e for e in events if e["type"] == "train"]
     status = json.loads((run_dir / "status.json").read_text())
     last = train[-1]
-    return {**rate(train, args.warmup), "peak_gib": last.get("peak_mem_gb"),
+    return {**rate(train, warmup), "peak_gib": last.get("peak_mem_gb"),
             "peak_reserved_gib": last.get("peak_reserved_gb"), "pinned_host_gib": last.get("pinned_host_gb"),
             "booster": status.get("booster"), "booster_reason": status.get("booster_reason"),
             "losses": [e["loss"] for e in train], "wall_s": wall, "run_dir": str(run_dir)}
@@ -235,6 +243,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def prepare_dirs(out: Path, default_work: str) -> Path:
+    """Create ``out`` and the work folder ($TUNELAB_BENCH_DIR, else ``default_work``); runs get their TUNELAB_HOME
+    there and this checkout on PYTHONPATH. Returns the work folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("TUNELAB_BENCH_DIR", default_work))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return work
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -242,11 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         source = out if out.suffix == ".json" else out / "results.json"
         print(table(json.loads(source.read_text())["rows"]))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("TUNELAB_BENCH_DIR", "/tmp/tunelab-product-bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    work = prepare_dirs(out, "/tmp/tunelab-product-bench")
     start = time.perf_counter()
     model = write_model(args, work / f"{args.model}-{args.layers or 'all'}")
     data = write_dataset(args, work / "alpaca_long.json")

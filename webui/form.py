@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, stage_fields, validate_config
+from tunelab.core.config import ConfigError, RunConfig, field_choices, stage_fields, validate_config
 
 GROUPS = ("model", "method", "stage", "data", "train", "distributed", "output")
 ALWAYS_IN_PREVIEW = ("model", "stage", "method", "dataset")
@@ -72,8 +72,6 @@ def field_specs() -> list[FieldSpec]:
             continue
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         choices = tuple(field_choices(name) or ())
-        if name == "stage":
-            choices = tuple(c for c in choices if c in STAGES_AVAILABLE)
         specs.append(FieldSpec(
             name=name, kind=_kind(name, info.annotation), default=info.default, description=info.description or "",
             group=str(extra.get("group", "other")), main=bool(extra.get("main")),

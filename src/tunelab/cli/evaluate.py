@@ -55,7 +55,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"tunelab eval: {exc}", file=sys.stderr)
         return 2
     options = config.model_dump(mode="json", exclude_none=True)
-    job, process = start_job("eval", options, args.runs_dir, path=config.output_dir)
+    job, process = start_job("eval", options, args.runs_dir, path=config.output_dir,
+                             on_wait=lambda reason: print(f"queued: {reason}", flush=True))
     print(f"eval job: {job.path}")
     if args.detach:
         print(f"pid {process.pid}; follow with: tail -f {job.log_file}")

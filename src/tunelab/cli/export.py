@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from tunelab.core.config import ConfigError
 from tunelab.core.export_config import ExportConfig, validate_export_config
@@ -44,9 +45,14 @@ def _export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tunelab.engine.export import ExportError, export_model
     from tunelab.engine.gguf import GgufUnsupported
+    from tunelab.services.holds import hold_gpus
 
-    try:
-        report = export_model(config, progress=lambda message: print(message, flush=True))
+    what = config.run or config.adapter or config.model or "a model"
+    try:  # the Export tab's job holds a GPU through the queue too: nothing here lands on a GPU a job holds
+        with hold_gpus(f"tunelab export of {Path(what).name or what}", on_wait=lambda reason: print(f"queued: {reason}", flush=True)):
+            report = export_model(config, progress=lambda message: print(message, flush=True))
+    except KeyboardInterrupt:
+        return 130
     except (ConfigError, SourceError, GgufUnsupported, ExportError, FileNotFoundError) as exc:
         print(f"tunelab export: {exc}", file=sys.stderr)
         return 2 if not str(exc).startswith("verification failed") else 1

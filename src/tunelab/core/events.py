@@ -7,6 +7,7 @@ Each line is one object with ``v`` (schema version), ``type`` and ``time``. Type
 - ``eval``: step, eval_loss (and any other eval metric)
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)
 - ``status``: state (running, succeeded, failed, aborted) and message
+- ``estimate``: the trainer's estimate at start (tunelab.core.estimate.Estimate: reserved_gib, tokens_per_s ...)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_VERSION = 1
-EVENT_TYPES = ("train", "eval", "data", "status", "metric")
+EVENT_TYPES = ("train", "eval", "data", "status", "metric", "estimate")
 
 
 class EventWriter:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelNotFound, SamplingParams, TokenLogprob, TokenStream
+from tunelab.core.media import has_images, image_chat_template, inline_images
 from tunelab.core.serving import ModelSpec
 from tunelab.engine.inference.base import Engine, ServedModel, TemplateBook, check_messages
 
@@ -60,6 +61,8 @@ class OpenAIEngine(Engine):
     ) -> Iterator[Delta]:
         """Stream a chat reply (rendered locally when tunelab knows the model's templates)."""
         check_messages(messages)
+        if has_images(messages):
+            return self._chat_with_images(model, messages, params, cancel, tools)
         if self.templates is not None:
             self.check_model(model)
             prompt = self.templates.render(model, messages, tools)
@@ -71,6 +74,34 @@ class OpenAIEngine(Engine):
         if params.logprobs is not None:
             request.update(logprobs=True, top_logprobs=params.logprobs)
         return self._stream(lambda: self.client.chat.completions.create(**request), params.stop, cancel, chat=True)
+
+    def _chat_with_images(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None,
+                          tools: list[dict] | None) -> Iterator[Delta]:
+        """Images go through /v1/chat/completions as data URLs (a completions prompt cannot carry them)."""
+        try:
+            inlined = inline_images(messages)
+        except ValueError as exc:
+            raise InferenceError(f"messages: {exc}") from None
+        request: dict[str, Any] = dict(model=model, messages=inlined, stream=True, stream_options={"include_usage": True},
+                                       **_sampling(params))
+        stops = list(params.stop)
+        if self.templates is not None:  # vllm serve started by tunelab: it renders with the template the model was trained with
+            self.check_model(model)
+            if tools:
+                raise InferenceError("tools: not with images on this engine; send the image without tools")
+            from tunelab.engine.inference.vllm_engine import vision_image_text
+
+            assert self.spec is not None
+            image_text = vision_image_text(self.spec.path, False)
+            if image_text is None:
+                raise InferenceError(f"messages: {model!r} is a text-only model and takes no images")
+            template = self.templates.choice(model).template.serving_jinja
+            request.setdefault("extra_body", {})["chat_template"] = image_chat_template(template, image_text)
+            stops += self.templates.stops(model)
+            request["stop"] = [s for s in dict.fromkeys(stops) if s] or None
+        elif tools:
+            self.tool_parser(model)
+        return self._stream(lambda: self.client.chat.completions.create(**request), stops, cancel, chat=True)
 
     def tool_parser(self, model: str) -> str:
         """The tool-call format of ``model``'s template (only when tunelab renders the prompts itself)."""
