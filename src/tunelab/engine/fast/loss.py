@@ -62,8 +62,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         gh = saved.pop(0) if ctx.has[0] else None
         gw = saved.pop(0) if ctx.has[1] else None
-        scale = grad / ctx.denom  # 0-d, on the device: no host sync
-        grad_h = gh * scale.to(gh.dtype) if gh is not None else None
+        scale = grad / ctx.denom  # 0-d fp32 on the device (no host sync), not rounded to bf16 before it multiplies
+        grad_h = gh * scale if gh is not None else None
         grad_w = (gw * scale).to(ctx.weight_dtype) if gw is not None else None
         return grad_h, grad_w, None, None, None, None
 
