@@ -7,9 +7,11 @@ bare loop on the same batches. ``LeanSteps`` (mixed into trl's SFTTrainer) remov
 - the walk of every module by ``model.train()`` at each step (done once; again only when the mode changes);
 - ``model.zero_grad()``'s and gradient clipping's walks over every parameter (the optimizer's own list instead);
 - ``floating_point_ops``' parameter count at each step (counted once);
-- with the fast path, trl's chunked LM head (a third vocabulary-sized GEMM) and its two metric syncs between the
-  forward and the backward: the fast path's fused loss computes the loss, the entropy and the top-1 accuracy
-  in one kernel, kept on the device until the step is logged; the token count comes from the host-side plan.
+- the trainer's token count, a host sync per step: with the fast path it comes from the host-side token plan;
+- with the fast path, trl's chunked LM head (a third vocabulary-sized GEMM) and the three syncs between forward
+  and backward in its compute_loss (two metrics, the token count): the fast path's fused loss computes the loss,
+  the entropy and the top-1 accuracy in one kernel, kept on the device until the step is logged.
+(sft.py also turns off the NaN filter of the logged loss, another sync per step.)
 Several processes (DDP, FSDP2, DeepSpeed) and trl settings the fused loss does not cover keep trl's own code.
 """
 
