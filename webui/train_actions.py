@@ -12,6 +12,7 @@ from typing import Any
 
 from tunelab.core.config import ConfigError
 from tunelab.core.datasets import DataError, load_dataset_registry
+from tunelab.core.media import load_image
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 from tunelab.core.templates import UnknownTemplate, registry
 from tunelab.webui import charts, form, live, preview
@@ -24,8 +25,8 @@ ALWAYS_PLOTTED = ("loss", "lr", "tokens_per_s", "eval_loss")  # these have chart
 
 
 def model_choices() -> list[str]:
-    """'demo' first, then every model id of the template catalog."""
-    return ["demo", *sorted({hit.entry.id for hit in registry().catalog.values()}, key=str.lower)]
+    """The embedded demo models ('demo', then the vision-language 'demo-vlm') first, then every catalog model id."""
+    return [*preview.DEMO_MODELS, *sorted({hit.entry.id for hit in registry().catalog.values()}, key=str.lower)]
 
 
 def template_choices(model: str) -> tuple[list[tuple[str, str]], str]:
@@ -144,7 +145,9 @@ class TrainActions:
         info = f"{self.text('train.auto_is', lang)} **{choices[0][0].removeprefix('auto → ')}** — {reason}"
         colors = {label: "green", labels["chosen"]: "green", labels["desirable"]: "green", labels["rejected"]: "red",
                   labels["undesirable"]: "red"}
-        return gr.update(choices=choices), info, gr.update(value=result.segments, color_map=colors), result.note
+        pictures = [(load_image(ref), caption) for ref, caption in result.images]  # PIL: gradio serves its own copies
+        return (gr.update(choices=choices), info, gr.update(value=result.segments, color_map=colors), result.note,
+                gr.update(value=pictures or None, visible=bool(pictures)))
 
     def on_estimate(self, lang: str, device: str | None, path: str | None, *values: Any) -> str:
         """The estimate box for the form as it stands, on the picked device."""

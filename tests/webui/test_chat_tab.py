@@ -52,7 +52,7 @@ def load(url: str, run: Path | None, engine: str = "hf", base_url: str = "") -> 
 
 
 def send(c, message: str, target: str, compare: bool) -> tuple:
-    return c.predict(message, target, compare, "", *GREEDY.values(), api_name="/chat_send")
+    return c.predict(message, None, target, compare, "", *GREEDY.values(), api_name="/chat_send")  # no picture
 
 
 def text_of(chatbot: list[dict]) -> list[tuple[str, str]]:

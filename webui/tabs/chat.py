@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from tunelab.core.generation import EngineCrashed, InferenceError, SamplingParams
+from tunelab.core.media import user_message
 from tunelab.core.paths import home_dir
 from tunelab.core.generation import CHAT_TEMPERATURE
 from tunelab.core.rundir import list_runs
@@ -35,8 +36,8 @@ def adapter_choices(runs_dir: Path) -> list[tuple[str, str]]:
 
 
 def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
-    """'demo', the base models runs were trained on, and runs that saved a full model."""
-    choices: dict[str, str] = {"demo": "demo"}
+    """The demo models, the base models runs were trained on, and runs that saved a full model."""
+    choices: dict[str, str] = {"demo": "demo", "demo-vlm": "demo-vlm"}
     for run in list_runs(runs_dir):
         if (run.model_dir / "config.json").is_file():
             choices[str(run.model_dir)] = f"{run.run_id} (full model)"
@@ -88,7 +89,9 @@ def build(studio: Any) -> None:
         output_base = reg(gr.Chatbot(label=t("chat.output_base"), visible=False, reasoning_tags=THINK_TAGS,
                                      elem_id="chat_output_base", height=420))
         output = reg(gr.Chatbot(label=t("chat.output"), reasoning_tags=THINK_TAGS, elem_id="chat_output", height=420))
-    user_input = reg(gr.Textbox(label=t("chat.input"), placeholder=t("chat.input.placeholder"), elem_id="chat_input"))
+    with gr.Row():
+        user_input = reg(gr.Textbox(label=t("chat.input"), placeholder=t("chat.input.placeholder"), elem_id="chat_input", scale=4))
+        image = reg(gr.Image(type="filepath", sources=["upload"], label=t("chat.image"), elem_id="chat_image", height=140, scale=1))
     with gr.Row():
         send = reg(gr.Button(t("chat.send"), variant="primary", elem_id="chat_send"))
         regenerate = reg(gr.Button(t("chat.regenerate"), elem_id="chat_regenerate"))
@@ -144,13 +147,14 @@ def build(studio: Any) -> None:
         service.unload()
         return t("chat.status.unloaded"), gr.update(choices=[], value=None)
 
-    def do_send(lang, message, target_v, compare_v, system_v, hist, hist_base, *knobs):
+    def do_send(lang, message, image_v, target_v, compare_v, system_v, hist, hist_base, *knobs):
         t = words(lang)
-        if not (message or "").strip():
+        if not (message or "").strip() and not image_v:
             yield gr.update(), gr.update(), hist, hist_base, gr.update(), gr.update()
             return
-        hist = hist + [{"role": "user", "content": message}]
-        hist_base = hist_base + [{"role": "user", "content": message}] if compare_v else hist_base
+        turn = user_message(message or "", [image_v] if image_v else [])  # both sides of a compare see the same picture
+        hist = hist + [turn]
+        hist_base = hist_base + [turn] if compare_v else hist_base
         yield from _respond(service, t, target_v, compare_v, system_v, hist, hist_base, knobs)
 
     def do_regenerate(lang, target_v, compare_v, system_v, hist, hist_base, *knobs):
@@ -180,8 +184,10 @@ def build(studio: Any) -> None:
     target.change(lambda name: gr.update(label=name or t("chat.output")), target, output, api_visibility="private")
     chat_outputs = [output, output_base, history, history_base, status, user_input]
     knob_inputs = [target, compare, system, history, history_base, *sampling]
-    sent = send.click(do_send, [language, user_input, *knob_inputs], chat_outputs, api_name="chat_send")
-    submitted = user_input.submit(do_send, [language, user_input, *knob_inputs], chat_outputs, api_visibility="private")
+    sent = send.click(do_send, [language, user_input, image, *knob_inputs], chat_outputs, api_name="chat_send")
+    submitted = user_input.submit(do_send, [language, user_input, image, *knob_inputs], chat_outputs, api_visibility="private")
+    for event in (sent, submitted):  # the picture belongs to the message just sent
+        event.then(lambda: None, None, image, api_visibility="private")
     regenerated = regenerate.click(do_regenerate, [language, *knob_inputs], chat_outputs, api_name="chat_regenerate")
     stop.click(None, None, None, cancels=[sent, submitted, regenerated])
     clear.click(lambda: ([], [], [], []), None, [output, output_base, history, history_base], api_name="chat_clear")

@@ -92,10 +92,16 @@ def _previews(studio: Studio, ui: dict[str, Any]) -> None:
     import gradio as gr
 
     with gr.Accordion(studio.t("train.preview"), open=True):
-        ui["data_preview"] = studio.register(gr.HighlightedText(
-            label=studio.t("train.preview_label"), elem_id="data_preview", show_legend=True,
-            color_map={studio.t("train.trained"): "green"},
-        ))
+        with gr.Row():
+            ui["data_preview"] = studio.register(gr.HighlightedText(
+                label=studio.t("train.preview_label"), elem_id="data_preview", show_legend=True,
+                color_map={studio.t("train.trained"): "green"}, scale=4,
+            ))
+            # the pictures of image rows, captioned with their example's number
+            ui["preview_images"] = studio.register(gr.Gallery(
+                label=studio.t("train.preview_images"), elem_id="preview_images", visible=False, columns=1, height=360,
+                object_fit="contain", interactive=False, scale=1,
+            ))
         ui["preview_note"] = studio.register(gr.Markdown(elem_id="preview_note"))
     with gr.Accordion(studio.t("train.config"), open=False):
         with gr.Row():
@@ -190,15 +196,19 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     form_inputs = [language, ui["model_path"], *ordered]
     quiet = dict(show_progress="hidden", api_visibility="private")
     form_outputs = [ui["yaml"], ui["command"], ui["form_error"], ui["save"]]
-    preview_outputs = [fields["template"], ui["template_info"], ui["data_preview"], ui["preview_note"]]
+    preview_outputs = [fields["template"], ui["template_info"], ui["data_preview"], ui["preview_note"], ui["preview_images"]]
     for component in ordered:
         component.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
+    # previews run one at a time, in the order they were asked for: a slow earlier one (a model folder read for
+    # the first time) must not land after, and overwrite, the preview of the datasets picked since
+    in_order = dict(concurrency_id="train_preview", concurrency_limit=1)
     for name in PREVIEW_FIELDS:
-        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["model_path"].change(act.on_form, inputs=form_inputs, outputs=form_outputs, show_progress="hidden", api_name="check_form")
-    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview")
+    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview",
+                            **in_order)
     language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
-    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
                       outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
     ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")

@@ -29,6 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--api-key", help="require this bearer key (default $TUNELAB_API_KEY); needed off loopback")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="default max_tokens of a request")
+    parser.add_argument("--allow-file-urls", action="store_true",
+                        help="accept file: image URLs off loopback too (on loopback they are always accepted)")
     parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # JSON {port, pid, ...} once serving; {waiting} while queued
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the studio's worker
     parser.set_defaults(handler=_api)
@@ -92,7 +94,8 @@ def _serve(engine, sock: socket.socket, args: argparse.Namespace, api_key: str |
 
     from tunelab.api.app import create_app
 
-    app = create_app(engine, api_key=api_key, default_max_tokens=args.max_new_tokens)
+    files = args.allow_file_urls or args.host in LOOPBACK  # a remote client must not read this machine's files
+    app = create_app(engine, api_key=api_key, default_max_tokens=args.max_new_tokens, allow_file_urls=files)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -13,8 +13,8 @@ from tunelab.core.sources import SourceError
 from tunelab.cli.schema_args import add_schema_options, schema_values
 
 SOURCE = ["run", "model", "adapter"]
-OPTIONS = ["out", "shard_size", "dtype", "gguf", "template", "reload_unquantized", "verify", "overwrite", "push_to_hub",
-           "trust_remote_code"]
+OPTIONS = ["out", "shard_size", "dtype", "gguf", "template", "reload_unquantized", "verify", "serve_check", "overwrite",
+           "push_to_hub", "trust_remote_code"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -63,4 +63,8 @@ def _export(args: argparse.Namespace) -> int:
     if report.get("gguf"):
         g = report["gguf"]
         print(f"gguf: {g['file']} ({g['bytes'] / 2**20:.1f} MiB, {g['tensors']} tensors, read back within {g['max_rel_err']:.2g})")
+    served = report.get("serve_check")
+    if served:
+        print(f"serve check: {'PASSED' if served['passed'] else 'FAILED'}: {served['summary']}")
+        return 0 if served["passed"] else 1
     return 0
