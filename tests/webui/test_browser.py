@@ -102,14 +102,14 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         expect(page.locator("#form_error")).to_contain_text("learning_rate", timeout=10_000)
         time.sleep(1)
         assert not list(server.runs_dir.glob("*/config.yaml")), "a form with a bad number must not start anything"
-        for elem_id, value in (("max_steps", "400"), ("learning_rate", "0.003")):
+        for elem_id, value in (("max_steps", "5000"), ("learning_rate", "0.003")):
             page.locator(f"#{elem_id} input").fill(value)
             page.locator(f"#{elem_id} input").press("Tab")
         expect(page.locator("#learning_rate .tl-field-error")).to_have_count(0, timeout=10_000)
         expect(page.locator("#template_info")).to_contain_text("chatml", timeout=30_000)
         expect(page.locator("#data_preview")).to_contain_text("<|im_start|>assistant", timeout=30_000)
         page.get_by_role("button", name=re.compile("^Config")).click()
-        expect(page.locator("#config_command")).to_contain_text("max_steps=400", timeout=10_000)
+        expect(page.locator("#config_command")).to_contain_text("max_steps=5000", timeout=10_000)
         page.locator("#start").click()
         clicked = time.time()
         expect(page.locator("#progress")).to_contain_text("preparing: ", timeout=30_000)  # the stage, never an empty box
@@ -131,7 +131,7 @@ def test_a_run_survives_closed_pages_and_a_restarted_studio(studio_server, demo_
         assert sorted(lags)[1] < 2.0, lags  # about a second: a 0.5 s timer, incremental read, Vega redraw
         pgid = run.status()["pgid"]
         assert run.config().model == "demo" and run.config().dataset == ["identity"]
-        assert run.config().max_steps == 400 and run.config().learning_rate == 0.003
+        assert run.config().max_steps == 5000 and run.config().learning_rate == 0.003
 
         page.locator("#start").click()  # the same form again: queued behind the first run, and the page says so
         expect(page.locator("#train_message")).to_contain_text("Queued", timeout=30_000)

@@ -152,6 +152,7 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         shot(page, "export")
         page.get_by_role("tab", name="Evaluate").click()
         page.locator("#eval_max_samples input").fill("4")
+        page.locator("#eval_metrics").get_by_label("predict").check()  # predictions too: shown as chat below
         page.locator("#eval_button").click()
         expect(page.locator("#eval_status")).to_contain_text("⏳", timeout=60_000)  # its current step
         page.reload()  # the evaluation goes on; the reloaded page finds it and shows its progress
