@@ -8,11 +8,12 @@ the current step, save, and end the run as "aborted".
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.events import EventWriter
@@ -177,12 +178,24 @@ def _save_final(
     log.info("saved %s", target)
 
 
+def allocator_defaults(env: MutableMapping[str, str] | None = None) -> None:
+    """Before torch touches the GPU: expandable segments, so that the CUDA allocator grows mapped segments instead of
+    caching fixed blocks and what it reserves (what nvidia-smi and an out-of-memory error see) stays near what is
+    allocated; batches whose token count changes every step otherwise fragment it (8B LoRA on the fast path: 16.3
+    GiB allocated, 18.9 reserved). Single-process runs only; a PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF) set
+    by the user wins."""
+    env = os.environ if env is None else env
+    if int(env.get("WORLD_SIZE", "1")) == 1 and not {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"} & env.keys():
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: python -m tunelab.engine.train RUN_DIR."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m tunelab.engine.train RUN_DIR", file=sys.stderr)
         return 2
+    allocator_defaults()
     return run(argv[0])
 
 
