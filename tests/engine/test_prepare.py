@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,11 @@ def _setup(tmp_path: Path, template_name: str = "gemma2", rows: int = 30, **opti
     return config, tokenizer, TemplateChoice(template, "test")
 
 
-def test_streaming_in_processes_equals_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _abort(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def test_streaming_in_processes_equals_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
     from tunelab.engine.data import load_reports, prepare_data, tokenize_reports
 
     config, tokenizer, choice = _setup(tmp_path, preprocessing_num_workers=2, max_samples=26)
@@ -105,7 +110,15 @@ def test_streaming_in_processes_equals_in_memory(tmp_path: Path, monkeypatch: py
     pool = prepare._pool
     monkeypatch.setattr(prepare, "_pool", lambda job, workers: pools.append(workers) or pool(job, workers))
     calls: list[tuple[int, int]] = []
-    prepared = prepare_data(config, tokenizer, choice, progress=lambda done, total: calls.append((done, total)))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in handlers:  # what the trainer's StopRequest does before training: the workers must not inherit it
+        signal.signal(sig, _abort)
+    try:
+        prepared = prepare_data(config, tokenizer, choice, progress=lambda done, total: calls.append((done, total)))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert "Traceback" not in capfd.readouterr().err  # the workers ended quietly
     rows, stats = tokenize_reports(config, load_reports(config), tokenizer, choice)
     assert prepared.train.to_list() == rows and len(rows) > 10
     expected = stats.as_event() | {"ignored_columns": {"chats.jsonl:id": 30}}
@@ -117,10 +130,16 @@ def test_streaming_in_processes_equals_in_memory(tmp_path: Path, monkeypatch: py
 def test_cache_is_keyed_by_the_files_bytes(tmp_path: Path) -> None:
     from tunelab.engine.data import prepare_data
 
+    from tunelab.core.events import EventTail, EventWriter
+    from tunelab.engine.train import prepare_progress
+
     config, tokenizer, choice = _setup(tmp_path, "chatml", rows=12, val_size=3)
+    events = tmp_path / "events.jsonl"
+    first = prepare_data(config, tokenizer, choice, progress=prepare_progress(EventWriter(events)))
+    assert (len(first.train), len(first.eval)) == (9, 3)
+    progress = [{k: e[k] for k in ("type", "stage", "done", "total")} for e in EventTail(events).read_new()]
+    assert progress[-1] == {"type": "prepare", "stage": "tokenize", "done": 12, "total": 12}
     calls: list[tuple[int, int]] = []
-    first = prepare_data(config, tokenizer, choice, progress=lambda *a: calls.append(a))
-    assert calls and (len(first.train), len(first.eval)) == (9, 3)
     path = Path(config.dataset[0])
     os.utime(path, (1, 1))  # a new modification time, the same bytes: still cached
     calls.clear()
@@ -159,8 +178,11 @@ def test_the_stream_is_never_held_whole(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_job_survives_pickling_for_spawned_workers(tmp_path: Path) -> None:
     config, tokenizer, choice = _setup(tmp_path, "chatml")
-    prepare._init_worker(pickle.loads(pickle.dumps(prepare.EncodeJob(config, tokenizer, choice))))  # as spawned
-    stats, lengths, wrote = prepare._encode_chunk((0, 0, [{"messages": CONVERSATION}], tmp_path / "0.arrow", True))
+    prepare._set_job(pickle.loads(pickle.dumps(prepare.EncodeJob(config, tokenizer, choice))))  # as spawned
+    try:
+        stats, lengths, wrote = prepare._encode_chunk((0, 0, [{"messages": CONVERSATION}], tmp_path / "0.arrow", True))
+    finally:
+        prepare._set_job(None)
     (row,) = encode_conversations(tokenizer, choice.template, [CONVERSATION], cutoff_len=60)
     first = next(i for i, label in enumerate(row["labels"]) if label != IGNORE)
     assert wrote and stats.kept == 1 and lengths == [(len(row["input_ids"]), first)]

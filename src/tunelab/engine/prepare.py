@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -75,8 +76,11 @@ def encode_stream(
     report = _Reporter(progress, total)
     if workers <= 1:
         _set_job(job)
-        for task in tasks:
-            _merge(result, task, _encode_chunk(task), report)
+        try:
+            for task in tasks:
+                _merge(result, task, _encode_chunk(task), report)
+        finally:
+            _set_job(None)
     else:
         with _pool(job, workers) as pool:
             pending: deque[tuple[tuple, Any]] = deque()
@@ -193,6 +197,9 @@ def _id_lists(lists: list[list[int]]) -> Any:
 
 
 def _init_worker(job: EncodeJob | None) -> None:
+    """A worker dies on SIGTERM and leaves Ctrl-C to its parent (not the handlers a forked trainer installed)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if job is not None:  # spawned: the job came pickled
         _set_job(job)
 
@@ -205,10 +212,17 @@ def _pool(job: EncodeJob, workers: int) -> Iterator[Any]:
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the workers' tokenizers (and by spawned children)
     _set_job(job)
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(None if fork else job,))
     try:
-        with context.Pool(workers, initializer=_init_worker, initargs=(None if fork else job,)) as pool:
-            yield pool
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # all results are in: the workers finish on their own
     finally:
+        pool.join()
+        _set_job(None)
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
