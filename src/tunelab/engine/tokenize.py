@@ -206,7 +206,7 @@ def encode_conversations(
         batch = rendered[batch_start : batch_start + BATCH]
         for r, (ids, offsets) in zip(batch, encoder.encode([r.text for r in batch])):
             positions = _Positions.of(offsets)
-            if r.spans and _straddles(offsets, r.spans[-1][0], positions):
+            if r.spans and _straddles_at(offsets, r.spans[-1][0], positions):
                 ids, offsets = _encode_at_last_reply(encoder, r)
                 positions = _Positions.of(offsets)
             spans = r.spans[-1:] if mask_history else r.spans
@@ -229,17 +229,22 @@ def _check_tools(template: ChatTemplate, conversations: list[list[dict]], tools:
                         f"cannot render; pick a template with tool support, e.g. {', '.join(able)}")
 
 
-def _straddles(offsets: list[tuple[int, int]], position: int, positions: _Positions | None) -> bool:
+def _straddles(offsets: list[tuple[int, int]], position: int) -> bool:
     """Whether one token covers text on both sides of ``position`` (a prompt/reply merge)."""
+    return _straddles_at(offsets, position, _Positions.of(offsets))
+
+
+def _straddles_at(offsets: list[tuple[int, int]], position: int, positions: _Positions | None) -> bool:
     if positions is not None:
         return positions.straddles(position)
     return any(start < position < end for start, end in offsets)
 
 
-def _encode_at_last_reply(encoder: TokenEncoder, rendered: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
-    """Tokenize prompt, last reply and the rest separately, so the prompt tokens are exactly the ones
-    inference sends (e.g. a prompt ending in "ASSISTANT: " keeps its space token instead of merging it
-    into the reply's first word)."""
+def _encode_at_last_reply(encoder: Any, rendered: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenize prompt, last reply and the rest separately (``encoder``: a TokenEncoder or a tokenizer), so the
+    prompt tokens are exactly the ones inference sends (e.g. a prompt ending in "ASSISTANT: " keeps its space
+    token instead of merging it into the reply's first word)."""
+    encoder = encoder if isinstance(encoder, TokenEncoder) else TokenEncoder(encoder)
     start, end = rendered.spans[-1]
     bounds = [(begin, stop) for begin, stop in ((0, start), (start, end), (end, len(rendered.text))) if stop > begin]
     ids: list[int] = []
