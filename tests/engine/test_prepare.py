@@ -127,6 +127,17 @@ def test_streaming_in_processes_equals_in_memory(tmp_path: Path, monkeypatch: py
     assert calls[0] == (0, 26) and calls[-1] == (26, 26) and pools == [2]
 
 
+def test_num_samples_picks_the_same_examples_when_streamed(tmp_path: Path) -> None:
+    from tunelab.engine.data import load_reports, prepare_data, tokenize_reports
+
+    config, tokenizer, choice = _setup(tmp_path, "chatml", rows=20, preprocessing_num_workers=1)
+    entry = {"file_name": "chats.jsonl", "formatting": "sharegpt", "num_samples": 7}  # LLaMA-Factory keys
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"chats": entry}))
+    config = config.model_copy(update={"dataset": ["chats"], "dataset_dir": str(tmp_path)})
+    rows, _ = tokenize_reports(config, load_reports(config), tokenizer, choice)
+    assert prepare_data(config, tokenizer, choice).train.to_list() == rows and len(rows) == 7
+
+
 def test_cache_is_keyed_by_the_files_bytes(tmp_path: Path) -> None:
     from tunelab.engine.data import prepare_data
 
