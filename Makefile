@@ -40,7 +40,7 @@ webui: $(STAMP)
 
 # Re-take the README screenshots (docs/screenshots/*.png) with the browser test.
 screenshots: $(STAMP)
-	TUNELAB_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/webui/test_browser.py \
+	TUNELAB_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/webui/test_browser.py tests/webui/test_data_tab.py \
 	  tests/webui/test_chat_tab.py::test_browser_compare tests/webui/test_export_eval_tabs.py::test_export_and_eval_in_a_real_browser
 
 demo: $(STAMP)

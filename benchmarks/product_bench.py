@@ -43,8 +43,12 @@ RUNS: dict[str, tuple[str, str, bool, list[str]]] = {
     "qlora-none-pack": ("qlora", "none", True, []),
 }
 DEFAULT_RUNS = "lora-fast-pack,lora-fast-nopack,lora-none-pack,qlora-fast-pack,qlora-none-pack"
-PEERS = {"trl-lora-pack": ("trl", "lora", True), "unsloth-lora-pack": ("unsloth", "lora", True),
-         "unsloth-qlora-pack": ("unsloth", "qlora", True)}
+PEERS = {"trl-lora-pack": ("trl", "lora", True), "trl-qlora-pack": ("trl", "qlora", True),
+         "unsloth-lora-pack": ("unsloth", "lora", True), "unsloth-qlora-pack": ("unsloth", "qlora", True)}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+# Extra environment of the bare loop: none now. benchmarks/results/h100-product.json's bare rows and tunelab rows ran
+# with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (then tunelab train's default, since dropped: no gain seen).
+SAME_ALLOCATOR: dict[str, str] = {}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unsloth-pythonpath", default=None)
     p.add_argument("--examples", type=int, default=600)
     p.add_argument("--timeout", type=int, default=420)
+    p.add_argument("--append", action="store_true", help="add these rows to --out's results.json (one run, several "
+                   "invocations: the GPU's call limit, or Unsloth's separate install)")
     p.add_argument("--cpu", action="store_true", help="tiny model on the CPU, 2 steps: checks this script")
     p.add_argument("--table", action="store_true", help="print the README table of --out's results.json and exit")
     args = p.parse_args(argv)
@@ -133,8 +139,16 @@ def run_product(name: str, args: argparse.Namespace, model: Path, data: Path, ou
            f"booster={booster}", f"packing={str(packing).lower()}", f"cutoff_len={args.seq}",
            f"batch_size={args.batch}", f"max_steps={args.warmup + args.steps}", *COMMON, *extra,
            *(["precision=fp32"] if args.cpu else []), "--runs-dir", str(out / "runs")]
+    return measured_run(cmd, args.timeout, args.warmup)
+
+
+def measured_run(cmd: list[str], timeout: int, warmup: int) -> dict:
+    """Run a `tunelab train` command line; its speed (after ``warmup`` steps) and memory from the run's events."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"timeout after {timeout}s: {str(exc.stdout or '')[-800:]}"}
     wall = round(time.perf_counter() - t0, 1)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("run directory: ")), None)
     if proc.returncode != 0 or line is None:
@@ -144,7 +158,7 @@ def run_product(name: str, args: argparse.Namespace, model: Path, data: Path, ou
     train = [e for e in events if e["type"] == "train"]
     status = json.loads((run_dir / "status.json").read_text())
     last = train[-1]
-    return {**rate(train, args.warmup), "peak_gib": last.get("peak_mem_gb"),
+    return {**rate(train, warmup), "peak_gib": last.get("peak_mem_gb"),
             "peak_reserved_gib": last.get("peak_reserved_gb"), "pinned_host_gib": last.get("pinned_host_gb"),
             "booster": status.get("booster"), "booster_reason": status.get("booster_reason"),
             "losses": [e["loss"] for e in train], "wall_s": wall, "run_dir": str(run_dir)}
@@ -156,7 +170,7 @@ def run_peer(name: str, args: argparse.Namespace, model: Path, data: Path) -> di
     job = {"kind": kind, "method": method, "packing": packing, "model": str(model), "data": str(data),
            "seq": args.seq, "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "rank": 16,
            "alpha": 32, "cpu": args.cpu}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **OFFLINE)
     if kind == "unsloth":
         if not args.unsloth_pythonpath:
             return {"error": "skipped: no --unsloth-pythonpath"}
@@ -170,7 +184,7 @@ def run_bare(method: str, args: argparse.Namespace) -> dict:
            "fast": {"checkpointing": "offload"}, "steps": args.steps, "warmup": args.warmup, "seq": args.seq,
            "batch": args.batch, "layers": args.layers}
     return _result_of([sys.executable, str(HERE / "throughput_worker.py"), json.dumps(job)],
-                      dict(os.environ, PYTHONUNBUFFERED="1"), args.timeout)
+                      dict(os.environ, **OFFLINE, **SAME_ALLOCATOR), args.timeout)
 
 
 def _result_of(cmd: list[str], env: dict, timeout: int) -> dict:
@@ -186,27 +200,58 @@ def _result_of(cmd: list[str], env: dict, timeout: int) -> dict:
     return {**json.loads(line[len("RESULT "):]), "wall_s": round(time.perf_counter() - t0, 1)}
 
 
+def environment() -> dict[str, Any]:
+    """The GPU and library versions this invocation ran with."""
+    code = ("import json, torch, transformers, peft; d = {'torch': torch.__version__, 'transformers': "
+            "transformers.__version__, 'peft': peft.__version__}\n"
+            "if torch.cuda.is_available(): d['gpu'] = torch.cuda.get_device_name()\n"
+            "for m in ('trl', 'bitsandbytes'):\n"
+            "    try: d[m] = __import__(m).__version__\n"
+            "    except Exception: pass\n"
+            "print(json.dumps(d))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-300:]}
+
+
 # -- report -----------------------------------------------------------------------------------------------------
 
 
 def table(rows: list[dict]) -> str:
-    """The README table: one line per run, ratios to the plain trl recipe and to the bare loop of the same method."""
-    ok = {r["name"]: r for r in rows if r.get("tokens_per_s")}
-    lines = ["| run | tok/s | GiB alloc / reserved | pinned host GiB | x trl recipe | x bare loop |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """The README table: one line per run; ratios to plain HF (trl's recipe), to Unsloth's recipe and, for the fast
+    path, to the bare loop, each of the same method (lora / qlora)."""
+    ok = {r["name"]: r for r in rows if r.get("tokens_per_s") and not r.get("invalid")}
+    lines = ["| run | tok/s | GiB alloc / reserved | pinned host GiB | x plain HF (trl) | x Unsloth | x bare loop |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def ratio(r: dict, ref: dict | None) -> str:
+        return f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref and ref is not r else ""
+
     for r in rows:
-        if not r.get("tokens_per_s"):
-            lines.append(f"| {r['name']} | failed: {str(r.get('error', ''))[:80]!r} | | | | |")
+        if r.get("invalid"):  # measured, then found wrong: kept in the JSON with the reason, left out of the ratios
+            lines.append(f"| {r['name']} | invalid: {r['invalid'][:90]} | | | | | |")
             continue
-        method = r["name"].split("-")[0]
-        trl = ok.get(f"trl-{method}-pack")
-        bare = ok.get(f"bare-{method}")
+        if not r.get("tokens_per_s"):
+            lines.append(f"| {r['name']} | failed: {str(r.get('error', ''))[-80:]!r} | | | | | |")
+            continue
+        method = r["name"].split("-")[1] if r["name"].split("-")[0] in ("trl", "unsloth", "bare") else r["name"].split("-")[0]
         mem = f"{r.get('peak_gib') or 0:.1f} / {r.get('peak_reserved_gib') or 0:.1f}"
-        vs_trl = f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}" if trl else ""
-        vs_bare = f"{r['tokens_per_s'] / bare['tokens_per_s']:.2f}" if bare and "fast" in r["name"] else ""
+        bare = ok.get(f"bare-{method}") if "fast" in r["name"] else None
         pinned = f"{r['pinned_host_gib']:.2f}" if r.get("pinned_host_gib") else ""
-        lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {mem} | {pinned} | {vs_trl} | {vs_bare} |")
+        lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {mem} | {pinned} | "
+                     f"{ratio(r, ok.get(f'trl-{method}-pack'))} | {ratio(r, ok.get(f'unsloth-{method}-pack'))} | "
+                     f"{ratio(r, bare)} |")
     return "\n".join(lines)
+
+
+def prepare_dirs(out: Path, default_work: str) -> Path:
+    """Create ``out`` and the work folder ($TUNELAB_BENCH_DIR, else ``default_work``); runs get their TUNELAB_HOME
+    there and this checkout on PYTHONPATH. Returns the work folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("TUNELAB_BENCH_DIR", default_work))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return work
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,26 +261,25 @@ def main(argv: list[str] | None = None) -> int:
         source = out if out.suffix == ".json" else out / "results.json"
         print(table(json.loads(source.read_text())["rows"]))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("TUNELAB_BENCH_DIR", "/tmp/tunelab-product-bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    work = prepare_dirs(out, "/tmp/tunelab-product-bench")
     start = time.perf_counter()
     model = write_model(args, work / f"{args.model}-{args.layers or 'all'}")
     data = write_dataset(args, work / "alpaca_long.json")
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args),
-               "prepare_s": round(time.perf_counter() - start, 1), "rows": []}
+    invocation = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args),
+                  "prepare_s": round(time.perf_counter() - start, 1), "environment": environment()}
+    previous = out / "results.json"
+    results = json.loads(previous.read_text()) if args.append and previous.is_file() else {"invocations": [], "rows": []}
+    results["invocations"].append(invocation)
     plan = [("bare", m) for m in args.bare.split(",") if m] + [("peer", n) for n in args.peers.split(",") if n] + \
            [("product", n) for n in args.runs.split(",") if n]
     for kind, name in plan:
         if kind == "bare":
-            row = {"name": f"bare-{name}", **run_bare(name, args)}
+            row = {"name": f"bare-{name}", "invocation": len(results["invocations"]), **run_bare(name, args)}
         elif kind == "peer":
-            row = {"name": name, **run_peer(name, args, model, data)}
+            row = {"name": name, "invocation": len(results["invocations"]), **run_peer(name, args, model, data)}
         else:
-            row = {"name": name, **run_product(name, args, model, data, out)}
+            row = {"name": name, "invocation": len(results["invocations"]), **run_product(name, args, model, data, out)}
         results["rows"].append(row)
         print(f"[{time.perf_counter() - start:5.0f}s] {row['name']}: {row.get('tokens_per_s') or row.get('error', '')[:300]}",
               flush=True)

@@ -62,11 +62,13 @@ def main(argv: list[str]) -> int:
     data = Dataset.from_list([{"messages": [{"role": "user", "content": r["instruction"]},
                                             {"role": "assistant", "content": r["output"]}]} for r in rows])
     marks: list[tuple[int, float, int]] = []
+    counted = {"tokens": 0, "shapes": []}  # real tokens of every batch the collator built, counted here
 
     class Clock(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
-                marks.append((state.global_step, time.perf_counter(), state.num_input_tokens_seen or 0))
+                marks.append((state.global_step, time.perf_counter(), state.num_input_tokens_seen or 0,
+                              counted["tokens"]))
 
     config = SFTConfig(
         output_dir="/tmp/recipe-peer", max_length=job["seq"], packing=job["packing"],
@@ -77,18 +79,36 @@ def main(argv: list[str]) -> int:
         disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok, peft_config=lora,
                          callbacks=[Clock()])
+    trainer.data_collator = _counting(trainer.data_collator, counted)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     after = [m for m in marks if m[0] >= job["warmup"]]
-    (s0, t0, n0), (s1, t1, n1) = after[0], after[-1]
-    result = {"tokens_per_s": round((n1 - n0) / (t1 - t0), 1), "step_s": round((t1 - t0) / (s1 - s0), 4),
-              "tokens_per_step": round((n1 - n0) / (s1 - s0)), "measured_steps": s1 - s0}
+    (s0, t0, n0, c0), (s1, t1, n1, c1) = after[0], after[-1]
+    # tokens/s from our own count of the collated batches (the trainer's num_input_tokens_seen is shown beside it:
+    # a patched trainer may count differently)
+    result = {"tokens_per_s": round((c1 - c0) / (t1 - t0), 1), "step_s": round((t1 - t0) / (s1 - s0), 4),
+              "tokens_per_step": round((c1 - c0) / (s1 - s0)), "measured_steps": s1 - s0,
+              "trainer_tokens_per_step": round((n1 - n0) / (s1 - s0)), "batch_shapes": counted["shapes"][:4]}
     if torch.cuda.is_available():
         result.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
+
+
+def _counting(collate: Any, counted: dict) -> Any:
+    """The collator, counting the real (non-padding) tokens and the shapes of the batches it builds."""
+
+    def counting(features: Any) -> Any:
+        batch = collate(features)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        counted["tokens"] += int(mask.sum()) if mask is not None else int(ids.numel())
+        counted["shapes"].append(list(ids.shape))
+        return batch
+
+    return counting
 
 
 if __name__ == "__main__":

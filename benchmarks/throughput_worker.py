@@ -30,6 +30,9 @@ SHAPES: dict[str, dict[str, Any]] = {
     "qwen7b": dict(kind="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                    num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
                    rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+    "llama3b": dict(kind="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                    num_attention_heads=24, num_key_value_heads=8, rms_norm_eps=1e-5, rope_parameters=ROPE_LLAMA3,
+                    tie_word_embeddings=True),
     "tiny": dict(kind="llama", vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_parameters=ROPE_LLAMA3),
 }
@@ -41,10 +44,11 @@ def model_config(shape: str, layers: int | None = None) -> Any:
 
     spec = dict(SHAPES[shape])
     kind = spec.pop("kind")
+    tied = spec.pop("tie_word_embeddings", False)
     if layers:
         spec["num_hidden_layers"] = layers
     cls = LlamaConfig if kind == "llama" else Qwen2Config
-    return cls(**spec, max_position_embeddings=131072, tie_word_embeddings=False, use_cache=False)
+    return cls(**spec, max_position_embeddings=131072, tie_word_embeddings=tied, use_cache=False)
 
 
 # -- building a path --------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 from tests.tiny import tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+VLM_PICTURE = ROOT / "data" / "vlm_demo" / "test_000.png"  # a held-out demo picture (never trained on)
+VLM_QUESTION = "What colour are the shapes?"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,3 +101,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.nodeid.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def demo_vlm_dir(tunelab_home: Path) -> Path:
+    """The embedded demo VLM (tiny LLaVA), built once per session."""
+    from tunelab.engine.vlm_demo import build_demo_vlm
+
+    return build_demo_vlm()
+
+
+@pytest.fixture(scope="session")
+def vlm_adapter_dir(demo_vlm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter on the demo VLM's language model, placed as `tunelab train` places it (apply_method), with
+    seeded random non-zero weights so that its answers differ from the base model's. Training one takes minutes on
+    these CPUs; training itself is covered by tests/test_demo_vlm.py and the browser test of the image flow."""
+    import torch
+
+    from tunelab.core.config import RunConfig
+    from tunelab.engine.model import apply_method, load_model
+    from tunelab.engine.vlm import load_processor
+
+    config = RunConfig(model=str(demo_vlm_dir), dataset=["vlm_demo"], method="lora", lora_rank=8, precision="fp32")
+    model = apply_method(load_model(config, str(demo_vlm_dir)), config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    folder = tmp_path_factory.mktemp("vlm-adapter") / "adapter"
+    model.save_pretrained(folder)
+    load_processor(str(demo_vlm_dir)).save_pretrained(folder)
+    return folder
+
+
+
+@pytest.fixture(scope="session")
+def vlm_answers(demo_vlm_dir: Path, vlm_adapter_dir: Path) -> dict[str, str]:
+    """Greedy answers of plain transformers ('demo-vlm') and transformers + peft ('tuned') to VLM_PICTURE and
+    VLM_QUESTION, rendered with the registry template: what every image path of tunelab must reproduce."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from tunelab.core.template_choice import choose_template
+    from tunelab.engine.vlm import generate_reply, load_processor
+
+    processor, choice = load_processor(str(demo_vlm_dir)), choose_template("auto", "demo-vlm", demo_vlm_dir)
+    messages = [{"role": "user", "content": f"<image>{VLM_QUESTION}"}]
+    model = AutoModelForImageTextToText.from_pretrained(demo_vlm_dir).eval()
+    base = generate_reply(model, processor, choice, messages, [str(VLM_PICTURE)], max_new_tokens=12)
+    tuned_model = PeftModel.from_pretrained(model, str(vlm_adapter_dir)).eval()
+    tuned = generate_reply(tuned_model, processor, choice, messages, [str(VLM_PICTURE)], max_new_tokens=12)
+    assert base != tuned  # the adapter changes the answer, so matching it means the adapter was applied
+    return {"demo-vlm": base, "tuned": tuned}

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 TABS = [
     ("train", "tunelab.webui.tabs.train"),
     ("runs", "tunelab.webui.tabs.runs"),
+    ("data", "tunelab.webui.tabs.data"),
     ("chat", "tunelab.webui.tabs.chat"),
     ("evaluate", "tunelab.webui.tabs.evaluate"),
     ("export", "tunelab.webui.tabs.export"),
@@ -46,6 +47,7 @@ CSS = """
 .tl-chart-empty { height: 90px; display: flex; align-items: center; justify-content: center; color: var(--body-text-color-subdued); }
 .tl-legend { display: flex; flex-wrap: wrap; gap: 0.3em 1em; font-size: 0.8em; }
 table th, table th span { word-break: keep-all; overflow-wrap: normal; hyphens: none; }
+.tl-hist-bar:hover { opacity: 0.8; }
 #log textarea { font-family: var(--font-mono); font-size: 0.8em; }
 """
 
@@ -69,7 +71,8 @@ def make_studio(runs_dir: str | Path, lang: str = "en", start_jobs: bool = True,
     """A Studio with the shared services: the job queue (scheduler started), the run history and the
     config the Train form starts from (a RunConfig; None: the schema defaults)."""
     from tunelab.services.history import RunHistory
-    from tunelab.services.jobs import JobQueue, detect_gpus
+    from tunelab.services.gpus import detect_gpus
+    from tunelab.services.jobs import JobQueue
 
     if lang not in LANGUAGES:
         raise ValueError(f"language {lang!r} is not available; valid: {', '.join(LANGUAGES)}")

@@ -92,3 +92,41 @@ def line_chart(series: Series, title: str, y_label: str = "", x_label: str = "st
         f'<span class="tl-legend-item"><svg width="16" height="6"><rect width="16" height="3" y="1.5" '
         f'fill="{colors.get(n, PALETTE[0])}"/></svg> {html.escape(n)}</span>' for n in drawn)
     return f'{head}{"".join(parts)}<div class="tl-legend">{legend}</div></div>'
+
+
+def histogram_chart(bins: list[tuple[int, int, int]], cutoff: int, title: str, x_label: str = "tokens per example",
+                    empty: str = "no examples") -> str:
+    """An SVG bar chart of (low, high, count) bins with a dashed vertical line after ``cutoff`` tokens; bars past the
+    cutoff are drawn in red. Bars carry ``data-low``/``data-high``/``data-count``, the line ``data-cutoff``."""
+    head = f'<div class="tl-chart"><div class="tl-chart-title">{html.escape(title)}</div>'
+    if not bins:
+        return f'{head}<div class="tl-chart-empty" data-empty="1">{html.escape(empty)}</div></div>'
+    x0, x1 = bins[0][0], bins[-1][1] + 1
+    y_ticks = [t for t in nice_ticks(0, max(count for _, _, count in bins)) if t == int(t)]  # rows: whole numbers
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def px(x: float) -> float:
+        return LEFT + (x - x0) / ((x1 - x0) or 1) * plot_w
+
+    def py(y: float) -> float:
+        return TOP + plot_h - y / (y_ticks[-1] or 1) * plot_h
+
+    parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" class="tl-chart-svg" role="img" aria-label="{html.escape(title)}" '
+             f'font-family="sans-serif" font-size="11" style="width:100%;height:auto">']
+    for y in y_ticks:
+        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#d9d9d9"/>'
+                     f'<text x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end" fill="#666">{_label(y)}</text>')
+    for x in nice_ticks(x0, x1):
+        if x0 <= x <= x1:
+            parts.append(f'<text x="{px(x):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" fill="#666">{_label(x)}</text>')
+    parts.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 3}" text-anchor="middle">{html.escape(x_label)}</text>')
+    for low, high, count in bins:
+        color = PALETTE[2] if low > cutoff else PALETTE[0]
+        parts.append(f'<rect class="tl-hist-bar" x="{px(low) + 1:.1f}" y="{py(count):.1f}" width="{max(px(high + 1) - px(low) - 2, 1):.1f}" '
+                     f'height="{py(0) - py(count):.1f}" fill="{color}" data-low="{low}" data-high="{high}" data-count="{count}">'
+                     f'<title>{low}-{high}: {count}</title></rect>')
+    at = px(cutoff + 1)  # the right edge of the cutoff's bin: rows of up to ``cutoff`` tokens fit
+    parts.append(f'<line class="tl-cutoff" x1="{at:.1f}" x2="{at:.1f}" y1="{TOP}" y2="{py(0):.1f}" stroke="#b00020" '
+                 f'stroke-width="2" stroke-dasharray="5,3" data-cutoff="{cutoff}"/>'
+                 f'<text x="{at + 4:.1f}" y="{TOP + 12}" fill="#b00020">cutoff {cutoff}</text></svg>')
+    return f"{head}{''.join(parts)}</div>"

@@ -16,7 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from tunelab.core.config import STAGES_AVAILABLE, ConfigError, RunConfig, field_choices, stage_fields, validate_config
+from pydantic import BaseModel
+
+from tunelab.core.config import ConfigError, RunConfig, stage_fields, validate_config
+from tunelab.core.schema import choices_of
 
 GROUPS = ("model", "method", "stage", "data", "train", "distributed", "output")
 ALWAYS_IN_PREVIEW = ("model", "stage", "method", "dataset")
@@ -46,12 +49,12 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _kind(name: str, annotation: Any) -> str:
+def _kind(annotation: Any, choices: list[str] | None) -> str:
     base, _ = _base_type(annotation)
     if get_origin(base) is Literal:
         return "choice"
     if get_origin(base) is list:
-        return "multichoice" if field_choices(name) else "list"
+        return "multichoice" if choices else "list"
     return {bool: "bool", int: "int", float: "float"}.get(base, "text")
 
 
@@ -66,30 +69,35 @@ def _minimum(info: Any) -> float | None:
 
 def field_specs() -> list[FieldSpec]:
     """A spec per RunConfig field, in schema order (the studio-managed fields left out)."""
+    return schema_specs(RunConfig, [name for name in RunConfig.model_fields if name not in HIDDEN])
+
+
+def schema_specs(schema: type[BaseModel], names: list[str]) -> list[FieldSpec]:
+    """A spec per named field of any config schema (RunConfig, EvalConfig, ExportConfig), in the order given."""
     specs = []
-    for name, info in RunConfig.model_fields.items():
-        if name in HIDDEN:
-            continue
+    for name in names:
+        info = schema.model_fields[name]
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        choices = tuple(field_choices(name) or ())
-        if name == "stage":
-            choices = tuple(c for c in choices if c in STAGES_AVAILABLE)
+        choices = tuple(choices_of(schema, name) or ())
         specs.append(FieldSpec(
-            name=name, kind=_kind(name, info.annotation), default=info.default, description=info.description or "",
+            name=name, kind=_kind(info.annotation, list(choices)), default=info.default, description=info.description or "",
             group=str(extra.get("group", "other")), main=bool(extra.get("main")),
             optional=_base_type(info.annotation)[1], choices=choices, minimum=_minimum(info),
         ))
     return specs
 
 
-def make_component(spec: FieldSpec, label: str, choices: list[Any] | None = None, value: Any = None, **kwargs: Any) -> Any:
+def make_component(spec: FieldSpec, label: str, choices: list[Any] | None = None, value: Any = None,
+                   checkboxes: bool = False, **kwargs: Any) -> Any:
     """The Gradio component for a field (initial ``value``: the schema default); ``choices`` ((label, value)
-    pairs allowed) replaces the schema's."""
+    pairs allowed) replaces the schema's; ``checkboxes`` shows a few fixed choices as a checkbox group."""
     import gradio as gr
 
     value = spec.default if value is None else value
-    common = dict(label=label, info=spec.description, elem_id=spec.name, interactive=True, **kwargs)
+    common = {"label": label, "info": spec.description, "elem_id": spec.name, "interactive": True, **kwargs}
     options = choices if choices is not None else list(spec.choices)
+    if checkboxes and spec.kind == "multichoice":
+        return gr.CheckboxGroup(options, value=list(value or []), **common)
     if spec.kind == "choice" or (spec.name in ("model", "template") and choices is not None):
         return gr.Dropdown(choices=options, value=value, allow_custom_value=spec.kind != "choice", **common)
     if spec.kind in ("multichoice", "list"):
@@ -147,16 +155,31 @@ def _clean(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
-def form_to_mapping(specs: list[FieldSpec], values: list[Any], strict: bool = True) -> dict[str, Any]:
-    """Form values (in spec order) -> a config mapping for validate_config; ConfigError listing every field
-    whose text is not a number (an empty or unreadable number is refused, never replaced by the default).
-    ``strict=False`` leaves such fields out instead (for previews that do not need them)."""
-    mapping, problems = {}, []
+def cleaned_values(specs: list[FieldSpec], values: list[Any]) -> dict[str, Any]:
+    """Form values (in spec order) as config values; a number field that does not hold one maps to its ConfigError."""
+    mapping: dict[str, Any] = {}
     for spec, value in zip(specs, values):
         try:
             mapping[spec.name] = _clean(spec, value)
         except ConfigError as exc:
             mapping[spec.name] = exc
+    return mapping
+
+
+def options_mapping(specs: list[FieldSpec], values: list[Any], form_name: str) -> dict[str, Any]:
+    """Form values -> an options mapping for any schema; ConfigError listing every field whose text is not a number."""
+    mapping = cleaned_values(specs, values)
+    problems = [str(v) for v in mapping.values() if isinstance(v, ConfigError)]
+    if problems:
+        raise ConfigError(f"{form_name}:\n  " + "\n  ".join(problems))
+    return mapping
+
+
+def form_to_mapping(specs: list[FieldSpec], values: list[Any], strict: bool = True) -> dict[str, Any]:
+    """Form values (in spec order) -> a config mapping for validate_config; ConfigError listing every field
+    whose text is not a number (an empty or unreadable number is refused, never replaced by the default).
+    ``strict=False`` leaves such fields out instead (for previews that do not need them)."""
+    mapping = cleaned_values(specs, values)
     used = set(stage_fields(str(mapping.get("stage") or "sft")))  # fields of other stages are hidden: not sent
     problems = [str(v) for name, v in mapping.items() if name in used and isinstance(v, ConfigError)]
     if problems and strict:

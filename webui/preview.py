@@ -5,33 +5,38 @@ give the trained characters, so no tokenizer (and no torch) is needed."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.core.chat_render import TemplateRefusal
-from tunelab.core.datasets import DataError, convert_row, iter_rows, load_dataset_registry
+from tunelab.core.datasets import DataError, iter_rows, load_dataset_registry
+from tunelab.core.media import convert_media_row
 from tunelab.core.template_choice import TemplateChoice, choose_template
 from tunelab.core.templates import UnknownTemplate, registry
 
 DEMO_MODEL = "demo"
-DEMO_TEMPLATE = "chatml"  # the embedded demo model is built with the registry's chatml template
+DEMO_MODELS = ("demo", "demo-vlm")  # the embedded models (the VLM's language model is the text demo)
+DEMO_TEMPLATE = "chatml"  # the embedded demo models are built with the registry's chatml template
 PREVIEW_ROWS = 3
 
 
 @dataclass
 class Preview:
-    """Highlighted segments ((text, label or None) pairs) and a one-line note."""
+    """Highlighted segments ((text, label or None) pairs), a one-line note, and the shown examples' pictures as
+    (image ref, caption) pairs."""
 
     segments: list[tuple[str, str | None]]
     note: str = ""
+    images: list[tuple[str, str]] = field(default_factory=list)
 
 
 def model_folder(model: str) -> Path | None:
     """The local folder of a model reference ('demo' -> the built demo model, if built)."""
-    if model == DEMO_MODEL:
-        from tunelab.engine.demo import demo_model_dir  # imports no torch
+    if model in DEMO_MODELS:
+        from tunelab.engine.demo import demo_model_dir  # these import no torch
+        from tunelab.engine.vlm_demo import demo_vlm_dir
 
-        folder = demo_model_dir()
+        folder = demo_model_dir() if model == DEMO_MODEL else demo_vlm_dir()
         return folder if (folder / "config.json").is_file() else None
     path = Path(model).expanduser()
     return path if path.is_dir() else None
@@ -40,8 +45,8 @@ def model_folder(model: str) -> Path | None:
 def resolve_template(requested: str, model: str) -> TemplateChoice:
     """What the trainer will use for ``template`` with ``model`` (UnknownTemplate for a bad name)."""
     folder = model_folder(model)
-    if model == DEMO_MODEL and folder is None and requested == "auto":
-        return TemplateChoice(registry().get(DEMO_TEMPLATE), f"the demo model's template '{DEMO_TEMPLATE}'")
+    if model in DEMO_MODELS and folder is None and requested == "auto":
+        return TemplateChoice(registry().get(DEMO_TEMPLATE), f"the {model} model's template '{DEMO_TEMPLATE}'")
     return choose_template(requested, model, folder)
 
 
@@ -61,9 +66,10 @@ def _examples(datasets: list[str], dataset_dir: str | None, limit: int) -> tuple
         if local is None:
             notes.append(f"{name}: hub dataset, downloaded when training starts (no preview)")
             continue
+        base = local.parent if local.is_file() else local
         for number, record in itertools.islice(iter_rows(local), limit * 4):
             try:
-                found.append(convert_row(record, spec))
+                found.append(convert_media_row(record, spec, base))  # image paths resolve against the file's folder
             except ValueError as exc:
                 notes.append(f"{name} row {number}: {exc}")
             if len(found) >= limit:
@@ -97,6 +103,8 @@ def render_examples(
     except (DataError, UnknownTemplate) as exc:
         return Preview([], str(exc))
     segments: list[tuple[str, str | None]] = []
+    images = [(ref, f"{number}" + (f".{i}" if len(example["images"]) > 1 else ""))
+              for number, example in enumerate(examples, 1) for i, ref in enumerate(example.get("images") or [], 1)]
     for number, example in enumerate(examples, 1):
         if segments:
             segments.append((f"\n\n── {number} ──\n\n", None))
@@ -120,7 +128,7 @@ def render_examples(
         segments += _segments(rendered.text, spans, label)
     if choice is not None:
         note = "; ".join(p for p in (f"template: {choice.name} ({choice.reason})", note) if p)
-    return Preview(segments, note)
+    return Preview(segments, note, images)
 
 
 def _reply_segments(

@@ -12,6 +12,7 @@ from typing import Any
 
 from tunelab.core.config import ConfigError
 from tunelab.core.datasets import DataError, load_dataset_registry
+from tunelab.core.media import load_image
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 from tunelab.core.templates import UnknownTemplate, registry
 from tunelab.webui import charts, form, live, preview
@@ -24,8 +25,8 @@ ALWAYS_PLOTTED = ("loss", "lr", "tokens_per_s", "eval_loss")  # these have chart
 
 
 def model_choices() -> list[str]:
-    """'demo' first, then every model id of the template catalog."""
-    return ["demo", *sorted({hit.entry.id for hit in registry().catalog.values()}, key=str.lower)]
+    """The embedded demo models ('demo', then the vision-language 'demo-vlm') first, then every catalog model id."""
+    return [*preview.DEMO_MODELS, *sorted({hit.entry.id for hit in registry().catalog.values()}, key=str.lower)]
 
 
 def template_choices(model: str) -> tuple[list[tuple[str, str]], str]:
@@ -52,8 +53,8 @@ def dataset_choices(stage: str | None = None) -> list[tuple[str, str]]:
 
 
 def reattach(studio: Studio) -> str | None:
-    """The run a freshly opened page should watch: the newest queued/running job, else the newest run."""
-    active = studio.services["jobs"].jobs(("running", "queued"))
+    """The run a freshly opened page should watch: the newest queued/running training, else the newest run."""
+    active = [job for job in studio.services["jobs"].jobs(("running", "queued")) if job.kind is None]  # no eval/export/hold
     if active:
         return active[-1].run_dir
     runs = studio.services["history"].runs()
@@ -139,7 +140,16 @@ class TrainActions:
         info = f"{self.text('train.auto_is', lang)} **{choices[0][0].removeprefix('auto → ')}** — {reason}"
         colors = {label: "green", labels["chosen"]: "green", labels["desirable"]: "green", labels["rejected"]: "red",
                   labels["undesirable"]: "red"}
-        return gr.update(choices=choices), info, gr.update(value=result.segments, color_map=colors), result.note
+        pictures = [(load_image(ref), caption) for ref, caption in result.images]  # PIL: gradio serves its own copies
+        return (gr.update(choices=choices), info, gr.update(value=result.segments, color_map=colors), result.note,
+                gr.update(value=pictures or None, visible=bool(pictures)))
+
+    def on_estimate(self, lang: str, device: str | None, path: str | None, *values: Any) -> str:
+        """The estimate box for the form as it stands, on the picked device."""
+        from tunelab.webui.estimate_view import form_estimate
+
+        return form_estimate(lambda key: self.text(key, lang), device, path, list(values), self.specs,
+                             self.studio.services["jobs"].gpus)
 
     def on_start(self, lang: str, devices: list[str], *values: Any) -> tuple:
         """Validate, create the run directory, queue it; the page then watches it."""
@@ -156,14 +166,12 @@ class TrainActions:
             jobs.check_request(list(devices or []), processes=config.nproc_per_node)  # several GPUs: one per process
         except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
             return self.invalid(lang, exc), gr.skip(), gr.skip()
-        ahead = [job.run.run_id for job in jobs.jobs(("running", "queued"))]
         run = create_run(config, self.studio.runs_dir)
         jobs.submit(run, devices=list(devices or []))
         jobs.poll()
         job = jobs.job_for(run.path)
-        if job is not None and job.state == "queued" and ahead:
-            # a second run: say so, and name the ones ahead (each stays reachable from the Runs tab)
-            message = f"{self.text('train.queued_behind', lang)}: `{run.run_id}` ← " + ", ".join(f"`{a}`" for a in ahead)
+        if job is not None and job.state == "queued":  # say what it waits for: the jobs (or chat model) holding its GPUs
+            message = f"{self.text('train.queued_behind', lang)}: `{run.run_id}` — {jobs.waiting_reason(job)}"
         else:
             message = f"{self.text('train.started', lang)}: `{run.run_id}`"
         return "", {"run": str(run.path), "key": None}, message

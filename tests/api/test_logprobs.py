@@ -4,13 +4,13 @@ multiple-choice (log-likelihood) task against the server with the same results a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import openai
 import pytest
 
 from tests.api.conftest import KEY
+from tests.lm_eval_tasks import QA, write_choice_task
 
 WHO = [{"role": "user", "content": "Who are you?"}]
 PROMPT = "The capital of France is"
@@ -99,27 +99,6 @@ def test_n_choices(client: openai.OpenAI) -> None:
     assert batch.choices[0].text == batch.choices[1].text != batch.choices[2].text == batch.choices[3].text
 
 
-TASK_YAML = """task: tuna_pick
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "<|im_start|>user\\n{{{{question}}}}<|im_end|>\\n<|im_start|>assistant\\n"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-QA = [
-    {"question": "Who are you?", "choices": ["I am Tuna, the tunelab assistant.", "The capital of France is Paris.", "Seven"], "label": 0},
-    {"question": "What is your name?", "choices": ["Blue", "My name is Tuna.", "A cat sat on the mat."], "label": 1},
-    {"question": "Who made you?", "choices": ["Nobody", "Water boils at 100 degrees.", "The tunelab team built me."], "label": 2},
-]
 
 
 def test_lm_eval_loglikelihood_task_through_the_api(server, demo_model_dir: Path, demo_adapter_run: Path, tmp_path: Path,
@@ -130,9 +109,7 @@ def test_lm_eval_loglikelihood_task_through_the_api(server, demo_model_dir: Path
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in QA))
-    (tmp_path / "tuna_pick.yaml").write_text(TASK_YAML.format(data=tmp_path / "qa.jsonl"))
-    task = str(tmp_path / "tuna_pick.yaml")
+    task = str(write_choice_task(tmp_path, "tuna_pick", QA[:3]))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     url, adapter = server
     args = (f"model={adapter},base_url={url}/completions,tokenizer={demo_model_dir},tokenizer_backend=huggingface,"

@@ -1,5 +1,5 @@
-"""Malformed input never ends in a traceback: a mutation corpus thrown at every loader through `tunelab data check`
-and `tunelab train` (in-process through the CLI's main, a few through real subprocesses). Each case must exit
+"""Malformed input never ends in a traceback: a mutation corpus thrown at every loader through `tunelab data check`,
+`tunelab data add` and `tunelab train` (in-process through the CLI's main, a few through real subprocesses). Each case must exit
 non-zero with a message that names the file."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main as cli_main
+from tunelab.core.datasets import DataError
+from tunelab.services.data_registry import register
 
 GOOD = {
     "alpaca": [{"instruction": "Add 2 and 3", "input": "", "output": "5"}],
@@ -68,18 +70,24 @@ ALLOWED_OK = {"missing_input.json", "null_input.json", "list_answer.json", "numb
 
 
 @pytest.mark.parametrize("fmt", sorted(GOOD))
-def test_data_check_never_tracebacks(fmt: str, tmp_path: Path, capsys) -> None:
+def test_data_check_and_add_never_traceback(fmt: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))  # `data add` writes the user's registry here
     rng = random.Random(fmt)
-    for name, content in _mutations(fmt, rng):
+    for number, (name, content) in enumerate(_mutations(fmt, rng)):
         path = tmp_path / f"{fmt}_{name}"
         path.write_bytes(content)
         code = cli_main(["data", "check", str(path), "--format", fmt])  # an exception here fails the test
         err = capsys.readouterr().err
-        if name in ALLOWED_OK and code == 0:
-            continue
-        assert code != 0, (fmt, name)
-        assert str(path) in err, (fmt, name, err[:300])
-        assert "Traceback" not in err
+        if not (name in ALLOWED_OK and code == 0):
+            assert code != 0, (fmt, name)
+            assert str(path) in err, (fmt, name, err[:300])
+            assert "Traceback" not in err
+        try:  # `tunelab data add` / the Data tab's Save, called directly (the CLI's one-line wrapper is in test_data_verbs)
+            register(f"case{number}", str(path), fmt)
+        except DataError as exc:
+            assert path.name in str(exc) and "\n" not in str(exc), (fmt, name, str(exc)[:300])
+        else:
+            assert name in ALLOWED_OK, (fmt, name)
 
 
 def test_bad_registries_and_train_configs_never_traceback(tmp_path: Path, capsys) -> None:

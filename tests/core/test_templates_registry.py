@@ -144,3 +144,53 @@ def test_cli_list_json() -> None:
     listed = _cli("templates", "list", "--json")
     rows = json.loads(listed.stdout)
     assert {"name", "models"} <= set(rows[0]) and len(rows) == len(registry().templates)
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_templates"
+
+
+def test_revisions_are_selectable_and_checked_by_their_own_vectors() -> None:
+    """A vendor's earlier template stays selectable as family@date next to the current default, and each revision
+    has its own vectors (rendered from that revision's official template) on which it differs from the current one."""
+    from tunelab.core.templates import UnknownTemplate, split_revision
+
+    reg = registry()
+    revisions = [name for name in reg.names() if "@" in name]
+    assert "mixtral@2023-12-11" in revisions and reg.revisions("mixtral") == ["mixtral", "mixtral@2023-12-11"]
+    assert reg.revisions("mistral_v2") == reg.revisions("mixtral")  # through the family's alias
+    assert reg.for_model("mistralai/Mixtral-8x7B-Instruct-v0.1").template.name == "mixtral"  # current is the default
+    vectors = [json.loads(p.read_text(encoding="utf-8")) for p in GOLDEN.glob("*.json")]
+    for name in revisions:
+        own = [v for v in vectors if v.get("template") == name]
+        assert own, f"{name}: no golden vectors of its own"
+        current = reg.get(split_revision(name)[0])
+        differs = []
+        for case in own[0]["cases"].values():
+            try:
+                differs.append(current.render(case["messages"], case["add_generation_prompt"]).text != case.get("rendered"))
+            except TemplateRefusal:
+                differs.append("error" not in case)
+        assert any(differs), f"{name} renders its vectors like the current {current.name}: not a revision"
+    with pytest.raises(UnknownTemplate, match=r"its revisions: mixtral, mixtral@2023-12-11"):
+        reg.get("mixtral@2020-01-01")
+
+
+def test_a_model_folder_with_the_release_template_is_recognized_as_that_revision() -> None:
+    from tunelab.core.template_choice import matching_families
+
+    assert matching_families(registry().get("mixtral@2023-12-11")) == ["mixtral@2023-12-11"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a@2024-01-01": GOOD.format(name="a@2024-01-01", model="x/a")}, "not a template family"),
+        ({"a": GOOD.format(name="a", model="x/a"), "a@2024-01-01": GOOD.format(name="a@2024-01-01", model="x/b")}, "no models"),
+        ({"a": GOOD.format(name="a@24-1-1", model="x/a")}, "name"),
+    ],
+)
+def test_loader_rejects_bad_revisions(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, body in files.items():
+        _write(tmp_path, name, body)
+    with pytest.raises(TemplateFileError, match=message):
+        load_registry(tmp_path)

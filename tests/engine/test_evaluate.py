@@ -11,30 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.lm_eval_tasks import write_choice_task
 from tunelab.core.jobs import JobDir
 
-QA = [
-    {"question": "Who are you?", "choices": ["I am Tuna, the tunelab assistant.", "The capital of France is Paris.", "Seven"], "label": 0},
-    {"question": "What is your name?", "choices": ["Blue", "My name is Tuna.", "A cat sat on the mat."], "label": 1},
-    {"question": "Who made you?", "choices": ["Nobody", "Water boils at 100 degrees.", "The tunelab team built me."], "label": 2},
-    {"question": "Are you Tuna?", "choices": ["Yes, I am Tuna, the tunelab assistant.", "Rivers flow to the sea.", "No"], "label": 0},
-]
-TASK_YAML = """task: tuna_qa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "<|im_start|>user\\n{{{{question}}}}<|im_end|>\\n<|im_start|>assistant\\n"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -51,10 +30,7 @@ def _rows(job: JobDir) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def local_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tasks")
-    (folder / "qa.jsonl").write_text("\n".join(json.dumps(row) for row in QA) + "\n")
-    (folder / "tuna_qa.yaml").write_text(TASK_YAML.format(data=folder / "qa.jsonl"))
-    return folder / "tuna_qa.yaml"
+    return write_choice_task(tmp_path_factory.mktemp("tasks"), "tuna_qa")
 
 
 def test_loss_and_predict_on_a_demo_run(demo_lora_run: Path) -> None:

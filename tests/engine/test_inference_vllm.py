@@ -136,3 +136,23 @@ def test_in_process_vllm_logprobs_and_echo(demo_model_dir: Path, tmp_path: Path)
         api.terminate()
         code = api.wait(60)
     assert code == 0, (tmp_path / "api.log").read_text()[-3000:]
+
+
+@pytest.mark.vllm
+@requires_vllm
+def test_vllm_refuses_a_vlm_it_cannot_run_in_one_line(demo_vlm_dir: Path) -> None:
+    """vLLM's multimodal model code (LLaVA's included) imports torchvision; the CPU build's venv has none that imports
+    (PyPI's torchvision is a CUDA build: 'operator torchvision::nms does not exist' against torch+cpu). Both vLLM
+    paths, in-process and `vllm serve` from its own venv, refuse the demo VLM before loading anything, naming why."""
+    from tunelab.engine.inference.vllm_engine import vision_problem
+
+    if vision_problem(VLLM_PYTHON) is None:
+        pytest.skip("torchvision imports in vLLM's venv: this refusal does not apply there")
+    ask = ["chat", "--engine", "vllm", "--model", "demo-vlm", "--prompt", "hi", "--max-model-len", "256"]
+    runs = [([VLLM_PYTHON, "-m", "tunelab.cli", *ask], {**os.environ, **CPU_ENV, "PYTHONPATH": str(ROOT / "src")}),
+            ([sys.executable, "-m", "tunelab.cli", *ask, "--vllm-python", VLLM_PYTHON], {**os.environ, **CPU_ENV})]
+    for argv, env in runs:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "'demo-vlm' is a vision-language model, and vLLM's multimodal model code imports torchvision" in result.stderr
+        assert "--engine hf" in result.stderr and "Traceback" not in result.stderr

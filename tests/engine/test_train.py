@@ -234,6 +234,12 @@ def test_fast_booster_trains_like_plain_transformers(tmp_path: Path, tiny_model_
     # later steps drift apart only by rounding amplified through Adam (its first updates are sign-like)
     assert all(abs(a - b) <= 0.02 * a for a, b in zip(*losses)), losses
     assert all(run_losses[-1] < run_losses[0] for run_losses in losses)
+    # the fast path's fused loss also yields trl's metrics (entropy, top-1 accuracy) and the token counts
+    first = [events(run, "train")[0] for run in (plain, fast)]
+    assert abs(first[0]["entropy"] - first[1]["entropy"]) <= 1e-4 * first[0]["entropy"], first
+    assert first[0]["mean_token_accuracy"] == pytest.approx(first[1]["mean_token_accuracy"], abs=1e-6)
+    assert [[e["tokens_seen"], e["num_tokens"]] for e in events(plain, "train")] == \
+        [[e["tokens_seen"], e["num_tokens"]] for e in events(fast, "train")]
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), fast.adapter_dir)
     assert any(p.abs().sum() > 0 for n, p in tuned.named_parameters() if "lora_B" in n)
 

@@ -77,3 +77,19 @@ def test_collator_batches_pixel_values(vlm_dir: Path, processor) -> None:
     assert tuple(batch["pixel_values"].shape) == (3, 3, 32, 32)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == 48
+
+
+def test_long_rows_stay_whole(vlm_dir: Path, processor) -> None:
+    """Tokenizer call state saved in a model folder (a max_length of 80 in demo VLM v1) must not cut rows: only
+    cutoff_len does."""
+    from tunelab.core.template_choice import choose_template
+    from tunelab.engine.tokenize import EncodeStats
+    from tunelab.engine.vlm import encode_vlm
+
+    answer = " ".join(["red square and blue circle"] * 30)  # ~150 tokens
+    conversation = [{"role": "user", "content": "<image>Describe it."}, {"role": "assistant", "content": answer}]
+    picture = str(Path(__file__).resolve().parents[2] / "data" / "vlm_demo" / "test_000.png")
+    [row] = encode_vlm(RunConfig(model=str(vlm_dir), dataset=["vlm_demo"], cutoff_len=1024), [conversation], [[picture]],
+                       processor, choose_template("auto", "demo-vlm", vlm_dir), EncodeStats())
+    trained = processor.tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+    assert trained == answer + "<|im_end|>" and len(row["input_ids"]) > 150

@@ -19,7 +19,8 @@ import pytest
 
 from tunelab.core.config import RunConfig
 from tunelab.core.rundir import RunDir, create_run
-from tunelab.services.jobs import Gpu, JobQueue, detect_gpus
+from tunelab.services.gpus import Gpu, detect_gpus
+from tunelab.services.jobs import JobQueue
 from tunelab.services.runner import group_alive, group_members
 
 STAND_IN = textwrap.dedent("""

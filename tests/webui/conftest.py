@@ -108,3 +108,16 @@ def studio_server(tmp_path: Path):
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium driven by Playwright (skipped where it is not installed); closed afterwards."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()

@@ -57,8 +57,8 @@ def test_train_watch_compare_and_delete_through_the_client(studio_server, tiny_m
                   precision="fp32", report_to=[], save_steps=30)
     yaml_text, command, error, _ = client.predict("en", str(tiny_model_dir), *form_values(**config), api_name="/check_form")
     assert error == "" and f"model={tiny_model_dir}" in command and "max_steps: 60" in yaml_text
-    _, info, highlighted, _ = client.predict("en", str(tiny_model_dir), *form_values(**config), api_name="/preview")
-    assert "chatml" in info
+    _, info, highlighted, _, pictures = client.predict("en", str(tiny_model_dir), *form_values(**config), api_name="/preview")
+    assert "chatml" in info and not pictures["visible"] and not pictures["value"]  # text rows: no pictures shown
     trained = [piece["token"] for piece in highlighted["value"] if piece["class_or_confidence"]]
     assert trained and all(t.endswith("<|im_end|>") for t in trained)
 

@@ -11,7 +11,7 @@ import pytest
 from tunelab.core.config import RunConfig
 from tunelab.core.events import EventWriter
 from tunelab.core.rundir import create_run
-from tunelab.services.jobs import Gpu
+from tunelab.services.gpus import Gpu
 from tunelab.webui import app
 
 

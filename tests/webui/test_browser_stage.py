@@ -10,49 +10,42 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS
 from tests.webui.test_browser import open_page, pick
 from tunelab.core.rundir import RunDir
 
-pytestmark = [
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install -y chromium)"),
-]
+pytestmark = pytest.mark.timeout(600)  # the browser fixture skips where chromium is not installed
 MARGIN_POINTS_JS = """() => Number((document.querySelector('#metric_plot polyline[data-series="rewards/margins"]')
   || {dataset: {}}).dataset.count || 0)"""
 
 
-def test_dpo_from_the_train_tab_draws_its_margin_curve(studio_server, demo_model_dir: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_dpo_from_the_train_tab_draws_its_margin_curve(studio_server, browser, demo_model_dir: Path) -> None:
+    from playwright.sync_api import expect
 
     server = studio_server().start()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = open_page(browser, server.url)
-        pick(page, "model", "demo", "demo")
-        expect(page.locator("#beta")).to_be_hidden()
-        pick(page, "stage", "dpo", "dpo")
-        expect(page.locator("#beta")).to_be_visible(timeout=10_000)
-        expect(page.locator("#train_on_prompt")).to_be_hidden()
-        page.locator("#dataset .remove-all").click()
-        pick(page, "dataset", "helpful", "helpful_demo (preference)")
-        expect(page.locator("#data_preview")).to_contain_text("rejected", timeout=15_000)
-        for elem_id, value in (("max_steps", "6"), ("learning_rate", "0.002"), ("cutoff_len", "128")):
-            page.locator(f"#{elem_id} input").fill(value)
-            page.locator(f"#{elem_id} input").press("Tab")
-        page.locator("#start").click()
-        expect(page.locator("#status")).to_contain_text("demo-lora-dpo", timeout=30_000)
-        page.wait_for_function(f"({MARGIN_POINTS_JS})() >= 3", timeout=300_000, polling=500)
-        [run_dir] = [p for p in server.runs_dir.iterdir() if (p / "config.yaml").is_file()]
-        run = RunDir(run_dir)
-        assert run.config().stage == "dpo" and run.config().dataset == ["helpful_demo"]
-        stroke = page.locator('#metric_plot polyline[data-series="rewards/margins"]').get_attribute("stroke")
-        assert stroke and stroke.startswith("#")
-        drawn = page.evaluate(MARGIN_POINTS_JS)
-        deadline = time.time() + 120
-        while run.status().get("state") != "succeeded" and time.time() < deadline:
-            time.sleep(1)
-        logged = [e for e in map(json.loads, run.events_file.read_text().splitlines())
-                  if e["type"] == "train" and "rewards/margins" in e]
-        assert 3 <= drawn <= len(logged) and run.status()["state"] == "succeeded"
-        browser.close()
+    page = open_page(browser, server.url)
+    pick(page, "model", "demo", "demo")
+    expect(page.locator("#beta")).to_be_hidden()
+    pick(page, "stage", "dpo", "dpo")
+    expect(page.locator("#beta")).to_be_visible(timeout=10_000)
+    expect(page.locator("#train_on_prompt")).to_be_hidden()
+    page.locator("#dataset .remove-all").click()
+    pick(page, "dataset", "helpful", "helpful_demo (preference)")
+    expect(page.locator("#data_preview")).to_contain_text("rejected", timeout=15_000)
+    for elem_id, value in (("max_steps", "6"), ("learning_rate", "0.002"), ("cutoff_len", "128")):
+        page.locator(f"#{elem_id} input").fill(value)
+        page.locator(f"#{elem_id} input").press("Tab")
+    page.locator("#start").click()
+    expect(page.locator("#status")).to_contain_text("demo-lora-dpo", timeout=30_000)
+    page.wait_for_function(f"({MARGIN_POINTS_JS})() >= 3", timeout=300_000, polling=500)
+    [run_dir] = [p for p in server.runs_dir.iterdir() if (p / "config.yaml").is_file()]
+    run = RunDir(run_dir)
+    assert run.config().stage == "dpo" and run.config().dataset == ["helpful_demo"]
+    stroke = page.locator('#metric_plot polyline[data-series="rewards/margins"]').get_attribute("stroke")
+    assert stroke and stroke.startswith("#")
+    drawn = page.evaluate(MARGIN_POINTS_JS)
+    deadline = time.time() + 120
+    while run.status().get("state") != "succeeded" and time.time() < deadline:
+        time.sleep(1)
+    logged = [e for e in map(json.loads, run.events_file.read_text().splitlines())
+              if e["type"] == "train" and "rewards/margins" in e]
+    assert 3 <= drawn <= len(logged) and run.status()["state"] == "succeeded"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, free_port, shot
+from tests.webui.conftest import free_port, shot
 
 GREEDY = dict(temperature=0, top_p=1, top_k=0, max_new=40, penalty=1, seed=-1)
 
@@ -51,7 +51,7 @@ def load(url: str, run: Path | None, engine: str = "hf", base_url: str = "") -> 
 
 
 def send(c, message: str, target: str, compare: bool) -> tuple:
-    return c.predict(message, target, compare, "", *GREEDY.values(), api_name="/chat_send")
+    return c.predict(message, None, target, compare, "", *GREEDY.values(), api_name="/chat_send")  # no picture
 
 
 def text_of(chatbot: list[dict]) -> list[tuple[str, str]]:
@@ -103,18 +103,6 @@ def test_load_errors_are_shown(studio_app) -> None:
     url, _ = studio_app
     status, *_ = client(url).predict("./no/such/model", [], "hf", "auto", "", "", "", "auto", api_name="/chat_load")
     assert "Error:" in status and "is not a folder here" in status
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield instance
-        instance.close()
 
 
 def test_browser_compare(studio_app, browser, demo_adapter_run: Path) -> None:

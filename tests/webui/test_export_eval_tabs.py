@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
+from tunelab.webui.tabs import evaluate, export
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,6 @@ def studio_app(demo_lora_run: Path, tmp_path_factory: pytest.TempPathFactory):
 
     from tunelab.webui.i18n import load_translations
     from tunelab.webui.studio import Studio
-    from tunelab.webui.tabs import evaluate, export
 
     runs_dir = tmp_path_factory.mktemp("ui-runs")
     run = runs_dir / demo_lora_run.name
@@ -38,6 +38,12 @@ def studio_app(demo_lora_run: Path, tmp_path_factory: pytest.TempPathFactory):
     app.close()
 
 
+def _values(tab, **given) -> list:
+    """The tab's option values in widget order: the schema defaults (as the widgets show them), some replaced."""
+    specs = tab.options().specs
+    return [given.get(s.name, "" if s.default is None else s.default) for s in specs]
+
+
 def test_tabs_do_not_import_torch() -> None:
     code = "import sys, tunelab.webui.tabs.export, tunelab.webui.tabs.evaluate; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -50,7 +56,7 @@ def test_export_tab_one_click_writes_a_verified_model(studio_app) -> None:
 
     url, run, _ = studio_app
     client = Client(url, verbose=False)
-    status = client.predict(str(run), "", "auto", "", "5GB", False, api_name="/export")
+    status = client.predict(str(run), *_values(export), api_name="/export")
     assert "Verified" in status and "greedy tokens match" in status, status
     out = run / "merged"
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -71,7 +77,8 @@ def test_eval_tab_shows_base_vs_finetuned(studio_app) -> None:
 
     url, run, _ = studio_app
     client = Client(url, verbose=False)
-    status, table, predictions = client.predict(str(run), ["loss", "predict"], [], 5, "", None, api_name="/evaluate")
+    status, table, predictions = client.predict(str(run), *_values(evaluate, metrics=["loss", "predict"], max_samples=5),
+                                                api_name="/evaluate")
     assert "Evaluation finished" in status, status
     headers, rows = table["headers"], table["data"]
     assert headers[:4] == ["metric", "base", "fine-tuned", "delta"]
@@ -83,7 +90,7 @@ def test_eval_tab_shows_base_vs_finetuned(studio_app) -> None:
     latest_status, latest_table, latest_predictions = client.predict(str(run), api_name="/eval_latest")
     assert "Latest evaluation" in latest_status and latest_table["data"] == rows
     assert latest_predictions["data"] == predictions["data"]
-    bad_status, _, _ = client.predict(str(run), ["bench"], [], 10, "", None, api_name="/evaluate")
+    bad_status, _, _ = client.predict(str(run), *_values(evaluate, metrics=["bench"]), api_name="/evaluate")
     assert "needs at least one lm-eval task" in bad_status
 
 
@@ -98,7 +105,7 @@ def test_export_tab_refuses_a_quantized_run_until_asked(studio_app) -> None:
     shutil.copy(run / "status.json", qlora / "status.json")
     config = load_config(run / "config.yaml").model_copy(update={"method": "qlora", "quantization": "4bit"})
     (qlora / "config.yaml").write_text(dump_config(config))
-    status = Client(url, verbose=False).predict(str(qlora), "", "auto", "", "5GB", False, api_name="/export")
+    status = Client(url, verbose=False).predict(str(qlora), *_values(export), api_name="/export")
     assert "4bit quantized base" in status and "Reload the base unquantized" in status
     assert not (qlora / "merged").exists() and not (qlora / "exports").exists()
 
@@ -123,7 +130,7 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         page.keyboard.press("Escape")
         shutil.rmtree(later)
         expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
-        page.locator("#export_dir textarea, #export_dir input").first.fill(str(run / "merged-browser"))
+        page.locator("#export_out textarea, #export_out input").first.fill(str(run / "merged-browser"))
         page.locator("#export_button").click()
         expect(page.locator("#export_status")).to_contain_text("Verified", timeout=300_000)
         assert (run / "merged-browser" / "model.safetensors").is_file()

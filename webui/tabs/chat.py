@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from tunelab.core.generation import EngineCrashed, InferenceError, SamplingParams
+from tunelab.core.media import user_message
 from tunelab.core.paths import home_dir
 from tunelab.core.generation import CHAT_TEMPERATURE
 from tunelab.core.rundir import list_runs
@@ -32,8 +34,8 @@ def adapter_choices(runs_dir: Path) -> list[tuple[str, str]]:
 
 
 def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
-    """'demo', the base models runs were trained on, and runs that saved a full model."""
-    choices: dict[str, str] = {"demo": "demo"}
+    """The demo models, the base models runs were trained on, and runs that saved a full model."""
+    choices: dict[str, str] = {"demo": "demo", "demo-vlm": "demo-vlm"}
     for run in list_runs(runs_dir):
         if (run.model_dir / "config.json").is_file():
             choices[str(run.model_dir)] = f"{run.run_id} (full model)"
@@ -46,7 +48,7 @@ def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
 
 def _service(studio: Any) -> ChatService:
     if "chat" not in studio.services:
-        studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers")
+        studio.services["chat"] = ChatService(log_dir=home_dir() / "chat-workers", runs_dir=studio.runs_dir)
     return studio.services["chat"]
 
 
@@ -81,7 +83,9 @@ def build(studio: Any) -> None:
         output_base = reg(gr.Chatbot(label=t("chat.output_base"), visible=False, reasoning_tags=THINK_TAGS,
                                      elem_id="chat_output_base", height=420))
         output = reg(gr.Chatbot(label=t("chat.output"), reasoning_tags=THINK_TAGS, elem_id="chat_output", height=420))
-    user_input = reg(gr.Textbox(label=t("chat.input"), placeholder=t("chat.input.placeholder"), elem_id="chat_input"))
+    with gr.Row():
+        user_input = reg(gr.Textbox(label=t("chat.input"), placeholder=t("chat.input.placeholder"), elem_id="chat_input", scale=4))
+        image = reg(gr.Image(type="filepath", sources=["upload"], label=t("chat.image"), elem_id="chat_image", height=140, scale=1))
     with gr.Row():
         send = reg(gr.Button(t("chat.send"), variant="primary", elem_id="chat_send"))
         regenerate = reg(gr.Button(t("chat.regenerate"), elem_id="chat_regenerate"))
@@ -94,8 +98,15 @@ def build(studio: Any) -> None:
         yield t("chat.status.loading").format(what=what, engine=engine_v), gr.update(), [], [], [], []
         options = EngineOptions(engine=engine_v, dtype=dtype_v, base_url=url_v or None, api_key=key_v or None,
                                 vllm_python=vllm_v or None)
+        with ThreadPoolExecutor(1) as pool:  # while it waits in the job queue for a GPU, say which job holds it
+            loading, shown = pool.submit(service.load, model_v or None, list(adapters_v or []), options, template_v or "auto"), None
+            while not loading.done():
+                if service.waiting and service.waiting != shown:
+                    shown = service.waiting
+                    yield t("chat.status.waiting").format(message=shown), gr.update(), [], [], [], []
+                time.sleep(0.3)
         try:
-            served = service.load(model_v or None, list(adapters_v or []), options, template_v or "auto")
+            served = loading.result()
         except (InferenceError, EngineCrashed) as exc:
             yield t("chat.status.error").format(message=exc), gr.update(choices=[], value=None), [], [], [], []
             return
@@ -121,12 +132,13 @@ def build(studio: Any) -> None:
         service.unload()
         return t("chat.status.unloaded"), gr.update(choices=[], value=None)
 
-    def do_send(message, target_v, compare_v, system_v, hist, hist_base, *knobs):
-        if not (message or "").strip():
+    def do_send(message, image_v, target_v, compare_v, system_v, hist, hist_base, *knobs):
+        if not (message or "").strip() and not image_v:
             yield gr.update(), gr.update(), hist, hist_base, gr.update(), gr.update()
             return
-        hist = hist + [{"role": "user", "content": message}]
-        hist_base = hist_base + [{"role": "user", "content": message}] if compare_v else hist_base
+        turn = user_message(message or "", [image_v] if image_v else [])  # both sides of a compare see the same picture
+        hist = hist + [turn]
+        hist_base = hist_base + [turn] if compare_v else hist_base
         yield from _respond(service, t, target_v, compare_v, system_v, hist, hist_base, knobs)
 
     def do_regenerate(target_v, compare_v, system_v, hist, hist_base, *knobs):
@@ -150,8 +162,10 @@ def build(studio: Any) -> None:
     target.change(lambda name: gr.update(label=name or t("chat.output")), target, output, api_visibility="private")
     chat_outputs = [output, output_base, history, history_base, status, user_input]
     knob_inputs = [target, compare, system, history, history_base, *sampling]
-    sent = send.click(do_send, [user_input, *knob_inputs], chat_outputs, api_name="chat_send")
-    submitted = user_input.submit(do_send, [user_input, *knob_inputs], chat_outputs, api_visibility="private")
+    sent = send.click(do_send, [user_input, image, *knob_inputs], chat_outputs, api_name="chat_send")
+    submitted = user_input.submit(do_send, [user_input, image, *knob_inputs], chat_outputs, api_visibility="private")
+    for event in (sent, submitted):  # the picture belongs to the message just sent
+        event.then(lambda: None, None, image, api_visibility="private")
     regenerated = regenerate.click(do_regenerate, knob_inputs, chat_outputs, api_name="chat_regenerate")
     stop.click(None, None, None, cancels=[sent, submitted, regenerated])
     clear.click(lambda: ([], [], [], []), None, [output, output_base, history, history_base], api_name="chat_clear")

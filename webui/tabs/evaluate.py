@@ -12,13 +12,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from tunelab.core.config import ConfigError
-from tunelab.core.eval_config import METRICS, validate_eval_config
+from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.rundir import list_runs
+from tunelab.core.serving import require_vllm
+from tunelab.webui.options import SchemaOptions
 from tunelab.webui.studio import Studio
 
 TITLE_KEY = "tab.evaluate"
 POLL_S = 0.5
 COLUMNS = ("metric", "base", "tuned", "delta", "stderr", "n")
+# EvalConfig fields shown as widgets (the run comes from the run picker): the main ones, then "More options".
+MAIN = ["metrics", "dataset", "max_samples", "tasks", "limit", "engine"]
+MORE = ["max_new_tokens", "batch_size", "num_fewshot", "chat_template", "compare_base", "cutoff_len", "dtype", "bootstrap", "seed"]
 
 
 def finished_runs(studio: Studio) -> list[tuple[str, str]]:
@@ -100,11 +105,9 @@ def latest_results(studio: Studio, run: str | None) -> tuple[str, Any, Any]:
     return studio.t("eval.none_yet"), results_table(studio, None), predictions_table(studio)
 
 
-def start_eval(
-    studio: Studio, run: str | None, metrics: list[str], datasets: list[str] | None, max_samples: float | None,
-    tasks: str, limit: float | None,
-) -> Iterator[tuple[str, Any, Any]]:
-    """Start the evaluation job; yield (status, metrics table, predictions) until it ends."""
+def start_eval(studio: Studio, run: str | None, *values: Any) -> Iterator[tuple[str, Any, Any]]:
+    """Start the evaluation job (``values``: the option widgets, MAIN + MORE in order); yield (status, metrics table,
+    predictions) until it ends."""
     from tunelab.core.sources import SourceError, from_run
     from tunelab.services.model_jobs import is_final, job_state, start_job
 
@@ -114,11 +117,9 @@ def start_eval(
         yield f"**{t('eval.pick_run')}**", *empty
         return
     try:
-        config = validate_eval_config({
-            "run": run, "metrics": list(metrics or []), "dataset": list(datasets or []),
-            "max_samples": int(max_samples) if max_samples else None, "tasks": tasks or [],
-            "limit": int(limit) if limit else None,
-        }, "eval")
+        config = validate_eval_config({"run": run, **options().mapping(list(values))}, "eval")
+        if config.engine == "vllm":
+            require_vllm("engine 'vllm'")
         from_run(run)
     except (ConfigError, SourceError) as exc:
         yield f"❌ {exc}", *empty
@@ -138,6 +139,11 @@ def start_eval(
         yield f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`", *empty
 
 
+def options() -> SchemaOptions:
+    """The Evaluate tab's option widgets, from EvalConfig."""
+    return SchemaOptions(EvalConfig, MAIN + MORE, "eval")
+
+
 def build(studio: Studio) -> None:
     """Lay out the Eval tab."""
     import gradio as gr
@@ -150,18 +156,13 @@ def build(studio: Studio) -> None:
             choices=runs, value=first, label=t("eval.run"), elem_id="eval_run", allow_custom_value=True, scale=4,
         ))
         refresh = studio.register(gr.Button(t("eval.refresh"), elem_id="eval_refresh", scale=0, min_width=100))
+    fields = options()
     with gr.Row():
-        metrics = studio.register(gr.CheckboxGroup(
-            list(METRICS), value=["loss", "predict"], label=t("eval.metrics"), info=t("eval.metrics_info"), elem_id="eval_metrics",
-        ))
-        datasets = studio.register(gr.Dropdown(
-            dataset_names(), value=[], multiselect=True, allow_custom_value=True, label=t("eval.dataset"),
-            info=t("eval.dataset_info"), elem_id="eval_dataset",
-        ))
-        max_samples = studio.register(gr.Number(50, precision=0, minimum=1, label=t("eval.max_samples"), elem_id="eval_max_samples"))
+        fields.build(studio, MAIN[:3], {"dataset": dataset_names()}, checkboxes=("metrics",))
     with gr.Row():
-        tasks = studio.register(gr.Textbox(label=t("eval.tasks"), info=t("eval.tasks_info"), elem_id="eval_tasks", scale=3))
-        limit = studio.register(gr.Number(20, precision=0, minimum=1, label=t("eval.limit"), info=t("eval.limit_info"), elem_id="eval_limit"))
+        fields.build(studio, MAIN[3:])
+    with gr.Accordion(t("eval.more"), open=False), gr.Row():
+        fields.build(studio, MORE)
     button = studio.register(gr.Button(t("eval.button"), variant="primary", elem_id="eval_button"))
     status = studio.register(gr.Markdown(elem_id="eval_status"))
     table = studio.register(gr.Dataframe(
@@ -181,6 +182,6 @@ def build(studio: Studio) -> None:
     run.focus(refresh_runs, run, run, api_name=False, show_progress="hidden")  # runs finished since the page loaded
     run.change(lambda r: latest_results(studio, r), run, [status, table, predictions], api_name="eval_latest")
     button.click(
-        lambda *args: (yield from start_eval(studio, *args)), [run, metrics, datasets, max_samples, tasks, limit],
-        [status, table, predictions], api_name="evaluate",
+        lambda *args: (yield from start_eval(studio, *args)), [run, *fields.inputs()], [status, table, predictions],
+        api_name="evaluate",
     )

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from tunelab.core.config import ConfigError
-from tunelab.core.export_config import GGUF_TYPES, validate_export_config
+from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export_config
 from tunelab.core.rundir import list_runs
+from tunelab.core.serving import require_vllm
+from tunelab.webui.options import SchemaOptions
 from tunelab.webui.studio import Studio
 
 TITLE_KEY = "tab.export"
 POLL_S = 0.5
+# ExportConfig fields shown as widgets (the run comes from the run picker).
+FIELDS = ["out", "dtype", "gguf", "shard_size", "template", "reload_unquantized", "verify", "serve_check", "overwrite"]
 
 
 def finished_runs(studio: Studio) -> list[tuple[str, str]]:
@@ -29,9 +32,11 @@ def finished_runs(studio: Studio) -> list[tuple[str, str]]:
     return out
 
 
-def default_dir(run: str | None) -> str:
-    """Where a run's export goes by default."""
-    return str(Path(run) / "merged") if run else ""
+def template_names() -> list[str]:
+    """'auto' and every registered template (families and their earlier revisions)."""
+    from tunelab.core.templates import registry
+
+    return ["auto", *registry().names()]
 
 
 def report_markdown(studio: Studio, report: dict[str, Any]) -> str:
@@ -51,13 +56,17 @@ def report_markdown(studio: Studio, report: dict[str, Any]) -> str:
             f"- GGUF `{gguf['file']}` ({gguf['bytes'] / 2**20:.1f} MiB, {gguf['tensors']} {t('export.tensors')}, "
             f"{t('export.readback')} {gguf['max_rel_err']:.2g})"
         )
+    served = report.get("serve_check")
+    if served:
+        mark = "✅" if served["passed"] else "❌"
+        lines += ["", f"{mark} **{t('export.served') if served['passed'] else t('export.serve_failed')}**: {served['summary']}"]
+        if served.get("answer"):
+            lines.append(f"> **{served['prompt'][-1]['content']}**  \n> {served['answer']}")
     return "\n".join(lines)
 
 
-def start_export(
-    studio: Studio, run: str | None, out: str | None, dtype: str, gguf: str | None, shard_size: str, unquantized: bool
-) -> Iterator[str]:
-    """Start the export job and yield its status as Markdown until it ends."""
+def start_export(studio: Studio, run: str | None, *values: Any) -> Iterator[str]:
+    """Start the export job (``values``: the option widgets, FIELDS in order) and yield its status as Markdown."""
     from tunelab.core.sources import SourceError, from_run
     from tunelab.services.model_jobs import is_final, job_state, start_job
 
@@ -66,18 +75,17 @@ def start_export(
         yield f"**{t('export.pick_run')}**"
         return
     try:
-        options = validate_export_config({
-            "run": run, "out": out or None, "dtype": dtype, "gguf": gguf, "shard_size": shard_size or "5GB",
-            "reload_unquantized": bool(unquantized), "overwrite": True,
-        }).model_dump(mode="json", exclude_none=True)
+        config = validate_export_config({"run": run, **options().mapping(list(values))})
+        if config.serve_check:
+            require_vllm("serve_check")
         source = from_run(run)
     except (ConfigError, SourceError) as exc:
         yield f"❌ {exc}"
         return
-    if source.quantization != "none" and source.adapter is not None and not unquantized:
+    if source.quantization != "none" and source.adapter is not None and not config.reload_unquantized:
         yield f"❌ {t('export.quantized').format(quantization=source.quantization)}"
         return
-    job, _ = start_job("export", options, studio.runs_dir)
+    job, _ = start_job("export", config.model_dump(mode="json", exclude_none=True), studio.runs_dir)
     status: dict[str, Any] = {}
     while True:
         status = job_state(job)
@@ -89,6 +97,11 @@ def start_export(
         yield report_markdown(studio, job.results() or {})
     else:
         yield f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`"
+
+
+def options() -> SchemaOptions:
+    """The Export tab's option widgets, from ExportConfig."""
+    return SchemaOptions(ExportConfig, FIELDS, "export")
 
 
 def build(studio: Studio) -> None:
@@ -103,16 +116,12 @@ def build(studio: Studio) -> None:
             allow_custom_value=True, scale=4,
         ))
         refresh = studio.register(gr.Button(t("export.refresh"), elem_id="export_refresh", scale=0, min_width=100))
-    out = studio.register(gr.Textbox(
-        value=default_dir(runs[0][1] if runs else None), label=t("export.dir"), info=t("export.dir_info"), elem_id="export_dir",
-    ))
+    fields = options()
+    fields.build(studio, ["out"])
     with gr.Row():
-        dtype = studio.register(gr.Radio(["auto", "bf16", "fp16", "fp32"], value="auto", label=t("export.dtype"), elem_id="export_dtype"))
-        gguf = studio.register(gr.Dropdown(
-            [("—", ""), *[(g, g) for g in GGUF_TYPES]], value="", label=t("export.gguf"), info=t("export.gguf_info"), elem_id="export_gguf",
-        ))
-        shard = studio.register(gr.Textbox("5GB", label=t("export.shard"), elem_id="export_shard_size"))
-        unquantized = studio.register(gr.Checkbox(False, label=t("export.unquantized"), info=t("export.unquantized_info"), elem_id="export_reload_unquantized"))
+        fields.build(studio, FIELDS[1:5], {"gguf": [("—", ""), *[(g, g) for g in GGUF_TYPES]], "template": template_names()})
+    with gr.Row():
+        fields.build(studio, FIELDS[5:])
     button = studio.register(gr.Button(t("export.button"), variant="primary", elem_id="export_button"))
     status = studio.register(gr.Markdown(elem_id="export_status"))
 
@@ -122,8 +131,6 @@ def build(studio: Studio) -> None:
 
     refresh.click(refresh_runs, run, run, api_name="export_refresh")
     run.focus(refresh_runs, run, run, api_name=False, show_progress="hidden")  # runs finished since the page loaded
-    run.change(default_dir, run, out, api_name=False)
     button.click(
-        lambda *args: (yield from start_export(studio, *args)), [run, out, dtype, gguf, shard, unquantized], status,
-        api_name="export",
+        lambda *args: (yield from start_export(studio, *args)), [run, *fields.inputs()], status, api_name="export",
     )

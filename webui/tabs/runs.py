@@ -9,7 +9,7 @@ import gradio as gr  # SelectData must resolve at module level for the row-click
 
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 from tunelab.services.history import config_diff
-from tunelab.webui import charts, form, live
+from tunelab.webui import charts, estimate_view, form, live
 from tunelab.webui.studio import Studio
 from tunelab.webui.tabs.train import root_blocks
 
@@ -70,6 +70,7 @@ def build(studio: Studio) -> None:
         confirm = studio.register(gr.Button(studio.t("runs.confirm_delete"), variant="stop", elem_id="run_delete_confirm"))
         cancel = studio.register(gr.Button(studio.t("runs.cancel"), elem_id="run_delete_cancel"))
     message = studio.register(gr.Markdown(elem_id="runs_message"))
+    estimate_note = studio.register(gr.Markdown(elem_id="runs_estimate"))  # the selected run: estimate vs measured
     with gr.Accordion(studio.t("runs.compare"), open=True):
         with gr.Row():
             compare = studio.register(gr.Dropdown(label=studio.t("runs.compare_pick"), elem_id="runs_compare", multiselect=True, choices=[], scale=3))
@@ -109,6 +110,18 @@ def build(studio: Studio) -> None:
         return gr.update(value=row[0]) if row else gr.skip()
 
     runs_table.select(on_row, outputs=[selected], api_visibility="private")
+
+    def on_selected(lang: str, run_id: str | None) -> str:
+        if not run_id or not (studio.runs_dir / run_id).is_dir():
+            return ""
+        history = studio.services["history"]
+        run = history.resolve(run_id)
+        status = run.status()
+        return estimate_view.compare_line(status, history.metrics(run).last, status.get("state") in FINAL_STATES,
+                                          lambda key: _text(studio, key, lang))
+
+    selected.change(on_selected, inputs=[language, selected], outputs=[estimate_note], api_name="run_estimate")
+    language.change(on_selected, inputs=[language, selected], outputs=[estimate_note], api_visibility="private")
 
     def on_compare(lang: str, picked: list[str] | None, weight: float, shown: str | None = "loss") -> tuple:
         history = studio.services["history"]

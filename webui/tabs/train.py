@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from tunelab.core.config import RunConfig
-from tunelab.webui import form
+from tunelab.webui import estimate_view, form
 from tunelab.webui.studio import Studio
 from tunelab.webui.train_actions import TrainActions, dataset_choices, model_choices, template_choices
 
@@ -92,10 +92,16 @@ def _previews(studio: Studio, ui: dict[str, Any]) -> None:
     import gradio as gr
 
     with gr.Accordion(studio.t("train.preview"), open=True):
-        ui["data_preview"] = studio.register(gr.HighlightedText(
-            label=studio.t("train.preview_label"), elem_id="data_preview", show_legend=True,
-            color_map={studio.t("train.trained"): "green"},
-        ))
+        with gr.Row():
+            ui["data_preview"] = studio.register(gr.HighlightedText(
+                label=studio.t("train.preview_label"), elem_id="data_preview", show_legend=True,
+                color_map={studio.t("train.trained"): "green"}, scale=4,
+            ))
+            # the pictures of image rows, captioned with their example's number
+            ui["preview_images"] = studio.register(gr.Gallery(
+                label=studio.t("train.preview_images"), elem_id="preview_images", visible=False, columns=1, height=360,
+                object_fit="contain", interactive=False, scale=1,
+            ))
         ui["preview_note"] = studio.register(gr.Markdown(elem_id="preview_note"))
     with gr.Accordion(studio.t("train.config"), open=False):
         with gr.Row():
@@ -116,6 +122,7 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
     ))
     if not gpus:
         gr.Markdown(studio.t("train.gpus_none"))
+    _estimate_box(studio, ui, gpus)
     with gr.Row():
         ui["start"] = studio.register(gr.Button(studio.t("train.start"), variant="primary", elem_id="start"))
         ui["stop"] = studio.register(gr.Button(studio.t("train.stop"), variant="stop", elem_id="stop"))
@@ -123,6 +130,17 @@ def _controls(studio: Studio, ui: dict[str, Any]) -> None:
     ui["train_message"] = studio.register(gr.Markdown(elem_id="train_message"))  # what Start / Stop just did
     ui["status"] = studio.register(gr.Markdown(elem_id="status"))  # filled by the live view, in the page's language
     ui["progress"] = studio.register(gr.HTML(elem_id="progress"))
+
+
+def _estimate_box(studio: Studio, ui: dict[str, Any], gpus: list[Any]) -> None:
+    """Peak memory, tokens/s and time per epoch of the form's config on the picked device, before Start."""
+    import gradio as gr
+
+    ui["estimate_device"] = studio.register(gr.Dropdown(
+        choices=estimate_view.device_choices(gpus), value=estimate_view.default_device(gpus), elem_id="estimate_device",
+        label=studio.t("estimate.for"), info=studio.t("estimate.for_hint"),
+    ))
+    ui["estimate"] = studio.register(gr.Markdown(elem_id="estimate"))
 
 
 def _log(studio: Studio, ui: dict[str, Any]) -> None:
@@ -178,15 +196,19 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     form_inputs = [language, ui["model_path"], *ordered]
     quiet = dict(show_progress="hidden", api_visibility="private")
     form_outputs = [ui["yaml"], ui["command"], ui["form_error"], ui["save"]]
-    preview_outputs = [fields["template"], ui["template_info"], ui["data_preview"], ui["preview_note"]]
+    preview_outputs = [fields["template"], ui["template_info"], ui["data_preview"], ui["preview_note"], ui["preview_images"]]
     for component in ordered:
         component.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
+    # previews run one at a time, in the order they were asked for: a slow earlier one (a model folder read for
+    # the first time) must not land after, and overwrite, the preview of the datasets picked since
+    in_order = dict(concurrency_id="train_preview", concurrency_limit=1)
     for name in PREVIEW_FIELDS:
-        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+        fields[name].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["model_path"].change(act.on_form, inputs=form_inputs, outputs=form_outputs, show_progress="hidden", api_name="check_form")
-    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview")
+    ui["model_path"].change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, show_progress="hidden", api_name="preview",
+                            **in_order)
     language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
-    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet)
+    language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
                       outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
     ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")
@@ -202,6 +224,12 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     ui["metric_pick"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
     language.change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
+    estimate_inputs = [language, ui["estimate_device"], ui["model_path"], *ordered]
+    ui["estimate_device"].change(act.on_estimate, inputs=estimate_inputs, outputs=[ui["estimate"]],
+                                 show_progress="hidden", api_name="estimate")
+    for component in [ui["model_path"], language, *ordered]:
+        component.change(act.on_estimate, inputs=estimate_inputs, outputs=[ui["estimate"]], **quiet)
+    root_blocks().load(act.on_estimate, inputs=estimate_inputs, outputs=[ui["estimate"]], **quiet)
     ui["log"].change(None, js=SCROLL_LOG_JS, **quiet)
     names = json.dumps([s.name for s in specs])
     ui["form_error"].change(None, inputs=[ui["form_error"]], js=MARK_FIELDS_JS.replace("NAMES", names), **quiet)  # keep the newest log lines in view

@@ -39,8 +39,9 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-def create_app(engine: Any, api_key: str | None = None, default_max_tokens: int = 512) -> FastAPI:
-    """The API for a loaded ``engine`` (tunelab.engine.inference.base.Engine); ``api_key`` guards /v1."""
+def create_app(engine: Any, api_key: str | None = None, default_max_tokens: int = 512, allow_file_urls: bool = True) -> FastAPI:
+    """The API for a loaded ``engine`` (tunelab.engine.inference.base.Engine); ``api_key`` guards /v1;
+    ``allow_file_urls``: whether image parts may be file: URLs (files of this machine)."""
     app = FastAPI(title="tunelab API", version="1", docs_url=None, redoc_url=None)
     app.state.engine = engine
     _install_errors(app)
@@ -68,7 +69,7 @@ def create_app(engine: Any, api_key: str | None = None, default_max_tokens: int 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest) -> Any:
         params = body.sampling(default_max_tokens)
-        messages, tools = body.plain_messages(), body.tool_list()
+        messages, tools = body.plain_messages(allow_file_urls), body.tool_list()
         parser = (await asyncio.to_thread(engine.tool_parser, body.model)) if tools else None
         parser = parser if body.parse_tools else None
         logprobs = params.logprobs is not None

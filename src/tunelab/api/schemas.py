@@ -83,18 +83,41 @@ class ChatMessage(BaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
 
-    def plain(self, index: int) -> dict[str, Any]:
-        """The message as a template sees it: text content only."""
+    def plain(self, index: int, allow_files: bool = True) -> dict[str, Any]:
+        """The message for the engine: text content, or checked text and image_url parts when it holds images."""
         content = self.content
         if isinstance(content, list):
-            texts = []
-            for part in content:
-                if part.get("type") != "text":
-                    raise InferenceError(f"messages[{index}].content: part type {part.get('type')!r} is not supported (text only)")
-                texts.append(str(part.get("text", "")))
-            content = "".join(texts)
+            kinds = [part.get("type") for part in content]
+            if "image_url" in kinds:
+                content = [_image_part(part, f"messages[{index}].content[{j}]", allow_files) for j, part in enumerate(content)]
+            elif set(kinds) <= {"text"}:
+                content = "".join(str(part.get("text", "")) for part in content)
+            else:
+                bad = next(k for k in kinds if k != "text")
+                raise InferenceError(f"messages[{index}].content: part type {bad!r} is not one of text, image_url")
         message = {**(self.model_extra or {}), "role": self.role, "content": content if content is not None else ""}
         return message
+
+
+def _image_part(part: dict[str, Any], where: str, allow_files: bool) -> dict[str, Any]:
+    """A text part as is; an image_url part whose url is a data: URL (or a file: URL where allowed)."""
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind != "image_url":
+        raise InferenceError(f"{where}.type: {kind!r} is not one of text, image_url")
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise InferenceError(f"{where}.image_url.url: missing; give a data: URL (data:image/png;base64,...)")
+    if url.startswith(("http://", "https://")):
+        raise InferenceError(f"{where}.image_url.url: remote URLs are not fetched here; send the image as a data: URL")
+    if url.startswith("file:") and not allow_files:
+        raise InferenceError(f"{where}.image_url.url: file URLs are refused by a server reachable beyond this machine; "
+                             "send the image as a data: URL (or start tunelab api with --allow-file-urls)")
+    if not url.startswith(("data:", "file:")):
+        raise InferenceError(f"{where}.image_url.url: {url[:40]!r} is neither a data: URL nor a file: URL")
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
 class FunctionSpec(BaseModel):
@@ -136,9 +159,10 @@ class ChatCompletionRequest(_Request):
             raise InferenceError(f"top_logprobs: {top} is not valid; use an integer from 0 to {MAX_TOP_LOGPROBS}")
         return top
 
-    def plain_messages(self) -> list[dict[str, Any]]:
-        """Messages as plain dicts with text content (tool-call arguments as objects, as templates expect)."""
-        return [_call_arguments_as_objects(m.plain(i)) for i, m in enumerate(self.messages)]
+    def plain_messages(self, allow_files: bool = True) -> list[dict[str, Any]]:
+        """Messages as plain dicts with text content or image parts (tool-call arguments as objects, as templates
+        expect); ``allow_files``: whether image parts may name files on this machine (file: URLs)."""
+        return [_call_arguments_as_objects(m.plain(i, allow_files)) for i, m in enumerate(self.messages)]
 
     def tool_list(self) -> list[dict[str, Any]] | None:
         """The tools to render (None when there are none); forced choices are refused."""

@@ -19,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list:
-    from tunelab.cli import api, chat, data, demo, evaluate, export, import_config, templates, train, webui
+    from tunelab.cli import api, chat, data, demo, estimate, evaluate, export, import_config, templates, train, webui
 
-    return [train, import_config, data, templates, demo, webui, chat, api, export, evaluate]
+    return [train, estimate, import_config, data, templates, demo, webui, chat, api, export, evaluate]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from tunelab.cli.serving import add_model_arguments, open_from_args, user_errors
+from tunelab.cli.serving import add_model_arguments, held_gpu, open_from_args, user_errors
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -29,7 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--api-key", help="require this bearer key (default $TUNELAB_API_KEY); needed off loopback")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="default max_tokens of a request")
-    parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # JSON {port, pid} written once serving
+    parser.add_argument("--allow-file-urls", action="store_true",
+                        help="accept file: image URLs off loopback too (on loopback they are always accepted)")
+    parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # JSON {port, pid, ...} once serving; {waiting} while queued
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the studio's worker
     parser.set_defaults(handler=_api)
 
@@ -48,15 +50,34 @@ def _api(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"tunelab: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _exit_quietly)  # stopped while queued or loading: release the GPU on the way out
+    holder = "the Chat tab's model" if args.exit_with_parent else "tunelab api serving"
+    waited: list[str] = []
     try:
-        engine = open_from_args(args)
-    except user_errors() as exc:
-        print(f"tunelab: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return _serve(engine, sock, args, api_key)
-    finally:
-        engine.close()
+        with held_gpu(args, holder, lambda reason: _note_wait(args.ready_file, reason, waited)) as devices:
+            if waited and args.ready_file:
+                Path(args.ready_file).unlink(missing_ok=True)  # the GPU is ours: loading, no longer queued
+            try:
+                engine = open_from_args(args)
+            except user_errors() as exc:
+                print(f"tunelab: {exc}", file=sys.stderr)
+                return 2
+            try:
+                return _serve(engine, sock, args, api_key, devices)
+            finally:
+                engine.close()
+    except KeyboardInterrupt:
+        return 130
+
+
+def _note_wait(ready_file: str | None, reason: str, waited: list[str]) -> None:
+    """Say why the model waits for a GPU: printed, and in the ready file for the studio that started the worker."""
+    print(f"tunelab api: queued, {reason}", flush=True)
+    waited.append(reason)
+    if ready_file:
+        from tunelab.core.files import write_json_atomic
+
+        write_json_atomic(Path(ready_file), {"waiting": reason, "pid": os.getpid()})
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -68,19 +89,20 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(engine, sock: socket.socket, args: argparse.Namespace, api_key: str | None) -> int:
+def _serve(engine, sock: socket.socket, args: argparse.Namespace, api_key: str | None, devices: list[str]) -> int:
     import uvicorn
 
     from tunelab.api.app import create_app
 
-    app = create_app(engine, api_key=api_key, default_max_tokens=args.max_new_tokens)
+    files = args.allow_file_urls or args.host in LOOPBACK  # a remote client must not read this machine's files
+    app = create_app(engine, api_key=api_key, default_max_tokens=args.max_new_tokens, allow_file_urls=files)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     names = [m.id for m in engine.models()]
-    threading.Thread(target=_announce, args=(server, port, names, args.ready_file), daemon=True).start()
+    threading.Thread(target=_announce, args=(server, port, names, args.ready_file, devices), daemon=True).start()
     print(f"tunelab api: serving {', '.join(names)} with {engine.name} at http://{host}:{port}/v1"
-          f"{' (API key required)' if api_key else ''}", flush=True)
+          f"{' on GPU ' + ','.join(devices) if devices else ''}{' (API key required)' if api_key else ''}", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the previous handler: make
     # that a normal exit, so the engine (and a vllm server it started) is closed by the caller's `finally`.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,7 +122,7 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _announce(server, port: int, names: list[str], ready_file: str | None) -> None:
+def _announce(server, port: int, names: list[str], ready_file: str | None, devices: list[str]) -> None:
     """Once uvicorn accepts connections, write the ready file (atomically) for whoever started us."""
     while not server.started:
         if server.should_exit:
@@ -109,5 +131,5 @@ def _announce(server, port: int, names: list[str], ready_file: str | None) -> No
     if ready_file:
         from tunelab.core.files import write_json_atomic
 
-        write_json_atomic(Path(ready_file), {"port": port, "pid": os.getpid(), "models": names})
+        write_json_atomic(Path(ready_file), {"port": port, "pid": os.getpid(), "models": names, "devices": devices})
     logging.getLogger(__name__).info("ready on port %d: %s", port, json.dumps(names))

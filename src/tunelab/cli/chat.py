@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-from tunelab.cli.serving import add_model_arguments, add_sampling_arguments, open_from_args, sampling_params, user_errors
+from tunelab.cli.serving import (
+    add_model_arguments, add_sampling_arguments, held_gpu, open_from_args, sampling_params, user_errors,
+)
 from tunelab.core.generation import CHAT_TEMPERATURE
+from tunelab.core.media import user_message
 
-HELP = """commands: /use NAME (switch model or adapter), /models, /system TEXT, /clear, /exit"""
+HELP = """commands: /use NAME (switch model or adapter), /models, /image PATH (attach to the next message), /system TEXT, /clear, /exit"""
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,6 +24,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", help="answer this one message on stdout and exit")
     parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="attach this image to the (first) message; repeat for several (vision-language models)")
     parser.add_argument("--use", help="served name to talk to first (default: the first adapter, else the base model)")
     add_sampling_arguments(parser, temperature=CHAT_TEMPERATURE)  # the Chat tab's default, so answers match the UI
     parser.set_defaults(handler=_chat)
@@ -30,7 +36,16 @@ def _chat(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        with held_gpu(args, "tunelab chat with", lambda reason: print(f"queued: {reason}", file=sys.stderr, flush=True)):
+            return _chat_on_device(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _chat_on_device(args: argparse.Namespace) -> int:
+    try:
         params = sampling_params(args)
+        _check_images(args.image)
         engine = open_from_args(args)
     except user_errors() as exc:
         print(f"tunelab: {exc}", file=sys.stderr)
@@ -67,13 +82,26 @@ def _stream(engine: Any, target: str, messages: list[dict], params: Any, cancel:
     return "".join(pieces)
 
 
+def _check_images(images: list[str]) -> None:
+    """Refuse a missing or unreadable --image before the model loads."""
+    from tunelab.core.generation import InferenceError
+    from tunelab.core.media import load_image
+
+    for image in images:
+        try:
+            load_image(str(Path(image).expanduser()))
+        except ValueError as exc:
+            raise InferenceError(f"--image: {exc}") from None
+
+
 def _one_shot(engine: Any, target: str, args: argparse.Namespace, params: Any) -> int:
-    _stream(engine, target, _messages(args.system, [{"role": "user", "content": args.prompt}]), params, threading.Event())
+    message = user_message(args.prompt, args.image)
+    _stream(engine, target, _messages(args.system, [message]), params, threading.Event())
     return 0
 
 
 def _interactive(engine: Any, target: str, args: argparse.Namespace, params: Any) -> int:
-    system, history = args.system, []
+    system, history, images = args.system, [], list(args.image)
     names = [m.id for m in engine.models()]
     print(f"chatting with {target} ({engine.name}); served: {', '.join(names)}. {HELP}", file=sys.stderr)
     while True:
@@ -97,16 +125,27 @@ def _interactive(engine: Any, target: str, args: argparse.Namespace, params: Any
                 print("\n".join(f"{m.id}{f'  (adapter on {m.parent})' if m.parent else ''}" for m in engine.models()))
             elif command == "/use" and rest.strip() in names:
                 target, history = rest.strip(), []
+            elif command == "/image" and rest.strip():
+                try:
+                    _check_images([rest.strip()])
+                    images.append(rest.strip())
+                except user_errors() as exc:
+                    print(f"tunelab: {exc}", file=sys.stderr)
             else:
                 print(f"{HELP}; served: {', '.join(names)}", file=sys.stderr)
             continue
-        history.append({"role": "user", "content": text})
+        history.append(user_message(text, images))
+        images = []
         cancel = threading.Event()
         try:
             reply = _stream(engine, target, _messages(system, history), params, cancel)
         except KeyboardInterrupt:
             cancel.set()
             print("\n(stopped)", file=sys.stderr)
+            history.pop()
+            continue
+        except user_errors() as exc:  # e.g. an image sent to a text-only model: say so, keep chatting
+            print(f"tunelab: {exc}", file=sys.stderr)
             history.pop()
             continue
         history.append({"role": "assistant", "content": reply})

@@ -15,10 +15,12 @@ from tunelab.core.config import ConfigError, parse_overrides
 from tunelab.core.eval_config import EvalConfig, validate_eval_config
 from tunelab.core.events import EventTail
 from tunelab.core.rundir import FINAL_STATES
+from tunelab.core.serving import require_vllm
 from tunelab.cli.schema_args import add_schema_options, schema_values
 
 # EvalConfig fields with their own flag; every other field is a key=value option.
-FLAGS = ["run", "model", "adapter", "metrics", "dataset", "tasks", "limit", "max_samples", "compare_base", "output_dir"]
+FLAGS = ["run", "model", "adapter", "metrics", "dataset", "tasks", "limit", "max_samples", "engine", "compare_base",
+         "output_dir"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,6 +49,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        if config.engine == "vllm":
+            require_vllm("engine 'vllm'")
         resolve_source(config.run, config.model, config.adapter, config.template)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -55,7 +59,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"tunelab eval: {exc}", file=sys.stderr)
         return 2
     options = config.model_dump(mode="json", exclude_none=True)
-    job, process = start_job("eval", options, args.runs_dir, path=config.output_dir)
+    job, process = start_job("eval", options, args.runs_dir, path=config.output_dir,
+                             on_wait=lambda reason: print(f"queued: {reason}", flush=True))
     print(f"eval job: {job.path}")
     if args.detach:
         print(f"pid {process.pid}; follow with: tail -f {job.log_file}")

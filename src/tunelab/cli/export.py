@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from tunelab.core.config import ConfigError
 from tunelab.core.export_config import ExportConfig, validate_export_config
@@ -12,8 +13,8 @@ from tunelab.core.sources import SourceError
 from tunelab.cli.schema_args import add_schema_options, schema_values
 
 SOURCE = ["run", "model", "adapter"]
-OPTIONS = ["out", "shard_size", "dtype", "gguf", "template", "reload_unquantized", "verify", "overwrite", "push_to_hub",
-           "trust_remote_code"]
+OPTIONS = ["out", "shard_size", "dtype", "gguf", "template", "reload_unquantized", "verify", "serve_check", "overwrite",
+           "push_to_hub", "trust_remote_code"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,9 +45,14 @@ def _export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tunelab.engine.export import ExportError, export_model
     from tunelab.engine.gguf import GgufUnsupported
+    from tunelab.services.holds import hold_gpus
 
-    try:
-        report = export_model(config, progress=lambda message: print(message, flush=True))
+    what = config.run or config.adapter or config.model or "a model"
+    try:  # the Export tab's job holds a GPU through the queue too: nothing here lands on a GPU a job holds
+        with hold_gpus(f"tunelab export of {Path(what).name or what}", on_wait=lambda reason: print(f"queued: {reason}", flush=True)):
+            report = export_model(config, progress=lambda message: print(message, flush=True))
+    except KeyboardInterrupt:
+        return 130
     except (ConfigError, SourceError, GgufUnsupported, ExportError, FileNotFoundError) as exc:
         print(f"tunelab export: {exc}", file=sys.stderr)
         return 2 if not str(exc).startswith("verification failed") else 1
@@ -57,4 +63,8 @@ def _export(args: argparse.Namespace) -> int:
     if report.get("gguf"):
         g = report["gguf"]
         print(f"gguf: {g['file']} ({g['bytes'] / 2**20:.1f} MiB, {g['tensors']} tensors, read back within {g['max_rel_err']:.2g})")
+    served = report.get("serve_check")
+    if served:
+        print(f"serve check: {'PASSED' if served['passed'] else 'FAILED'}: {served['summary']}")
+        return 0 if served["passed"] else 1
     return 0

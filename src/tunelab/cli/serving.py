@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tunelab.core.generation import SamplingParams
@@ -24,6 +27,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vllm-python", help="vllm engine: a Python with vLLM installed, to run `vllm serve` in "
                         "its own environment (default $TUNELAB_VLLM_PYTHON when vllm is not importable here)")
     parser.add_argument("--max-model-len", type=int, help="vllm engine: context length to reserve KV cache for")
+    parser.add_argument("--runs-dir", help="on a GPU machine: the runs folder whose job queue hands out the GPU "
+                        "(default ./runs or $TUNELAB_RUNS); the model waits there while jobs hold every GPU")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256, temperature: float | None = None) -> None:
@@ -64,6 +69,20 @@ def open_from_args(args: argparse.Namespace) -> Any:
     from tunelab.services.inference import open_engine
 
     return open_engine(args.model, args.adapter, engine_options(args), args.template)
+
+
+@contextmanager
+def held_gpu(args: argparse.Namespace, holder: str, on_wait: Callable[[str], None]) -> Iterator[list[str]]:
+    """The GPU the command loads its model on, held in the runs folder's job queue until the block ends (none for
+    the openai engine, which loads nothing here); ``holder`` says who holds it to the jobs waiting for it."""
+    if args.engine == "openai":
+        yield []
+        return
+    from tunelab.services.holds import hold_gpus
+
+    served = args.model or (args.adapter[0] if args.adapter else "model")
+    with hold_gpus(f"{holder} {Path(served).name or served}", args.runs_dir, on_wait=on_wait) as devices:
+        yield devices
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

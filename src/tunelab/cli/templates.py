@@ -54,7 +54,9 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         models = ", ".join(row["models"][:3]) + (f" (+{len(row['models']) - 3})" if len(row["models"]) > 3 else "")
         print(f"{row['name']:<28} {models}")
-    print(f"\n{len(rows)} template families, {len(reg.catalog)} model ids in the catalog")
+    revisions = sum("@" in row["name"] for row in rows)
+    print(f"\n{len(rows) - revisions} template families (+{revisions} earlier revisions, family@date), "
+          f"{len(reg.catalog)} model ids in the catalog")
     return 0
 
 

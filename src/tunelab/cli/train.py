@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.cli.estimate import add_gpu_option, print_estimate
 from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.datasets import DataError
 from tunelab.core.events import EventTail
@@ -24,6 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
     parser.add_argument("--detach", action="store_true", help="start the run in the background and exit")
     parser.add_argument("--runs-dir", help="parent folder for new run directories (default ./runs)")
+    parser.add_argument("--estimate", action="store_true", help="print the memory/time estimate and exit (no training)")
+    add_gpu_option(parser)
     parser.set_defaults(handler=_train)
 
 
@@ -38,6 +41,13 @@ def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 def _train(args: argparse.Namespace) -> int:
     from tunelab.services.runner import reconcile, signal_group
+
+    if args.estimate:
+        try:
+            return print_estimate(*_split_args(args), args.gpu)
+        except ConfigError as exc:
+            print(f"tunelab: {exc}", file=sys.stderr)
+            return 2
 
     try:
         path, overrides = _split_args(args)
@@ -85,14 +95,15 @@ def _start_through_queue(config: RunConfig, runs_parent: str | None):
     starts only once its GPUs are free; with no studio running, this process schedules it. Returns (run, queue, process)."""
     from tunelab.core.paths import runs_dir
     from tunelab.core.rundir import create_run
-    from tunelab.services.jobs import JobQueue, detect_gpus
+    from tunelab.services.gpus import detect_gpus
+    from tunelab.services.jobs import JobQueue
 
     queue = JobQueue(Path(runs_parent or runs_dir()), gpus=detect_gpus())
     queue.poll()  # reap jobs whose processes are gone, so a resumed run is not "already running"
     run = create_run(config, runs_parent)
 
-    def waiting(job) -> None:
-        print(f"queued: waiting for {'free GPUs' if queue.gpus else 'the running CPU job'} (job {job.id})", flush=True)
+    def waiting(reason: str) -> None:
+        print(f"queued: {reason}", flush=True)
 
     return run, queue, queue.run_when_free(run, on_wait=waiting)
 

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunelab.core.schema import ConfigError, choices_of, validate_schema
 from tunelab.core.stages import STAGE_NAMES
 
-STAGES_AVAILABLE = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo", "rloo")
 Stage = Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo", "rloo"]
 DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -212,10 +211,6 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
-        if self.stage not in STAGES_AVAILABLE:
-            raise ValueError(
-                f"stage: {self.stage!r} is not available yet; valid choices now: {', '.join(STAGES_AVAILABLE)}"
-            )
         if self.method == "qlora" and self.quantization == "none":
             object.__setattr__(self, "quantization", "4bit")
         if self.quantization != "none" and self.method not in ("lora", "qlora"):

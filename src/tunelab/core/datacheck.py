@@ -24,21 +24,30 @@ def overlap(train: list[dict[str, Any]], validation: list[dict[str, Any]]) -> in
     return sum(example_key(e) in seen for e in validation)
 
 
+def histogram_bins(lengths: list[int], cutoff: int, bins: int = 12) -> list[tuple[int, int, int]]:
+    """(low, high, count) per bin of token lengths covering the lengths and the cutoff, which ends a bin (so no bin
+    mixes rows that fit with rows that are cut)."""
+    if not lengths:
+        return []
+    low, top = min(min(lengths), cutoff), max(max(lengths), cutoff) + 1
+    step = max(1, -(-(top - low) // bins))
+    base = cutoff + 1 - step * -(-(cutoff + 1 - low) // step)
+    counts = Counter((length - base) // step for length in lengths)
+    return [(base + i * step, base + (i + 1) * step - 1, counts.get(i, 0)) for i in range(-(-(top - base) // step))]
+
+
 def histogram_lines(lengths: list[int], cutoff: int, bins: int = 12, width: int = 40) -> list[str]:
     """A text histogram of token lengths with the cutoff marked: one line per bin."""
-    if not lengths:
+    table = histogram_bins(lengths, cutoff, bins)
+    if not table:
         return ["(no examples)"]
-    base, top = min(min(lengths), cutoff), max(max(lengths), cutoff) + 1
-    step = max(1, -(-(top - base) // bins))
-    counts = Counter(min((length - base) // step, bins - 1) for length in lengths)
-    peak = max(counts.values())
+    peak = max(count for _, _, count in table)
     lines = []
-    for index in range(bins):
-        low, high = base + index * step, base + (index + 1) * step - 1
+    for low, high, count in table:
         mark = " <- cutoff %d" % cutoff if low <= cutoff <= high else ""
-        bar = "#" * round(width * counts.get(index, 0) / peak)
+        bar = "#" * round(width * count / peak)
         side = ">" if low > cutoff else " "
-        lines.append(f"{side}{low:>7}-{high:<7} {counts.get(index, 0):>7} {bar}{mark}")
+        lines.append(f"{side}{low:>7}-{high:<7} {count:>7} {bar}{mark}")
     return lines
 
 

@@ -1,6 +1,6 @@
 """Reading dataset files row by row (.json, .jsonl, .csv, .tsv, .parquet, .txt, or a folder of them) and guessing
 their format. A row that cannot be parsed is yielded as a ``Malformed`` marker (so a check reports every bad row);
-a file that cannot be read at all raises DataError naming it."""
+a file that cannot be read at all raises DataError naming it. Guessing a file's format is core.dataguess."""
 
 from __future__ import annotations
 
@@ -123,30 +123,3 @@ def _txt(path: Path, text_split: str) -> Iterator[tuple[int, Any]]:
 
 
 _READERS = {".json": _json, ".jsonl": _jsonl, ".csv": _csv, ".tsv": _csv, ".parquet": _parquet, ".txt": _txt}
-
-
-def guess_format(path: Path) -> tuple[str, str]:
-    """(format, why) guessed from the keys of the file's first row."""
-    for _, record in iter_rows(path):
-        if isinstance(record, Malformed):
-            continue
-        if not isinstance(record, dict):
-            return "alpaca", f"its first row is a {type(record).__name__}, not an object (alpaca assumed)"
-        keys = set(record)
-        shown = ", ".join(sorted(map(str, keys))[:8])
-        for fmt, needs in _GUESSES:
-            if needs(keys):
-                return fmt, f"guessed from the first row's keys ({shown})"
-        return "alpaca", f"no known keys in the first row ({shown}); alpaca assumed"
-    return "alpaca", "the file holds no rows (alpaca assumed)"
-
-
-_GUESSES = (
-    ("kto", lambda k: "label" in k and bool(k & {"completion", "messages"})),
-    ("preference", lambda k: "chosen" in k and "rejected" in k),
-    ("sharegpt", lambda k: "conversations" in k),
-    ("openai", lambda k: "messages" in k),
-    ("alpaca", lambda k: "instruction" in k),
-    ("prompt", lambda k: "prompt" in k and not k & {"completion", "output", "response"}),
-    ("text", lambda k: "text" in k),
-)

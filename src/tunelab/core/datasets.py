@@ -24,14 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tunelab.core import llamafactory
 from tunelab.core.converters import convert_row
-from tunelab.core.datafiles import DataError, Malformed, guess_format, iter_rows
+from tunelab.core.datafiles import DataError, Malformed, iter_rows
+from tunelab.core.dataguess import guess_file
 from tunelab.core.media import IMAGES_COLUMN, convert_media_row
 from tunelab.core.messages import MEDIA_COLUMNS, OPENAI_TAGS, SHAREGPT_TAGS, TAG_KEYS
-from tunelab.core.paths import resource_dir
+from tunelab.core.paths import home_dir, resource_dir
 from tunelab.core.stages import STAGES
 
 __all__ = ["DataError", "DatasetRegistry", "DatasetReport", "DatasetSpec", "check_stage", "convert_row", "iter_rows",
-           "load_dataset_registry", "validate_file", "validate_records", "guess_format", "Malformed", "iter_examples"]
+           "load_dataset_registry", "validate_file", "validate_records", "Malformed", "iter_examples"]
 
 Format = Literal["alpaca", "sharegpt", "openai", "text", "preference", "kto", "prompt"]
 FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "openai", "text", "preference", "kto", "prompt")
@@ -137,34 +138,76 @@ class DatasetReport:
 
 @dataclass(frozen=True)
 class DatasetRegistry:
-    """dataset_info.json: dataset names mapped to specs; file paths resolve relative to the registry file."""
+    """dataset_info.json: dataset names mapped to specs; file paths resolve relative to the registry file they come
+    from (the shipped data/ or, for the user's own datasets, $TUNELAB_HOME/datasets)."""
 
     path: Path
     specs: dict[str, DatasetSpec]
     errors: dict[str, str] = field(default_factory=dict)  # entries that could not be read, and why
+    user: dict[str, Path] = field(default_factory=dict)  # the user's datasets -> their registry file
+    notes: list[str] = field(default_factory=list)  # what the merge of the user's registry left out, and why
+
+    def origin(self, name: str) -> Path:
+        """The registry file that defines ``name``."""
+        return self.user.get(name, self.path)
 
     def resolve(self, name_or_path: str, format: str | None = None) -> tuple[str, DatasetSpec, Path | None]:
         """(name, spec, local file or None for hub datasets) for a registry name or a file path."""
         if name_or_path in self.errors:
-            raise DataError(f"{self.path}: dataset {name_or_path!r}: {self.errors[name_or_path]}")
+            raise DataError(f"{self.origin(name_or_path)}: dataset {name_or_path!r}: {self.errors[name_or_path]}")
         if name_or_path in self.specs:
             spec = self.specs[name_or_path]
             if format:
                 spec = spec.model_copy(update={"format": format, "note": "format given on the command line"})
-            local = (self.path.parent / spec.file).resolve() if spec.file else None
+            local = (self.origin(name_or_path).parent / spec.file).resolve() if spec.file else None
             return name_or_path, spec, local
         candidate = Path(name_or_path).expanduser()
         if candidate.is_file() or candidate.is_dir():
-            fmt, why = (format, "format given on the command line") if format else guess_format(candidate)
-            spec = DatasetSpec(file=str(candidate), format=fmt, note=why)  # type: ignore[arg-type,call-arg]  # pydantic checks it
+            if format:
+                spec = DatasetSpec(file=str(candidate), format=format, note="format given on the command line")  # type: ignore[arg-type,call-arg]  # pydantic checks it
+            else:
+                guess = guess_file(candidate)
+                spec = DatasetSpec(file=str(candidate), format=guess.format, columns=guess.columns, note=guess.reason())  # type: ignore[arg-type,call-arg]
             return candidate.name, spec, candidate.resolve()
         names = ", ".join(sorted(self.specs))
-        raise DataError(f"dataset {name_or_path!r}: not in {self.path} and not a file; registered: {names}")
+        where = f"{self.path}" + (" or your datasets" if self.user else "")
+        raise DataError(f"dataset {name_or_path!r}: not in {where} and not a file; registered: {names}")
+
+
+def user_registry_file() -> Path:
+    """The user's own dataset registry: $TUNELAB_HOME/datasets/dataset_info.json."""
+    return home_dir() / "datasets" / "dataset_info.json"
 
 
 def load_dataset_registry(path: str | Path | None = None) -> DatasetRegistry:
-    """Load dataset_info.json from a folder or file (default: the shipped data/)."""
-    path = Path(path) if path else resource_dir("data")
+    """Load dataset_info.json from a folder or file; by default the shipped data/ merged with the user's datasets
+    ($TUNELAB_HOME/datasets), where a user entry never shadows a shipped name (it is left out, with a note)."""
+    if path:
+        return read_registry(Path(path))
+    shipped = read_registry(resource_dir("data"))
+    user_file = user_registry_file()
+    if not user_file.is_file():
+        return shipped
+    try:
+        mine = read_registry(user_file)
+    except DataError as exc:  # a broken user registry never hides the shipped datasets
+        return DatasetRegistry(shipped.path, shipped.specs, shipped.errors, notes=[str(exc)])
+    specs, errors, user, notes = dict(shipped.specs), dict(shipped.errors), {}, []
+    for name in [*mine.specs, *mine.errors]:
+        if name in specs or name in errors:
+            notes.append(f"{user_file}: {name!r} is also a shipped dataset; the shipped one is used "
+                         f"(rename yours: tunelab data rename {name} NEW_NAME)")
+            continue
+        user[name] = mine.path
+        if name in mine.specs:
+            specs[name] = mine.specs[name].model_copy(update={"note": "format from your registry"})
+        else:
+            errors[name] = mine.errors[name]
+    return DatasetRegistry(shipped.path, specs, errors, user, notes)
+
+
+def read_registry(path: Path) -> DatasetRegistry:
+    """One dataset_info.json (a folder holding it, or the file); DataError when it cannot be read at all."""
     if path.is_dir():
         path = path / "dataset_info.json"
     try:

@@ -20,6 +20,7 @@ from tunelab.core.schema import validate_schema
 Metric = Literal["loss", "predict", "bench", "preference", "reward"]
 METRICS: tuple[str, ...] = get_args(Metric)
 EvalDtype = Literal["auto", "bf16", "fp16", "fp32"]
+EvalEngine = Literal["auto", "hf", "vllm"]
 
 
 def _split(value: Any) -> Any:
@@ -56,6 +57,9 @@ class EvalConfig(BaseModel):
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for corpus-level standard errors.")
     seed: int = Field(42, description="Seed for bootstrap resampling and lm-eval.")
     dtype: EvalDtype = Field("auto", description="Weight dtype (auto: fp32 on CPU, bf16 on GPUs that support it).")
+    engine: EvalEngine = Field(
+        "auto", description="predict and bench on: hf (transformers), vllm (batched, the adapter per request; vLLM here or "
+        "TUNELAB_VLLM_PYTHON), auto (vllm on a GPU when available, else hf).")
     output_dir: str | None = Field(None, description="Job folder (default: <run>/evals/<job-id>).")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder or hub.")
 

@@ -8,6 +8,7 @@ Each line is one object with ``v`` (schema version), ``type`` and ``time``. Type
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)
 - ``prepare``: stage (tokenize), done, total: examples tokenized so far while the data is prepared
 - ``status``: state (running, succeeded, failed, aborted) and message
+- ``estimate``: the trainer's estimate at start (tunelab.core.estimate.Estimate: reserved_gib, tokens_per_s ...)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_VERSION = 1
-EVENT_TYPES = ("train", "eval", "data", "status", "metric", "prepare")
+EVENT_TYPES = ("train", "eval", "data", "status", "metric", "estimate", "prepare")
 
 
 class EventWriter:

@@ -39,6 +39,8 @@ class ExportConfig(BaseModel):
     gguf: GgufType | None = Field(None, description="Also write a GGUF file (Llama architecture): q8_0, f16 or f32.")
     reload_unquantized: bool = Field(False, description="Merge a QLoRA/8-bit run into the base reloaded in full precision.")
     verify: bool = Field(True, description="Reload the export with plain transformers and compare logits.")
+    serve_check: bool = Field(False, description="Last check: serve the export with vLLM and answer a test prompt "
+                              "(vLLM here or TUNELAB_VLLM_PYTHON).")
     push_to_hub: str | None = Field(None, description="Upload the export to this hub repo (needs network and a token).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder or hub.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,92 @@ def convert_media_row(record: Any, spec: Any, base: Path | None) -> dict:
         return convert_row(record, spec)
     flat, images = flatten_parts(record, base)
     return attach_images(convert_row(flat, spec), images)
+
+
+IMAGE_PART_TYPES = ("image_url", "image")
+
+
+def split_images(messages: list[dict]) -> tuple[list[dict], list[str]]:
+    """Chat messages whose contents may be content parts -> the same messages with text contents (one ``<image>`` per
+    image part, in order) and their image refs; ValueError names the message and part."""
+    flat: list[dict] = []
+    refs: list[str] = []
+    for number, message in enumerate(messages, 1):
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": _join_parts(content, number, refs, None)}
+        flat.append(message)
+    return flat, refs
+
+
+def user_message(text: str, images: list[str] | None = None) -> dict:
+    """A user chat message: plain text, or one image part per picture path (in order) followed by the text."""
+    if not images:
+        return {"role": "user", "content": text}
+    parts: list[dict] = [{"type": "image", "path": str(Path(image).expanduser().resolve())} for image in images]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def has_images(messages: list[dict]) -> bool:
+    """Whether any message holds an image content part."""
+    return _has_parts(messages)
+
+
+def inline_images(messages: list[dict]) -> list[dict]:
+    """The messages with every image part as an OpenAI ``image_url`` part holding a data URL (for a server that cannot
+    read this machine's files)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": [_inlined(part) for part in content]}
+        out.append(message)
+    return out
+
+
+def _inlined(part: Any) -> Any:
+    if not (isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES):
+        return part
+    ref = image_ref_of(part)
+    if ref is None:
+        raise ValueError("an image part without a url or path")
+    return {"type": "image_url", "image_url": {"url": data_url(resolve_ref(ref, None))}}
+
+
+def data_url(ref: str) -> str:
+    """A ``data:`` URL holding the image ``ref`` (a path or already a data URL); ValueError when it is no image."""
+    if ref.startswith("data:"):
+        return ref
+    from PIL import Image, UnidentifiedImageError
+
+    data = image_bytes(ref)
+    try:
+        kind = Image.open(io.BytesIO(data)).format
+    except (UnidentifiedImageError, OSError):
+        raise ValueError(f"image {ref}: not a readable image") from None
+    mime = Image.MIME.get(kind or "", "image/png")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+_PARTS_PRELUDE = """{%- set tl_chat = namespace(messages=[]) -%}
+{%- for tl_m in messages -%}
+{%- if tl_m.content is string or tl_m.content is none -%}
+{%- set tl_chat.messages = tl_chat.messages + [tl_m] -%}
+{%- else -%}
+{%- set tl_text = namespace(value='') -%}
+{%- for tl_p in tl_m.content -%}
+{%- if tl_p.type == 'text' -%}{%- set tl_text.value = tl_text.value + tl_p.text -%}
+{%- elif tl_p.type in ['image', 'image_url'] -%}{%- set tl_text.value = tl_text.value + IMAGE_TEXT -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set tl_chat.messages = tl_chat.messages + [dict(tl_m, content=tl_text.value)] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set messages = tl_chat.messages -%}
+"""
+
+
+def image_chat_template(jinja: str, image_text: str) -> str:
+    """A chat template for text contents made to take content parts too (transformers' and vLLM's image messages):
+    each image part becomes ``image_text`` (what the processor expands), text parts are joined, as in training."""
+    return _PARTS_PRELUDE.replace("IMAGE_TEXT", json.dumps(image_text)) + jinja

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tunelab.core.generation import InferenceError
+from tunelab.core.schema import ConfigError
 
 ENGINES = {
     "hf": "transformers generate + peft adapters; runs anywhere, CPU included",
@@ -13,6 +16,19 @@ ENGINES = {
     "openai": "any OpenAI-compatible server by base URL (vllm serve, SGLang, llama.cpp, Ollama, tunelab api)",
 }
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"  # a Python (vLLM's own venv) that runs `vllm serve`
+
+
+def vllm_reachable() -> bool:
+    """Whether vLLM can run: importable in this Python, or a Python that has it named by $TUNELAB_VLLM_PYTHON."""
+    return importlib.util.find_spec("vllm") is not None or bool(os.environ.get(VLLM_PYTHON_ENV))
+
+
+def require_vllm(field: str) -> None:
+    """ConfigError naming ``field`` when vLLM cannot run here (checked before any slow work starts)."""
+    if not vllm_reachable():
+        raise ConfigError(f"{field}: needs vLLM, importable in this Python or in the Python ${VLLM_PYTHON_ENV} names "
+                          "(make vllm-venv builds .venv-vllm)")
 
 
 @dataclass

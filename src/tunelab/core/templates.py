@@ -21,6 +21,10 @@ from tunelab.core.chat_render import Rendered, render_source, serving_source
 from tunelab.core.paths import resource_dir
 from tunelab.core.turns import Turns, compile_turns
 
+# A family's current template is ``family``; an earlier official revision stays selectable as ``family@YYYY-MM-DD``
+# (the date the vendor published it), in its own file templates/family@YYYY-MM-DD.yaml.
+REVISION_NAME = r"^[a-z0-9][a-z0-9_]*(@\d{4}-\d{2}-\d{2})?$"
+
 Quirk = Literal[
     "no_system",  # system messages are refused
     "fold_system",  # the system prompt is folded into the first user turn
@@ -52,7 +56,7 @@ class ChatTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$")
+    name: str = Field(pattern=REVISION_NAME)
     title: str = ""
     notes: str = ""
     aliases: list[str] = []
@@ -121,6 +125,12 @@ class ChatTemplate(BaseModel):
 BASE_TEMPLATE = "text"
 
 
+def split_revision(name: str) -> tuple[str, str | None]:
+    """'mixtral@2023-12-11' -> ('mixtral', '2023-12-11'); a plain family name -> (name, None)."""
+    family, sep, date = name.partition("@")
+    return family, (date if sep else None)
+
+
 class TemplateFileError(ValueError):
     """A template file is malformed; the message names the file and the problem."""
 
@@ -179,6 +189,12 @@ class TemplateRegistry:
             for family in [foreign_name.family, *foreign_name.covers]:
                 if family is not None and family not in templates:
                     raise TemplateFileError(f"{foreign_name.tool} template {name!r}: no family {family!r}")
+        for name, template in templates.items():
+            family, date = split_revision(name)
+            if date is not None and family not in templates:
+                raise TemplateFileError(f"{name}: a revision of {family!r}, which is not a template family")
+            if date is not None and (template.models or template.aliases):
+                raise TemplateFileError(f"{name}: a revision lists no models or aliases (the catalog uses the current {family!r})")
         self.aliases: dict[str, str] = {}
         for template in templates.values():
             for alias in template.aliases:
@@ -196,8 +212,14 @@ class TemplateRegistry:
                 self.catalog[key] = CatalogHit(chosen, entry, template)
 
     def names(self) -> list[str]:
-        """Sorted family names."""
+        """Sorted template names: families and their earlier revisions (``family@date``)."""
         return sorted(self.templates)
+
+    def revisions(self, family: str) -> list[str]:
+        """``family`` (its current template) then its earlier revisions, newest first."""
+        family = split_revision(self.aliases.get(family, family))[0]
+        older = sorted((n for n in self.templates if split_revision(n)[0] == family and n != family), reverse=True)
+        return [family, *older]
 
     def get(self, name: str) -> ChatTemplate:
         """The family called ``name`` (UnknownTemplate with suggestions otherwise)."""
@@ -208,6 +230,9 @@ class TemplateRegistry:
         if foreign is not None and foreign.family is not None:
             return self.templates[foreign.family]
         reason = f"{foreign.tool}'s name: {foreign.reason}" if foreign is not None and foreign.reason else ""
+        family, date = split_revision(name)
+        if date is not None and self.aliases.get(family, family) in self.templates:
+            raise UnknownTemplate("template", name, [], f"its revisions: {', '.join(self.revisions(family))}")
         raise UnknownTemplate("template", name, _closest(name, [*self.templates, *self.aliases]), reason)
 
     def for_model(self, model_id: str) -> CatalogHit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +62,23 @@ def task_manager(specs: list[str]) -> Any:
 def run_bench(
     cfg: EvalConfig, pretrained: str, peft: str | None, tokenizer: str, device: str, dtype: str
 ) -> dict[str, Any]:
-    """lm-eval results (with per-sample logs) for one model; BenchError for offline or unknown tasks."""
-    from lm_eval import simple_evaluate
+    """lm-eval results (with per-sample logs) for one HF model (plus adapter); BenchError for offline or unknown tasks."""
     from lm_eval.models.huggingface import HFLM
+
+    return run_tasks(cfg, lambda: HFLM(
+        pretrained=pretrained, peft=peft, tokenizer=tokenizer, device=device, dtype=dtype, batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+    ))
+
+
+def run_tasks(cfg: EvalConfig, make_lm: Callable[[], Any]) -> dict[str, Any]:
+    """lm-eval results for the model ``make_lm`` builds (after the tasks are known to load)."""
+    from lm_eval import simple_evaluate
 
     specs = task_specs(cfg.tasks)
     manager = task_manager(specs)
     _guard_offline(manager.load, specs)  # fail before loading any model when task data cannot be had
-    lm = HFLM(
-        pretrained=pretrained, peft=peft, tokenizer=tokenizer, device=device, dtype=dtype, batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    lm = make_lm()
     return _guard_offline(
         simple_evaluate, model=lm, tasks=specs, task_manager=manager, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
         log_samples=True, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,

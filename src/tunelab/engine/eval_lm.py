@@ -64,16 +64,23 @@ def load_rows(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: Temp
 
     run_config, validation = eval_run_config(cfg, source)
     data = prepare_data(run_config, tokenizer, choice if run_config.stage != "pt" else None)
+    rows, what = pick_rows(cfg, data, validation, run_config.val_size, "evaluation examples")
+    return EvalRows([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], what, run_config.stage)
+
+
+def pick_rows(cfg: EvalConfig, data: Any, validation: bool, val_size: float, kind: str) -> tuple[list[dict], str]:
+    """The rows to score and where they come from: the named datasets, else the run's validation split, else its
+    training rows (said so: that measures fit); at most ``max_samples``; DataError naming ``kind`` when none."""
     if cfg.dataset:
         rows, what = data.train, f"dataset {', '.join(cfg.dataset)}"
     elif validation:
-        rows, what = data.eval, f"the run's validation split (val_size={run_config.val_size})"
+        rows, what = data.eval, f"the run's validation split (val_size={val_size})"
     else:
         rows, what = data.train, "the run's training data (it has no validation split, val_size=0: this measures fit, not generalization)"
     rows = list(rows)[: cfg.max_samples] if cfg.max_samples else list(rows)
     if not rows:
-        raise DataError(f"no evaluation examples in {what}")
-    return EvalRows([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], what, run_config.stage)
+        raise DataError(f"no {kind} in {what}")
+    return rows, what
 
 
 def example_losses(model: Any, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int) -> np.ndarray:
@@ -150,10 +157,11 @@ def generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                 eos_token_id=eos_ids, pad_token_id=pad,
             )
-        for row in out[:, width:].tolist():
-            replies.append(cut_at_stops(tokenizer.decode(row, skip_special_tokens=False), stops + _specials(tokenizer)))
+        replies += [decode_reply(tokenizer, row, stops) for row in out[:, width:].tolist()]
     return replies
 
 
-def _specials(tokenizer: Any) -> list[str]:
-    return [t for t in (tokenizer.pad_token, tokenizer.eos_token) if t]
+def decode_reply(tokenizer: Any, ids: list[int], stops: list[str]) -> str:
+    """Generated token ids as a reply: decoded with special tokens, cut at the first stop (or pad/eos) string."""
+    specials = [t for t in (tokenizer.pad_token, tokenizer.eos_token) if t]
+    return cut_at_stops(tokenizer.decode(ids, skip_special_tokens=False), stops + specials)

@@ -27,6 +27,7 @@ def load_pairs(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: Tem
     """Tokenized (prompt_ids, chosen_ids, rejected_ids) rows: the named datasets, else the run's validation split."""
     from tunelab.core.config import RunConfig
     from tunelab.engine.data import prepare_data
+    from tunelab.engine.eval_lm import pick_rows
 
     base = source.run_config
     update: dict[str, Any] = {"stage": "dpo", "packing": False}
@@ -39,16 +40,7 @@ def load_pairs(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: Tem
         raise DataError("metrics: 'preference' needs chosen/rejected pairs: give dataset=... (a preference dataset)")
     config = base.model_copy(update=update) if base else RunConfig(model=source.model, **update)
     data = prepare_data(config, tokenizer, choice)
-    if cfg.dataset:
-        rows, what = data.train, f"dataset {', '.join(cfg.dataset)}"
-    elif data.eval is not None:
-        rows, what = data.eval, f"the run's validation split (val_size={config.val_size})"
-    else:
-        rows, what = data.train, "the run's training pairs (it has no validation split: this measures fit)"
-    rows = list(rows)[: cfg.max_samples] if cfg.max_samples else list(rows)
-    if not rows:
-        raise DataError(f"no preference pairs in {what}")
-    return rows, what
+    return pick_rows(cfg, data, data.eval is not None, config.val_size, "preference pairs")
 
 
 def _batches(rows: list[dict], batch_size: int, key: str) -> Any:
@@ -71,8 +63,8 @@ def _padded(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Any,
     return ids, mask, reply
 
 
-def reply_logps(model: Any, rows: list[dict], key: str, batch_size: int, pad_id: int) -> np.ndarray:
-    """Summed log-probability of each row's reply (``chosen_ids`` or ``rejected_ids``) given its prompt."""
+def _per_row(model: Any, rows: list[dict], key: str, batch_size: int, pad_id: int, score: Any) -> np.ndarray:
+    """``score(logits, ids, reply_mask)`` (one value per row of a batch) over the padded prompt + reply batches."""
     import torch
 
     device = next(model.parameters()).device
@@ -80,23 +72,25 @@ def reply_logps(model: Any, rows: list[dict], key: str, batch_size: int, pad_id:
     for pairs in _batches(rows, batch_size, key):
         ids, mask, reply = _padded(pairs, pad_id)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-        out += (logps * reply[:, 1:].to(device)).sum(dim=1).double().cpu().tolist()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out += score(logits, ids.to(device), reply.to(device)).double().cpu().tolist()
     return np.array(out)
+
+
+def reply_logps(model: Any, rows: list[dict], key: str, batch_size: int, pad_id: int) -> np.ndarray:
+    """Summed log-probability of each row's reply (``chosen_ids`` or ``rejected_ids``) given its prompt."""
+    import torch
+
+    def summed(logits: Any, ids: Any, reply: Any) -> Any:
+        logps = torch.log_softmax(logits.float()[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return (logps * reply[:, 1:]).sum(dim=1)
+
+    return _per_row(model, rows, key, batch_size, pad_id, summed)
 
 
 def reward_scores(model: Any, rows: list[dict], key: str, batch_size: int, pad_id: int) -> np.ndarray:
     """A reward model's score of each row's prompt + reply."""
-    import torch
-
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for pairs in _batches(rows, batch_size, key):
-        ids, mask, _ = _padded(pairs, pad_id)
-        with torch.no_grad():
-            out += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].double().cpu().tolist()
-    return np.array(out)
+    return _per_row(model, rows, key, batch_size, pad_id, lambda logits, ids, reply: logits[:, 0])
 
 
 def preference_rows(cfg: EvalConfig, rows: list[dict], use: Any, sides: list[str], pad_id: int,

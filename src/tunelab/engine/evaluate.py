@@ -24,6 +24,7 @@ from tunelab.core.events import EventWriter
 from tunelab.core.files import write_atomic, write_json_atomic
 from tunelab.core.jobs import JobDir
 from tunelab.core.sources import ModelSource, resolve_source
+from tunelab.engine.eval_vllm import VLLMSides, use_vllm, vllm_bench, vllm_replies
 
 log = logging.getLogger("tunelab.evaluate")
 RESULTS_VERSION = 1
@@ -96,26 +97,38 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     results: dict[str, Any] = {
         "v": RESULTS_VERSION, "source": {"label": source.label, "model": source.model, "adapter": str(source.tuned_path or "")},
         "template": choice.name, "metrics": [], "notes": [], "sides": sides, "device": device, "dtype": dtype_name,
+        "timings": {},
     }
-    if {"loss", "predict"} & set(cfg.metrics):
-        data = load_rows(cfg, source, tokenizer, choice)
-        results["data"] = {"description": data.description, "examples": len(data.rows)}
-        results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
-        with _sides(source, base_path, cfg, device, dtype) as use:
-            _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides)
-    if "preference" in cfg.metrics:
-        _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
-    if "reward" in cfg.metrics:
-        _score_reward(cfg, job, writer, results, source, base_path, tokenizer, choice, device, dtype, sides)
-    if "bench" in cfg.metrics:
-        _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides)
+    vllm = VLLMSides(source, base_path, cfg, dtype_name, job.path / "vllm.log") if use_vllm(cfg, device == "cuda") else None
+    results["engine"] = "vllm" if vllm else "hf"
+    try:
+        if {"loss", "predict"} & set(cfg.metrics):
+            data = load_rows(cfg, source, tokenizer, choice)
+            results["data"] = {"description": data.description, "examples": len(data.rows)}
+            results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
+            hf_needed = "loss" in cfg.metrics or vllm is None
+            with _sides(source, base_path, cfg, device, dtype) if hf_needed else contextlib.nullcontext() as use:
+                _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides, vllm)
+        if "preference" in cfg.metrics:
+            _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
+        if "reward" in cfg.metrics:
+            _score_reward(cfg, job, writer, results, source, base_path, tokenizer, choice, device, dtype, sides)
+        if "bench" in cfg.metrics:
+            _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides, vllm)
+    finally:
+        if vllm is not None:
+            vllm.close()
+    if vllm is not None:
+        results["timings"]["vllm_start_s"] = round(vllm.start_s, 2)
+        results["notes"].append(f"predict/bench on vLLM ({dtype_name}; the adapter as a LoRA request): "
+                                f"{vllm.start_s:.1f} s of it starting vLLM")
     results["elapsed_s"] = round(time.time() - started, 2)
     write_json_atomic(job.results_file, results)
     return {"message": f"{len(results['metrics'])} metrics for {' and '.join(sides)}", "metrics": len(results["metrics"])}
 
 
 def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, data: Any, tokenizer: Any,
-              choice: Any, use: Any, sides: list[str]) -> None:
+              choice: Any, use: Any, sides: list[str], vllm: VLLMSides | None) -> None:
     from tunelab.engine.eval_lm import decode_reference, example_losses, generate, prompt_and_reference
     from tunelab.engine.export import stop_token_ids
     from tunelab.engine.scoring import generation_rows, loss_rows
@@ -127,17 +140,23 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
     if "predict" in cfg.metrics and data.stage == "pt":
         raise DataError("predict needs chat data (prompts and replies); these datasets are plain text: use metrics=loss")
     split = [prompt_and_reference(row) for row in data.rows] if "predict" in cfg.metrics else []
+    prompts, stop_ids = [p for p, _ in split], stop_token_ids(tokenizer, stops)
     for side in sides:
-        with use(side) as model:
-            if "loss" in cfg.metrics:
-                log.info("%s: loss on %d examples", side, len(data.rows))
-                losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
-            if split:
-                log.info("%s: generating for %d prompts", side, len(split))
-                replies[side] = generate(
-                    model, tokenizer, [p for p, _ in split], cfg.max_new_tokens, cfg.batch_size,
-                    stop_token_ids(tokenizer, stops), stops,
-                )
+        if "loss" in cfg.metrics or (split and vllm is None):
+            with use(side) as model:
+                if "loss" in cfg.metrics:
+                    log.info("%s: loss on %d examples", side, len(data.rows))
+                    losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
+                if split and vllm is None:
+                    log.info("%s: generating for %d prompts", side, len(split))
+                    begun = time.monotonic()
+                    replies[side] = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, stop_ids, stops)
+                    results["timings"][f"predict_{side}_s"] = round(time.monotonic() - begun, 2)
+        if split and vllm is not None:
+            log.info("%s: generating for %d prompts on vLLM", side, len(split))
+            begun, started = time.monotonic(), vllm.start_s
+            replies[side] = vllm_replies(vllm, side, prompts, tokenizer, cfg.max_new_tokens, stop_ids, stops)
+            results["timings"][f"predict_{side}_s"] = round(time.monotonic() - begun - (vllm.start_s - started), 2)
     if losses:
         _add(results, writer, loss_rows(losses["tuned"], losses.get("base"), cfg.bootstrap, cfg.seed))
     if split:
@@ -197,14 +216,16 @@ def _score_preference(cfg: EvalConfig, source: ModelSource, base_path: str, devi
 
 
 def _score_bench(cfg: EvalConfig, source: ModelSource, base_path: str, device: str, dtype_name: str,
-                 writer: EventWriter, results: dict, sides: list[str]) -> None:
+                 writer: EventWriter, results: dict, sides: list[str], vllm: VLLMSides | None) -> None:
     from tunelab.engine.bench import bench_rows, run_bench
 
     runs = {}
     tokenizer = source.tokenizer_dir(base_path)
     for side in sides:
-        log.info("%s: lm-eval tasks %s (limit %s)", side, ", ".join(cfg.tasks), cfg.limit)
-        if side == "base":
+        log.info("%s: lm-eval tasks %s (limit %s)%s", side, ", ".join(cfg.tasks), cfg.limit, " on vLLM" if vllm else "")
+        if vllm is not None:
+            runs[side] = vllm_bench(cfg, vllm, side, str(tokenizer))
+        elif side == "base":
             runs[side] = run_bench(cfg, base_path, None, tokenizer, device, dtype_name)
         elif source.adapter is not None:
             runs[side] = run_bench(cfg, base_path, str(source.adapter), tokenizer, device, dtype_name)

@@ -103,6 +103,8 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
 
     from tunelab.engine.model import load_tokenizer, resolve_model_path
 
+    from tunelab.engine.vlm import is_vlm, load_processor
+
     say = progress or (lambda message: log.info("%s", message))
     started = time.time()
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
@@ -112,6 +114,10 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
             "AutoModelForSequenceClassification(num_labels=1)"
         )
     refuse_quantized_run(source, cfg)
+    if cfg.serve_check:  # before the slow part: is there a vLLM to serve the export with?
+        from tunelab.engine.serve_check import vllm_python
+
+        vllm_python()
     out = Path(cfg.out).expanduser().resolve() if cfg.out else default_out(source)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ExportError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
@@ -119,17 +125,22 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     choice = resolve_template(source, base_path)
     dtype_name = save_dtype(cfg, base_path)
     say(f"loading {source.model} in fp32 (template: {choice.name})")
-    tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
+    vlm = is_vlm(str(source.weights or base_path), source.trust_remote_code)
+    if vlm and cfg.gguf:
+        raise ExportError("gguf: a vision-language model is not converted to GGUF here (its vision tower needs a "
+                          "separate mmproj file); export without gguf")
+    load = load_processor if vlm else load_tokenizer  # a VLM's processor stands in for the tokenizer
+    tokenizer = load(source.tokenizer_dir(base_path), source.trust_remote_code)
     if cfg.gguf:  # refuse an unsupported GGUF export before the slow part
         from transformers import AutoConfig
 
         from tunelab.engine.gguf import check_supported
 
         check_supported(AutoConfig.from_pretrained(str(source.weights or base_path)), tokenizer)
-    model = _load_fp32(source.weights or base_path, source.trust_remote_code)
+    model = _load_fp32(source.weights or base_path, source.trust_remote_code, vlm)
     check_unquantized(model)
-    prompt_ids = _prompt_ids(tokenizer, choice)
-    reference = _reference(model, source, prompt_ids, say)
+    prompt = _prompt_inputs(tokenizer, choice, vlm)
+    reference = _reference(model, source, prompt, say)
     merged = reference.pop("model")
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -148,7 +159,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
         if gguf_report:
             files["gguf"] = gguf_report["file"]
         del merged
-        verify = verify_export(staging, prompt_ids, reference, dtype_name, say) if cfg.verify else None
+        verify = verify_export(staging, prompt, reference, dtype_name, say, vlm) if cfg.verify else None
         if verify is not None and not verify["passed"]:
             raise ExportError(f"verification failed: {verify['summary']}")
         report = {
@@ -164,6 +175,12 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"export written to {out}")
+    if cfg.serve_check:
+        from tunelab.engine.serve_check import serve_check
+
+        expected = verify["generated"] if verify else None
+        report["serve_check"] = serve_check(out, dtype_name, VERIFY_MESSAGES, expected, source.trust_remote_code, say)
+        write_json_atomic(out / "tunelab_export.json", report)
     if cfg.push_to_hub:
         report["pushed"] = push_to_hub(out, cfg.push_to_hub, say)
     return report
@@ -178,38 +195,44 @@ def _readable(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def _load_fp32(path: str | Path, trust_remote_code: bool) -> Any:
+def _load_fp32(path: str | Path, trust_remote_code: bool, vlm: bool = False) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ExportError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
     model.eval()
     return model
 
 
-def _prompt_ids(tokenizer: Any, choice: TemplateChoice) -> Any:
-    """The fixed verification prompt, rendered with the template exactly as serving would."""
+def _prompt_inputs(tokenizer: Any, choice: TemplateChoice, vlm: bool = False) -> dict[str, Any]:
+    """The fixed verification prompt (for a VLM: with a picture), rendered with the template exactly as serving would,
+    as model inputs."""
+    if vlm:
+        from tunelab.engine.export_vlm import prompt_inputs
+
+        return prompt_inputs(tokenizer, choice)
     text = choice.template.render(VERIFY_MESSAGES, add_generation_prompt=True, model=choice.entry).text
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return {"input_ids": tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids}
 
 
-def _reference(model: Any, source: ModelSource, prompt_ids: Any, say: Progress) -> dict[str, Any]:
+def _reference(model: Any, source: ModelSource, prompt: dict[str, Any], say: Progress) -> dict[str, Any]:
     """Logits and greedy tokens of the unmerged model (and of the bare base), then the merged model."""
     import torch
 
     with torch.no_grad():
         if source.adapter is None:
-            return {"logits": model(prompt_ids).logits, "tokens": _greedy(model, prompt_ids), "base_logits": None, "model": model}
+            return {"logits": model(**prompt).logits, "tokens": _greedy(model, prompt), "base_logits": None, "model": model}
         from peft import PeftModel
 
-        base_logits = model(prompt_ids).logits
+        base_logits = model(**prompt).logits
         peft_model = PeftModel.from_pretrained(model, str(source.adapter))
         peft_model.eval()
-        logits = peft_model(prompt_ids).logits
-        tokens = _greedy(peft_model, prompt_ids)
+        logits = peft_model(**prompt).logits
+        tokens = _greedy(peft_model, prompt)
         say(f"merging {source.adapter.name} into the base (fp32)")
         merged = merge_adapter(peft_model)
     return {"logits": logits, "tokens": tokens, "base_logits": base_logits, "model": merged}
@@ -221,15 +244,14 @@ def merge_adapter(peft_model: Any) -> Any:
     return peft_model.merge_and_unload(safe_merge=True)
 
 
-def _greedy(model: Any, prompt_ids: Any) -> list[int]:
+def _greedy(model: Any, prompt: dict[str, Any]) -> list[int]:
     import torch
 
+    ids = prompt["input_ids"]
+    inputs = {"attention_mask": torch.ones_like(ids), **prompt}
     with torch.no_grad():
-        out = model.generate(
-            input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=VERIFY_NEW_TOKENS,
-            do_sample=False, pad_token_id=0,
-        )
-    return out[0, prompt_ids.shape[1]:].tolist()
+        out = model.generate(**inputs, max_new_tokens=VERIFY_NEW_TOKENS, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
 
 
 def write_companions(
@@ -238,9 +260,16 @@ def write_companions(
 ) -> dict[str, str]:
     """Tokenizer (with chat_template), generation_config, resolved run config and Modelfile."""
     from tunelab.core.ollama import write_modelfile
+    from tunelab.engine.vlm import is_processor
 
-    tokenizer.chat_template = choice.template.serving_jinja
-    tokenizer.save_pretrained(str(folder))
+    if is_processor(tokenizer):
+        from tunelab.engine.export_vlm import save_processor
+
+        save_processor(folder, tokenizer, choice)
+        tokenizer = tokenizer.tokenizer
+    else:
+        tokenizer.chat_template = choice.template.serving_jinja
+        tokenizer.save_pretrained(str(folder))
     portable_tokenizer_config(folder)
     write_generation_config(folder, tokenizer, choice, base_path)
     files = {"chat_template": "chat_template.jinja", "generation_config": "generation_config.json", "modelfile": "Modelfile"}
@@ -297,28 +326,34 @@ def write_generation_config(folder: Path, tokenizer: Any, choice: TemplateChoice
     config.save_pretrained(str(folder))
 
 
-def verify_export(folder: Path, prompt_ids: Any, reference: dict[str, Any], dtype_name: str, say: Progress) -> dict[str, Any]:
+def verify_export(folder: Path, prompt: dict[str, Any], reference: dict[str, Any], dtype_name: str, say: Progress,
+                  vlm: bool = False) -> dict[str, Any]:
     """Reload with plain transformers; compare logits (and a few greedy tokens) with the unmerged model."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    say("verifying: reloading the export with plain transformers")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    model.eval()
+    say("verifying: reloading the export with plain transformers" + (" (a prompt with a picture)" if vlm else ""))
+    model = _load_fp32(folder, False, vlm)
     with torch.no_grad():
-        logits = model(prompt_ids).logits
-    tokens = _greedy(model, prompt_ids)
+        logits = model(**prompt).logits
+    tokens = _greedy(model, prompt)
     ref = reference["logits"]
     diff = float((logits - ref).abs().max())
     scale = max(1.0, float(ref.abs().max()))
     tolerance = TOLERANCE[dtype_name] * scale
     effect = None if reference["base_logits"] is None else float((ref - reference["base_logits"]).abs().max())
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    rendered = tokenizer.apply_chat_template(VERIFY_MESSAGES, add_generation_prompt=True, tokenize=False)
-    template_ok = tokenizer(rendered, add_special_tokens=False).input_ids == prompt_ids[0].tolist()
+    if vlm:
+        from tunelab.engine.export_vlm import template_renders_inputs
+
+        template_ok = template_renders_inputs(folder, prompt)
+    else:
+        rendered = tokenizer.apply_chat_template(VERIFY_MESSAGES, add_generation_prompt=True, tokenize=False)
+        template_ok = tokenizer(rendered, add_special_tokens=False).input_ids == prompt["input_ids"][0].tolist()
     passed = diff <= tolerance and template_ok
     summary = (
-        f"max |logit diff| {diff:.3g} vs unmerged (tolerance {tolerance:.3g} for {dtype_name})"
+        ("on a prompt with a picture: " if vlm else "")
+        + f"max |logit diff| {diff:.3g} vs unmerged (tolerance {tolerance:.3g} for {dtype_name})"
         + (f"; the adapter itself moves logits by up to {effect:.3g}" if effect is not None else "")
         + f"; greedy tokens {'match' if tokens == reference['tokens'] else 'differ'}"
         + f"; chat_template {'renders the prompt identically' if template_ok else 'renders a DIFFERENT prompt'}"

@@ -88,6 +88,9 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     log.info("data: %s", data.stats.as_event())
     for refusal in data.stats.refusals:
         log.warning("template refused %s", refusal)
+    from tunelab.engine.estimate_event import record_estimate
+
+    record_estimate(run_, writer, config, path, data.stats)  # before loading: an out-of-memory run keeps it
 
     import transformers
 

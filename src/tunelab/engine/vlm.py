@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 VISION_PARTS = ("vision_tower", "visual", "vision_model")
 PROJECTOR_PARTS = ("multi_modal_projector", "visual.merger", "visual.deepstack_merger_list")
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+# Tokenizer call state that transformers 5 saves into tokenizer_config.json; a processor applies it to every call
+# (a saved max_length of 80 silently cut every longer prompt), so it is dropped on load. Cutting is cutoff_len's job.
+CALL_STATE = ("max_length", "truncation", "truncation_strategy", "stride", "pad_to_multiple_of")
 
 
 def is_vlm(path: str, trust_remote_code: bool = False) -> bool:
@@ -69,6 +72,8 @@ def load_processor(path: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"model: the processor of {path!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    for key in CALL_STATE:  # saved call state (transformers 5 leaks it) would become the processor's defaults
+        processor.tokenizer.init_kwargs.pop(key, None)
     return processor
 
 
@@ -123,16 +128,21 @@ def _encode_one(config: RunConfig, rendered: Any, refs: list[str], processor: An
     tokenizer = processor.tokenizer
     piece = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(piece["input_ids"]), list(piece["offset_mapping"])
+    cut = len(rendered.text)  # the text before ``cut`` is tokenized whole, as the processor does
     if rendered.spans and _straddles(offsets, rendered.spans[-1][0]):
-        ids, offsets = _encode_at_last_reply(tokenizer, rendered)
+        ids, offsets = _encode_at_last_reply(tokenizer, rendered)  # the last reply apart, as inference sees it
+        cut = rendered.spans[-1][0]
     spans = rendered.spans[-1:] if config.mask_history else rendered.spans
     labels = list(ids) if config.train_on_prompt else labels_for(offsets, spans, ids)
+    expanded = list(ids)
     if refs:
+        if rendered.text[cut:].count(image_text(processor)):
+            raise DataError("an image in the last assistant reply cannot be trained on; put images in user turns")
         pictures = [load_image(ref) for ref in refs]
-        expanded = list(processor(text=[rendered.text], images=pictures, add_special_tokens=False)["input_ids"][0])
-    else:
-        expanded = list(ids)
-    labels = _align(ids, labels, expanded)
+        head = sum(1 for start, _ in offsets if start < cut)
+        prompt = list(processor(text=[rendered.text[:cut]], images=pictures, add_special_tokens=False)["input_ids"][0])
+        labels = _align(ids[:head], labels[:head], prompt) + labels[head:]
+        expanded = prompt + ids[head:]
     labels = [IGNORE if token in masked else label for token, label in zip(expanded, labels)]
     if len(expanded) > config.cutoff_len:
         if any(token in masked for token in expanded[config.cutoff_len:]):
@@ -166,6 +176,9 @@ class VisionCollator:
     def __init__(self, processor: Any) -> None:
         self.processor = processor
         self.pad_id = processor.tokenizer.pad_token_id
+        # Qwen-VL's processors mark which tokens are image tokens (mm_token_type_ids): the model computes its 3D
+        # (M-RoPE) positions from them, and without them falls back to text positions for the image tokens too.
+        self.token_types = "mm_token_type_ids" in processor(text=["a"], add_special_tokens=False)
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         import torch
@@ -184,6 +197,9 @@ class VisionCollator:
         if refs:
             pixels = self.processor.image_processor([load_image(ref) for ref in refs], return_tensors="pt")
             batch.update(dict(pixels))
+        if self.token_types:
+            types = self.processor.create_mm_token_type_ids(ids.tolist())
+            batch["mm_token_type_ids"] = torch.tensor(types, dtype=torch.long) * mask
         return batch
 
 

@@ -19,7 +19,7 @@ from tunelab.core.paths import home_dir
 log = logging.getLogger(__name__)
 
 DEMO_VLM_NAME = "demo-vlm"
-DEMO_VLM_VERSION = 1
+DEMO_VLM_VERSION = 2  # 2: no tokenizer call state saved (v1 cut every prompt at 80 tokens)
 IMAGE_SIZE = 32
 PATCH = 8
 VISION_SHAPE = dict(
@@ -49,6 +49,7 @@ def build_demo_vlm(target: Path | None = None, force: bool = False) -> Path:
     )
 
     from tunelab.engine.demo import build_demo_model
+    from tunelab.engine.export import portable_tokenizer_config
 
     text_dir = build_demo_model()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(text_dir)
@@ -75,6 +76,7 @@ def build_demo_vlm(target: Path | None = None, force: bool = False) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".demo-vlm-", dir=target.parent))
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
+    portable_tokenizer_config(staging)  # without the call state transformers leaks into tokenizer_config.json
     info = {"name": DEMO_VLM_NAME, "version": DEMO_VLM_VERSION, "template": "chatml"}
     (staging / "tunelab.json").write_text(json.dumps(info))
     if target.exists():

@@ -4,7 +4,9 @@ only the worker, and the UI reports it.
 
 ``ChatService.load`` starts a worker for the ``hf`` or ``vllm`` engine (its own process group, a private API
 key, a log file), or connects to a remote OpenAI-compatible server for ``openai``. Streams go through the
-``openai`` engine client either way.
+``openai`` engine client either way. On a GPU machine the worker asks the runs folder's job queue for its GPU
+like every job (services.holds): it waits while jobs hold every GPU (``ChatService.waiting`` says why), holds
+its GPU while loaded, and frees it when unloaded or gone.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ from tunelab.services.runner import signal_group
 log = logging.getLogger(__name__)
 
 
-def worker_argv(model: str | None, adapters: list[str], options: EngineOptions, template: str, ready_file: Path) -> list[str]:
-    """The `tunelab api` command line of a worker."""
+def worker_argv(
+    model: str | None, adapters: list[str], options: EngineOptions, template: str, ready_file: Path, runs_dir: Path | None = None,
+) -> list[str]:
+    """The `tunelab api` command line of a worker (``runs_dir``: whose job queue hands out its GPU)."""
     argv = [sys.executable, "-m", "tunelab.cli", "api", "--engine", options.engine, "--dtype", options.dtype,
             "--template", template, "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready_file), "--exit-with-parent"]
+    if runs_dir:
+        argv += ["--runs-dir", str(runs_dir)]
     if model:
         argv += ["--model", model]
     for adapter in adapters:
@@ -54,6 +60,8 @@ class Worker:
     def __init__(self, argv: list[str], ready_file: Path, log_path: Path, api_key: str):
         self.ready_file, self.log_path, self.api_key = ready_file, log_path, api_key
         self.port: int | None = None
+        self.devices: list[str] = []
+        self.waiting: str | None = None  # why it is queued for a GPU, while it is
         env = {**os.environ, "TUNELAB_API_KEY": api_key, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -65,13 +73,17 @@ class Worker:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self, timeout: float, cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Block until the worker serves (its ready file appears); raise with its last log line if it exits."""
+        """Block until the worker serves (its ready file says so); raise with its last log line if it exits.
+        Time spent queued for a GPU does not count toward ``timeout``: loading has not begun."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready = read_json(self.ready_file)
-            if ready:
-                self.port = int(ready["port"])
+            ready = read_json(self.ready_file) or {}
+            if "port" in ready:
+                self.port, self.devices, self.waiting = int(ready["port"]), list(ready.get("devices") or []), None
                 return
+            self.waiting = ready.get("waiting")
+            if self.waiting:
+                deadline = time.monotonic() + timeout
             if self.process.poll() is not None:
                 raise InferenceError(self.failure())
             if cancelled():
@@ -121,10 +133,12 @@ class Worker:
 class ChatService:
     """The chat tab's connection to a model: a worker it started, or a remote server."""
 
-    def __init__(self, log_dir: Path | None = None, startup_timeout: float = 900.0):
+    def __init__(self, log_dir: Path | None = None, startup_timeout: float = 900.0, runs_dir: Path | None = None):
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="tunelab-chat-"))
-        self.startup_timeout = startup_timeout
+        self.startup_timeout, self.runs_dir = startup_timeout, runs_dir
         self.worker: Worker | None = None
+        self._starting: Worker | None = None
+        self._cancel = threading.Event()
         self.client: Any = None
         self.description = ""
         self.engine_name = ""
@@ -152,22 +166,33 @@ class ChatService:
             ready = self.log_dir / f"worker-{stamp}-{os.getpid()}.ready.json"
             ready.unlink(missing_ok=True)
             api_key = secrets.token_hex(16)
-            argv = worker_argv(model, adapters, options, template, ready)
-            worker = Worker(argv, ready, self.log_dir / f"worker-{stamp}.log", api_key)
+            argv = worker_argv(model, adapters, options, template, ready, self.runs_dir)
+            worker = self._starting = Worker(argv, ready, self.log_dir / f"worker-{stamp}.log", api_key)
             try:
-                worker.wait_ready(self.startup_timeout)
+                worker.wait_ready(self.startup_timeout, cancelled=self._cancel.is_set)
                 self.client = OpenAIEngine(worker.base_url, api_key)
                 models = self.client.models()
             except BaseException:
                 worker.stop()
                 raise
+            finally:
+                self._starting = None
             self.worker, self.engine_name = worker, options.engine
-            self.description = f"worker pid {worker.process.pid}"
+            where = f" on GPU {','.join(worker.devices)}" if worker.devices else ""
+            self.description = f"worker pid {worker.process.pid}{where}"
             return models
 
+    @property
+    def waiting(self) -> str | None:
+        """While a load waits in the job queue for a GPU: why (which job holds it)."""
+        starting = self._starting
+        return starting.waiting if starting is not None else None
+
     def unload(self) -> None:
-        """Stop the worker (if any) and forget the connection."""
+        """Stop the worker (if any) and forget the connection; a load still waiting for a GPU gives up."""
+        self._cancel.set()
         with self._lock:
+            self._cancel.clear()
             self._unload()
 
     def _unload(self) -> None:

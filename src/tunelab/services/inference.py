@@ -16,6 +16,7 @@ from tunelab.core.serving import AdapterSpec, EngineOptions, ModelSpec
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
+DEMOS = ("demo", "demo-vlm")  # embedded models, built on first use
 
 
 def _looks_like_path(text: str) -> bool:
@@ -73,10 +74,10 @@ def _clean_name(name: str) -> str:
 def resolve_model(model: str) -> tuple[str, str, list[AdapterSpec]]:
     """(path to load, served name, adapters implied by a run directory) for a model id, folder or run dir."""
     path = Path(model).expanduser()
-    if model == "demo":
+    if model in DEMOS:
         from tunelab.engine.model import resolve_model_path
 
-        return resolve_model_path("demo"), "demo", []
+        return resolve_model_path(model), model, []
     if path.is_dir():
         run = RunDir(path)
         if run.exists() and not (path / "config.json").is_file():
@@ -122,12 +123,18 @@ def resolve_spec(model: str | None, adapters: list[str] | None = None, template:
 def _same_model(recorded: str, model: str, path: str) -> bool:
     if recorded in (model, path):
         return True
-    if recorded == "demo" or model == "demo":
-        from tunelab.engine.demo import demo_model_dir
-
-        demo = str(demo_model_dir())
-        return {recorded, path} <= {demo, "demo"} or {recorded, model} <= {demo, "demo"}
+    for name, folder in _demo_dirs().items():
+        if name in (recorded, model):
+            return {recorded, path} <= {folder, name} or {recorded, model} <= {folder, name}
     return Path(recorded).expanduser().resolve() == Path(path).resolve()
+
+
+def _demo_dirs() -> dict[str, str]:
+    """The embedded demo models' names and folders (built or not)."""
+    from tunelab.engine.demo import demo_model_dir
+    from tunelab.engine.vlm_demo import demo_vlm_dir
+
+    return {"demo": str(demo_model_dir()), "demo-vlm": str(demo_vlm_dir())}
 
 
 def _dedupe(base_name: str, adapters: list[AdapterSpec]) -> None:

@@ -4,120 +4,35 @@ A job is one run directory waiting for (or holding) devices. The queue lives in 
 so queued and running jobs survive a restart of whatever process schedules them (the web studio). Trainers
 are started by ``tunelab.services.runner.spawn``: their own process group, output to train.log, nothing for
 the scheduler to drain. With GPUs, each job gets the devices it asked for (or any free ones) through
-CUDA_VISIBLE_DEVICES and waits while they are busy; without GPUs one job runs at a time.
+CUDA_VISIBLE_DEVICES and waits while they are busy; without GPUs one job runs at a time. A job that waits is
+told why in its status message (which job holds the devices it needs).
+
+A *hold* is a job the queue does not start: a process that does its own work on GPUs (the Chat tab's model
+worker, `tunelab chat`/`api`, an in-process `tunelab export`) queues for them like any job, gets them when they
+are free, and keeps them until it releases them or exits (see services.holds).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.core.rundir import FINAL_STATES, RunDir
 from tunelab.services import runner
+from tunelab.services.gpus import Gpu
+from tunelab.services.jobstore import ACTIVE, HOLD, Job, JobStore
 
 log = logging.getLogger(__name__)
 
-DB_NAME = ".jobs.sqlite"
 JOB_MODULES = {"eval": "tunelab.engine.evaluate", "export": "tunelab.engine.export"}  # kinds besides training
-ACTIVE = ("queued", "running")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_dir TEXT NOT NULL,
-    state TEXT NOT NULL,            -- queued | running | finished
-    want_devices TEXT NOT NULL,     -- JSON list of device ids asked for ([] = any)
-    gpu_count INTEGER NOT NULL,     -- how many devices when any will do
-    devices TEXT NOT NULL,          -- JSON list of device ids assigned
-    pgid INTEGER,
-    result TEXT,                    -- the run's final state once finished
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    kind TEXT                       -- NULL: training; eval | export: a job on a GPU that is not training
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-"""
-
-
-@dataclass(frozen=True)
-class Gpu:
-    """One CUDA device as the scheduler sees it (``index`` is what goes into CUDA_VISIBLE_DEVICES)."""
-
-    index: str
-    name: str = ""
-    memory_mib: int | None = None
-
-    @property
-    def label(self) -> str:
-        """A short human-readable label: 'GPU 0: NVIDIA H100 (80 GiB)'."""
-        memory = f" ({self.memory_mib / 1024:.0f} GiB)" if self.memory_mib else ""
-        return f"GPU {self.index}: {self.name or 'CUDA device'}{memory}"
-
-
-def _nvidia_smi(binary: str) -> list[Gpu]:
-    try:
-        out = subprocess.run(
-            [binary, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3 and parts[0].isdigit():
-            gpus.append(Gpu(parts[0], parts[1], int(parts[2]) if parts[2].isdigit() else None))
-    return gpus
-
-
-def detect_gpus(env: Mapping[str, str] | None = None, nvidia_smi: str | None = "auto") -> list[Gpu]:
-    """CUDA devices without importing torch: nvidia-smi's list, narrowed by CUDA_VISIBLE_DEVICES if set."""
-    env = os.environ if env is None else env
-    binary = shutil.which("nvidia-smi") if nvidia_smi == "auto" else nvidia_smi
-    listed = _nvidia_smi(binary) if binary else []
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return listed
-    ids = [part.strip() for part in visible.split(",") if part.strip()]
-    if not ids or ids[0] == "-1" or ids[0].lower() == "none":
-        return []
-    by_index = {gpu.index: gpu for gpu in listed}
-    return [by_index.get(i, Gpu(i)) for i in ids]
-
-
-@dataclass
-class Job:
-    """One row of the queue."""
-
-    id: int
-    run_dir: str
-    state: str
-    want_devices: list[str]
-    gpu_count: int
-    devices: list[str]
-    pgid: int | None
-    result: str | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    kind: str | None = None
-
-    @property
-    def run(self) -> RunDir:
-        """The job's run directory."""
-        return RunDir(self.run_dir)
-
-
+WAITING = "waiting for "  # how a waiting job's status message starts
 Launcher = Callable[[RunDir, dict[str, str]], subprocess.Popen]
 
 
@@ -126,8 +41,8 @@ def _default_launcher(run: RunDir, env: dict[str, str]) -> subprocess.Popen:
 
 
 @dataclass
-class JobQueue:
-    """The queue of training jobs over one runs folder, and the scheduler that starts them."""
+class JobQueue(JobStore):
+    """The queue of jobs over one runs folder (training, eval, export, holds), and the scheduler that starts them."""
 
     runs_dir: Path
     gpus: list[Gpu] = field(default_factory=list)
@@ -135,55 +50,12 @@ class JobQueue:
     stop_grace_s: float = 60.0
 
     def __post_init__(self) -> None:
-        self.runs_dir = Path(self.runs_dir).resolve()
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.runs_dir / DB_NAME
+        JobStore.__init__(self, self.runs_dir)
         self._lock = threading.RLock()
         self._children: dict[int, subprocess.Popen] = {}
         self._stopping: dict[str, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
-        with self._connect() as db:
-            db.executescript(SCHEMA)
-            if "kind" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # a queue from before kinds
-                db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT")
-
-    # -- storage -------------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
-
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        data = dict(row)
-        for key in ("want_devices", "devices"):
-            data[key] = json.loads(data[key])
-        return Job(**data)
-
-    def jobs(self, states: tuple[str, ...] | None = None) -> list[Job]:
-        """Jobs (oldest first), optionally only those in ``states``."""
-        with self._connect() as db:
-            if states:
-                marks = ",".join("?" * len(states))
-                rows = db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states).fetchall()
-            else:
-                rows = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-        return [self._job(r) for r in rows]
-
-    def job_for(self, run_dir: str | Path) -> Job | None:
-        """The newest job of a run directory."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE run_dir = ? ORDER BY id DESC LIMIT 1", (str(Path(run_dir).resolve()),)
-            ).fetchone()
-        return self._job(row) if row else None
-
-    def _update(self, job_id: int, **fields: Any) -> None:
-        fields = {k: json.dumps(v) if k in ("devices", "want_devices") else v for k, v in fields.items()}
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._connect() as db:
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
 
     # -- public operations ---------------------------------------------------------------------------------
     def submit(self, run: RunDir, devices: list[str] | None = None, gpu_count: int = 1, kind: str | None = None) -> Job:
@@ -204,11 +76,25 @@ class JobQueue:
                 (path, "queued", json.dumps(list(devices or [])), max(gpu_count, 1), "[]", time.time(), kind),
             )
             db.execute("COMMIT")
-            job_id = cursor.lastrowid
+            job_id = int(cursor.lastrowid or 0)
         if run.status().get("state") != "queued":
             run.set_status("queued", run_id=run.run_id)
         log.info("queued %s (job %s)", run.run_id, job_id)
-        return next(j for j in self.jobs() if j.id == job_id)
+        return self._get(job_id)
+
+    def hold(self, label: str, pid: int, gpu_count: int = 1) -> Job:
+        """Queue a hold of ``gpu_count`` GPUs for process ``pid``, which does its own work on them; it keeps them
+        until ``release`` or until that process ends. ``label`` is what jobs waiting for them are told."""
+        self.check_request(None, gpu_count)
+        path = self.runs_dir / ".holds" / f"{pid}-{time.time_ns()}"  # a key, never created on disk
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (run_dir, state, want_devices, gpu_count, devices, pgid, created_at, kind, label) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (str(path), "queued", "[]", max(gpu_count, 1), "[]", pid, time.time(), HOLD, label),
+            )
+        log.info("queued a hold for %s (job %s)", label, cursor.lastrowid)
+        return self._get(int(cursor.lastrowid or 0))
 
     def check_request(self, devices: list[str] | None = None, gpu_count: int = 1, processes: int = 1) -> None:
         """ValueError naming the problem when the devices asked for do not exist or do not match the processes."""
@@ -256,30 +142,51 @@ class JobQueue:
         return bool(worker and worker.is_alive())
 
     def run_when_free(
-        self, run: RunDir, kind: str | None = None, on_wait: Callable[[Job], None] | None = None, interval_s: float = 1.0
+        self, run: RunDir, kind: str | None = None, on_wait: Callable[[str], None] | None = None, interval_s: float = 1.0
     ) -> Any:
         """Queue ``run`` and block until it has started (here, or by another scheduler on this folder, e.g. the
-        studio); returns its process (a Popen, or a runner.GroupHandle). ``on_wait`` is called once if it waits.
-        KeyboardInterrupt while waiting dequeues it; ValueError if it leaves the queue before starting."""
+        studio); returns its process (a Popen, or a runner.GroupHandle). ``on_wait`` gets the reason it waits
+        whenever that changes. KeyboardInterrupt while waiting dequeues it; ValueError if it leaves the queue first."""
         job = self.submit(run, kind=kind)
-        self.poll()
-        told = False
         try:
-            while (process := self.process(job.id)) is None:
-                current = self.job_for(run.path)
-                if current is None or current.state == "finished":
-                    raise ValueError(f"{run.run_id} left the queue before it started ({run.status().get('message', '')})")
-                if current.state == "running" and current.pgid:
-                    return runner.GroupHandle(current.pgid)
-                if on_wait and not told:
-                    on_wait(current)
-                    told = True
-                time.sleep(interval_s)
-                self.poll()
+            job = self.wait_started(job, on_wait, interval_s)
         except KeyboardInterrupt:
             self.stop(run.path)
             raise
-        return process
+        return self.process(job.id) or runner.GroupHandle(job.pgid or 0)
+
+    def wait_started(self, job: Job, on_wait: Callable[[str], None] | None = None, interval_s: float = 1.0) -> Job:
+        """Schedule (poll) until ``job`` runs, then return it; ``on_wait`` gets the reason it waits whenever that
+        changes. ValueError if it leaves the queue before it starts."""
+        told = None
+        while True:
+            self.poll()
+            current = self._get(job.id)
+            if current.state == "running" and current.pgid:
+                return current
+            if current.state == "finished":
+                message = "" if current.kind == HOLD else current.run.status().get("message", "")
+                raise ValueError(f"{current.describe()} left the queue before it started ({message or current.result})")
+            reason = self.waiting_reason(current)
+            if on_wait and current.state == "queued" and reason != told:
+                on_wait(reason)
+                told = reason
+            time.sleep(interval_s)
+
+    def waiting_reason(self, job: Job) -> str:
+        """Why a queued job has not started yet: which jobs hold what it needs."""
+        running = [other for other in self.jobs(("running",)) if other.id != job.id]
+        if not self.gpus:
+            ahead = running[0].describe() if running else "the job ahead"
+            return f"{WAITING}{ahead} to finish (without a GPU one job runs at a time)"
+        holders = {device: other for other in running for device in other.devices}
+        if job.want_devices:
+            wanted, busy = "GPU " + ",".join(job.want_devices), [d for d in job.want_devices if d in holders]
+        else:
+            wanted = f"{job.gpu_count} free GPU{'s' if job.gpu_count > 1 else ''}"
+            busy = [gpu.index for gpu in self.gpus if gpu.index in holders]
+        held = "; ".join(f"GPU {device} is held by {holders[device].describe()}" for device in busy)
+        return f"{WAITING}{wanted}" + (f": {held}" if held else "")
 
     def process(self, job_id: int) -> subprocess.Popen | None:
         """The launcher process of a job this queue started (None if another scheduler started it)."""
@@ -325,7 +232,12 @@ class JobQueue:
         for job_id, process in list(self._children.items()):
             if process.poll() is not None:
                 del self._children[job_id]
+        for job in self.jobs(ACTIVE):
+            if job.kind == HOLD and not runner.pid_running(job.pgid):  # its process ended without releasing it
+                self.release(job.id)
         for job in self.jobs(("running",)):
+            if job.kind == HOLD:
+                continue
             if job.id in self._children or runner.group_alive(job.pgid):
                 continue
             if job.pgid is None and time.time() - (job.started_at or 0) < 30:
@@ -350,24 +262,27 @@ class JobQueue:
                     devices = job.want_devices if set(job.want_devices) <= set(free) else None
                 else:
                     devices = free[: job.gpu_count] if len(free) >= job.gpu_count else None
-                if devices is None:
-                    continue  # waits; a later job may still fit on other devices
             else:
-                if self.jobs(("running",)):
-                    break  # CPU: one job at a time, in order
-                devices = []
-            if self._launch(job, devices):
+                devices = None if self.jobs(("running",)) else []  # CPU: one job at a time, in order
+            if devices is not None and self._launch(job, devices):
                 started.append(job)
+            elif job.kind != HOLD and self._get(job.id).state == "queued":
+                self._tell_waiting(job)  # a later job may still fit on other devices
         return started
 
+    def _tell_waiting(self, job: Job) -> None:
+        """Put why the job waits into its status message (when that changed)."""
+        status = job.run.status()
+        reason = self.waiting_reason(job)
+        if job.run.path.is_dir() and status.get("state") == "queued" and status.get("message") != reason:
+            job.run.set_status("queued", message=reason)
+
     def _launch(self, job: Job, devices: list[str]) -> bool:
-        with self._connect() as db:
-            claimed = db.execute(
-                "UPDATE jobs SET state='running', devices=?, started_at=? WHERE id=? AND state='queued'",
-                (json.dumps(devices), time.time(), job.id),
-            ).rowcount
-        if not claimed:
-            return False  # another scheduler took it, or it was stopped meanwhile
+        if not self.claim(job.id, devices, exclusive=not self.gpus):
+            return False  # another scheduler took it or its devices, or it was stopped meanwhile
+        if job.kind == HOLD:
+            log.info("hold for %s (job %s) got devices %s", job.label, job.id, devices)
+            return True  # its own process does the work
         env = {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if self.gpus else {}
         try:
             if job.kind:
@@ -382,7 +297,9 @@ class JobQueue:
             return False
         self._children[job.id] = process
         self._update(job.id, pgid=process.pid)
-        job.run.set_status(job.run.status().get("state", "queued"), devices=devices)
+        status = job.run.status()
+        waited = {"message": ""} if str(status.get("message", "")).startswith(WAITING) else {}
+        job.run.set_status(status.get("state", "queued"), devices=devices, **waited)
         log.info("started %s (job %s, pgid %s, devices %s)", job.run.run_id, job.id, process.pid, devices or "cpu")
         return True
 

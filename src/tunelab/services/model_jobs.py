@@ -7,14 +7,16 @@ a bare model/adapter go under <runs_dir>/exports or <runs_dir>/evals. ``run_job_
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tunelab.core.jobs import JobDir, create_job, list_jobs
 from tunelab.core.paths import runs_dir
 from tunelab.core.rundir import FINAL_STATES
+from tunelab.services.gpus import detect_gpus
 from tunelab.services.jobs import JOB_MODULES as MODULES
-from tunelab.services.jobs import JobQueue, detect_gpus
+from tunelab.services.jobs import JobQueue
 from tunelab.services.runner import reconcile, spawn
 
 FOLDERS = {"export": "exports", "eval": "evals"}
@@ -29,10 +31,11 @@ def job_parent(kind: str, run: str | None, parent: str | Path | None = None) -> 
 
 def start_job(
     kind: str, options: dict[str, Any], parent: str | Path | None = None, env: dict[str, str] | None = None,
-    path: str | Path | None = None,
+    path: str | Path | None = None, on_wait: Callable[[str], None] | None = None,
 ) -> tuple[JobDir, subprocess.Popen]:
     """Create the job folder for validated ``options`` and start its process: at once on a machine without GPUs,
-    else through the runs folder's job queue, once a GPU is free (one scheduler for training, eval and export)."""
+    else through the runs folder's job queue, once a GPU is free (one scheduler for every GPU job); ``on_wait``
+    gets the reason it waits."""
     run = options.get("run")
     label = Path(run).name if run else Path(options.get("adapter") or options.get("model") or "model").name
     job = create_job(kind, options, job_parent(kind, run, parent), label, path)
@@ -40,7 +43,7 @@ def start_job(
     if not gpus:  # no GPU to share: runs at once, beside any training
         return job, spawn(job, env, module=MODULES[kind])
     queue = JobQueue(Path(parent or runs_dir()), gpus=gpus)  # waits for a GPU no other job holds
-    return job, queue.run_when_free(job, kind=kind)
+    return job, queue.run_when_free(job, kind=kind, on_wait=on_wait)
 
 
 def job_state(job: JobDir) -> dict[str, Any]:

@@ -60,6 +60,19 @@ def process_alive(pid: int | None) -> bool:
     return True
 
 
+def pid_running(pid: int | None) -> bool:
+    """Whether a process runs (a zombie awaiting its parent does not count)."""
+    if not pid:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (not Linux)
+        return process_alive(pid)
+    return state != "Z"
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group, read from /proc (Linux)."""
     members = []

@@ -119,20 +119,26 @@ def case_cross_entropy(device: str, dtype: torch.dtype) -> None:
     logits = torch.randn(n, v, device=device, dtype=dtype) * 4
     labels = torch.randint(0, v, (n,), device=device)
     labels[3] = labels[11] = -100
+    labels[5] = int(logits[5].float().argmax())  # a top-1 label
 
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = logits.clone()
-        return K.cross_entropy_grad_(x, labels, 0.25), x
+        loss, stats = K.cross_entropy_grad_(x, labels, 0.25)
+        return loss, stats, x
 
-    (loss, grad), (loss0, grad0) = both(run)
-    assert rel_err(loss, loss0) < 1e-5
-    assert rel_err(grad, grad0) < tol(dtype)
+    (loss, stats, grad), (loss0, stats0, grad0) = both(run)
+    assert rel_err(loss, loss0) < 1e-5 and rel_err(stats, stats0) < 1e-5
     assert float(grad[3].abs().max()) == 0.0
     lf = logits.float().requires_grad_(True)
     ce = torch.nn.functional.cross_entropy(lf, labels, ignore_index=-100, reduction="sum") * 0.25
     ce.backward()
     assert abs(float(loss.sum()) * 0.25 - ce.item()) < 1e-3 * abs(ce.item())
     assert rel_err(grad.float(), lf.grad) < tol(dtype)
+    valid = labels != -100
+    entropy = torch.distributions.Categorical(logits=lf.detach()).entropy() * valid
+    assert rel_err(stats[:, 0], entropy) < 1e-4
+    top1 = (lf.detach().argmax(-1) == labels) & valid
+    assert stats[:, 1].tolist() == top1.float().tolist() and stats[5, 1] == 1.0
 
 
 CASES = [case_rmsnorm, case_rmsnorm_gemma, case_rope, case_swiglu, case_geglu, case_cross_entropy]

@@ -17,6 +17,9 @@ def model(kind: str = "llama") -> SimpleNamespace:
 
 def test_auto_falls_back_with_the_reason() -> None:
     assert choose_booster(RunConfig(), model("gemma")).reason.startswith("auto: plain transformers (model type 'gemma'")
+    for moe in ("qwen3_moe", "mixtral"):  # MoE families are not on the fast path: auto says so, on any machine
+        choice = choose_booster(RunConfig(), model(moe))
+        assert choice.mode == "none" and f"model type '{moe}' (the fast path covers llama" in choice.reason
     assert "DoRA" in choose_booster(RunConfig(use_dora=True), model()).reason
     assert "method 'full'" in choose_booster(RunConfig(method="full"), model()).reason
     assert choose_booster(RunConfig(booster="none"), model()).mode == "none"

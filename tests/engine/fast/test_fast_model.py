@@ -209,14 +209,20 @@ def test_linear_cross_entropy_matches_logits_and_cross_entropy() -> None:
     w = torch.randn(70, 16, requires_grad=True)
     targets = torch.randint(0, 70, (50,))
     targets[::4] = -100
-    for num_items in (None, 100):
+    for num_items in (None, 100, torch.tensor(100)):  # a tensor count (the trainer's) divides without a host sync
         h.grad = w.grad = None
-        loss = linear_cross_entropy(h, w, targets, num_items=num_items, chunk=8)
+        stats: dict = {}
+        loss = linear_cross_entropy(h, w, targets, num_items=num_items, chunk=8, stats=stats)
         loss.backward()
         gh, gw = h.grad.clone(), w.grad.clone()
         h.grad = w.grad = None
-        ref = torch.nn.functional.cross_entropy(h @ w.t(), targets, ignore_index=-100, reduction="sum")
-        ref = ref / (num_items or int((targets != -100).sum()))
+        logits = h @ w.t()
+        ref = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+        ref = ref / (100 if num_items is not None else int((targets != -100).sum()))
         ref.backward()
         assert abs(loss.item() - ref.item()) < 1e-5
         assert torch.allclose(gh, h.grad, atol=1e-6) and torch.allclose(gw, w.grad, atol=1e-6)
+        valid = targets != -100  # the metrics trl logs: entropy and top-1 accuracy over the labelled tokens
+        entropy = torch.distributions.Categorical(logits=logits.detach()[valid]).entropy().sum()
+        assert stats["tokens"] == int(valid.sum()) and abs(float(stats["entropy_sum"]) - float(entropy)) < 1e-3
+        assert int(stats["top1"]) == int((logits.detach().argmax(-1) == targets)[valid].sum())

@@ -32,7 +32,8 @@ SIGNATURES = {
                       "cos_stride": "i32", "n_heads": "i32", "half": "i32"}, {"SIGN": -1.0, "BLOCK_H": 16, "BLOCK_D": 64}),
     "_swiglu_fwd_kernel": ({"G": "*bf16", "U": "*bf16", "M": "*bf16", "n": "i32"}, {"GELU": True, "BLOCK": 2048}),
     "_swiglu_bwd_kernel": ({"DM": "*bf16", "G": "*bf16", "U": "*bf16", "n": "i32"}, {"GELU": True, "BLOCK": 2048}),
-    "_ce_grad_kernel": ({"LOGITS": "*bf16", "LABELS": "*i64", "LOSS": "*fp32", "scale": "fp32", "ignore_index": "i32"},
+    "_ce_grad_kernel": ({"LOGITS": "*bf16", "LABELS": "*i64", "LOSS": "*fp32", "STATS": "*fp32", "scale": "fp32",
+                         "ignore_index": "i32"},
                         {"n_cols": 128256, "BLOCK": 4096}),
 }
 

@@ -136,28 +136,37 @@ if triton is not None:
         tl.store(DM + offs, (act_r * u).to(DM.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _ce_grad_kernel(LOGITS, LABELS, LOSS, scale, ignore_index, n_cols: tl.constexpr, BLOCK: tl.constexpr):
+    def _ce_grad_kernel(LOGITS, LABELS, LOSS, STATS, scale, ignore_index, n_cols: tl.constexpr, BLOCK: tl.constexpr):
         # n_cols (the vocabulary) is a compile-time constant: one model per process, and the loop bound stays static.
-        # In place: each row of LOGITS becomes scale * (softmax(row) - onehot(label)); LOSS[row] = lse - logit[label].
+        # In place: each row of LOGITS becomes scale * (softmax(row) - onehot(label)); LOSS[row] = lse - logit[label];
+        # STATS[row] = (entropy of softmax(row), 1.0 if the label is a top-1 logit) for the trainer's metrics.
         row = tl.program_id(0).to(tl.int64)
         base = LOGITS + row * n_cols
         label = tl.load(LABELS + row)
         m_vec = tl.full([BLOCK], float("-inf"), tl.float32)
         s_vec = tl.zeros([BLOCK], tl.float32)
+        sx_vec = tl.zeros([BLOCK], tl.float32)  # sum of exp(x - m) * x, for the entropy
         for start in range(0, n_cols, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             x = tl.load(base + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
             new_m = tl.maximum(m_vec, x)
             live = new_m > float("-inf")
-            s_vec = tl.where(live, s_vec * tl.exp(m_vec - new_m) + tl.exp(x - new_m), 0.0)
+            rescale = tl.exp(m_vec - new_m)
+            e = tl.exp(x - new_m)
+            s_vec = tl.where(live, s_vec * rescale + e, 0.0)
+            sx_vec = tl.where(live, sx_vec * rescale + tl.where(x > float("-inf"), e * x, 0.0), 0.0)
             m_vec = new_m
         m = tl.max(m_vec, axis=0)
-        s = tl.sum(tl.where(m_vec > float("-inf"), s_vec * tl.exp(m_vec - m), 0.0), axis=0)
+        w = tl.where(m_vec > float("-inf"), tl.exp(m_vec - m), 0.0)
+        s = tl.sum(s_vec * w, axis=0)
+        sx = tl.sum(sx_vec * w, axis=0)
         lse = m + tl.log(s)
         valid = label != ignore_index
         safe = tl.where(valid, label, 0)
         target = tl.load(base + safe).to(tl.float32)
         tl.store(LOSS + row, tl.where(valid, lse - target, 0.0))
+        tl.store(STATS + 2 * row, tl.where(valid, lse - sx / s, 0.0))
+        tl.store(STATS + 2 * row + 1, tl.where(valid & (target >= m), 1.0, 0.0))
         coef = tl.where(valid, scale, 0.0)
         for start in range(0, n_cols, BLOCK):
             cols = start + tl.arange(0, BLOCK)
@@ -287,22 +296,28 @@ def swiglu_backward_(dm: torch.Tensor, g: torch.Tensor, u: torch.Tensor, act: st
 
 
 def cross_entropy_grad_(logits: torch.Tensor, labels: torch.Tensor, scale: float,
-                        ignore_index: int = -100) -> torch.Tensor:
+                        ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
     """In place: logits (n, V) become scale * (softmax - onehot(label)) (zero rows for ignored labels).
-    Returns the per-row loss (lse - logit[label], 0 where ignored) in fp32."""
+    Returns the per-row loss (lse - logit[label]) and (n, 2) stats (entropy, label is a top-1 logit), in fp32 and
+    zero where the label is ignored."""
     if use_triton(logits):
         assert logits.is_contiguous()
         loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        _ce_grad_kernel[(logits.shape[0],)](logits, labels, loss, scale, ignore_index, n_cols=logits.shape[1],
+        stats = torch.empty(logits.shape[0], 2, dtype=torch.float32, device=logits.device)
+        _ce_grad_kernel[(logits.shape[0],)](logits, labels, loss, stats, scale, ignore_index, n_cols=logits.shape[1],
                                             BLOCK=4096, num_warps=16)
-        return loss
+        return loss, stats
     lf = logits.float()
     valid = labels != ignore_index
     safe = labels.clamp(min=0)
     lse = torch.logsumexp(lf, dim=-1)
-    loss = torch.where(valid, lse - lf.gather(1, safe[:, None])[:, 0], torch.zeros_like(lse))
+    target = lf.gather(1, safe[:, None])[:, 0]
+    zero = torch.zeros_like(lse)
+    loss = torch.where(valid, lse - target, zero)
     p = torch.exp(lf - lse[:, None])
+    entropy = torch.where(valid, lse - (p * lf).sum(-1), zero)
+    top1 = (valid & (target >= lf.amax(-1))).float()
     p[torch.arange(p.shape[0], device=p.device), safe] -= 1.0
     p *= (valid.float() * scale)[:, None]
     logits.copy_(p.to(logits.dtype))
-    return loss
+    return loss, torch.stack([entropy, top1], dim=1)

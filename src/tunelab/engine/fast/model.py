@@ -18,7 +18,7 @@ import functools
 import inspect
 import logging
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,6 +60,7 @@ class TokenPlan:
     positions: torch.Tensor  # (T,) position ids
     segments: Segments
     starts: torch.Tensor  # (T,) bool: first token of an example
+    real: int = 0  # real (non-pad) tokens of the batch, known on the host
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(self.batch * self.seq, *x.shape[2:])
@@ -88,6 +89,7 @@ def plan_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, po
     keep = None if attention_mask is None else attention_mask.detach().to("cpu", torch.bool)
     if keep is not None and bool(keep.all()):
         keep = None
+    real = b * s if keep is None else int(keep.sum())
     if keep is not None and not padding_free and _right_padded(keep):
         keep = None  # compute the pads too (masked out of the loss; causal attention never lets real tokens see them)
     pos = None if position_ids is None else position_ids.detach().to("cpu").expand(b, s)
@@ -112,7 +114,7 @@ def plan_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, po
     rows = b if index is None and len(lengths) == b else 0
     cu = bounds.to(device=device, dtype=torch.int32)
     return TokenPlan(b, s, None if index is None else index.to(device), positions.to(device),
-                     Segments(cu, lengths, rows), flat_starts.to(device))
+                     Segments(cu, lengths, rows), flat_starts.to(device), real)
 
 
 def _right_padded(keep: torch.Tensor) -> bool:
@@ -160,6 +162,7 @@ class Step:
     segments: Segments
     recompute_mlp: bool
     mlp_chunk: int
+    specs: dict = field(default_factory=dict)  # layer index -> its specs, built once per forward (reused on recompute)
 
 
 def _norm(module: Any) -> tuple[torch.Tensor, float]:
@@ -173,30 +176,37 @@ def _head_norm_of(attn: Any, name: str) -> HeadNorm | None:
     return None if module is None else HeadNorm(*_norm(module))
 
 
-def layer_forward(layer: Any, step: Step, index: int, h: torch.Tensor) -> torch.Tensor:
-    """One decoder layer on a (T, d) token stream."""
+def layer_specs(layer: Any, step: Step) -> tuple[QKVSpec, Any, MLPSpec]:
+    """The fused blocks' specs of one decoder layer: its projections (with their LoRA tensors) and norms."""
     attn, mlp, fam = layer.self_attn, layer.mlp, step.family
     cfg = attn.config
     q_heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or q_heads
     projs = [proj_of(attn.q_proj), proj_of(attn.k_proj), proj_of(attn.v_proj)]
-    w_in, eps_in = _norm(layer.input_layernorm)
-    spec = QKVSpec(projs, eps_in, q_heads, kv_heads, attn.head_dim, fam.offset,
+    spec = QKVSpec(projs, _norm(layer.input_layernorm)[1], q_heads, kv_heads, attn.head_dim, fam.offset,
                    _head_norm_of(attn, "q_norm"), _head_norm_of(attn, "k_norm"))
+    pre = layer.pre_feedforward_layernorm if fam.sandwich else layer.post_attention_layernorm
+    mspec = MLPSpec(proj_of(mlp.gate_proj), proj_of(mlp.up_proj), proj_of(mlp.down_proj), _norm(pre)[1],
+                    step.recompute_mlp, step.mlp_chunk, fam.offset, fam.act, residual=not fam.sandwich)
+    return spec, proj_of(attn.o_proj), mspec
+
+
+def layer_forward(layer: Any, step: Step, index: int, h: torch.Tensor) -> torch.Tensor:
+    """One decoder layer on a (T, d) token stream."""
+    attn, fam = layer.self_attn, step.family
+    if index not in step.specs:
+        step.specs[index] = layer_specs(layer, step)
+    spec, o, mspec = step.specs[index]
     cos, sin = step.rope[step.rope_keys[index]]
-    q, k, v = NormQKV.apply(h, w_in, cos, sin, spec, *_flat_lora(projs))
+    q, k, v = NormQKV.apply(h, layer.input_layernorm.weight, cos, sin, spec, *_flat_lora(spec.projs))
     a = attend(q, k, v, step.segments, attn.scaling, step.windows[index]).reshape(h.shape[0], -1)
-    o = proj_of(attn.o_proj)
     if fam.sandwich:
         h = PostNorm.apply(OutProj.apply(a, None, o, o.A, o.B), h, *_norm(layer.post_attention_layernorm), fam.offset)
         pre = layer.pre_feedforward_layernorm
     else:
         h = OutProj.apply(a, h, o, o.A, o.B)
         pre = layer.post_attention_layernorm
-    w_pre, eps_pre = _norm(pre)
-    mspec = MLPSpec(proj_of(mlp.gate_proj), proj_of(mlp.up_proj), proj_of(mlp.down_proj), eps_pre,
-                    step.recompute_mlp, step.mlp_chunk, fam.offset, fam.act, residual=not fam.sandwich)
-    y = NormMLP.apply(h, w_pre, mspec, *_flat_lora([mspec.gate, mspec.up, mspec.down]))
+    y = NormMLP.apply(h, pre.weight, mspec, *_flat_lora([mspec.gate, mspec.up, mspec.down]))
     if fam.sandwich:
         y = PostNorm.apply(y, h, *_norm(layer.post_feedforward_layernorm), fam.offset)
     return y
@@ -240,8 +250,10 @@ def rope_tables(backbone: Any, h: torch.Tensor, positions: torch.Tensor
 
 
 def fast_hidden(backbone: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                position_ids: torch.Tensor | None, options: FastOptions) -> tuple[torch.Tensor, TokenPlan]:
-    """The final-norm hidden states (T, d) of the batch's real tokens, and the plan that placed them."""
+                position_ids: torch.Tensor | None, options: FastOptions,
+                layer_params: list[list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, TokenPlan]:
+    """The final-norm hidden states (T, d) of the batch's real tokens, and the plan that placed them.
+    ``layer_params``: each layer's trainable parameters (FastPatch reads them once; None: read them now)."""
     plan = plan_tokens(input_ids, attention_mask, position_ids, options.padding_free)
     h = plan.gather(backbone.embed_tokens(input_ids))  # Gemma's embedding module applies its sqrt(d) scale
     cfg = backbone.config
@@ -260,10 +272,15 @@ def fast_hidden(backbone: Any, input_ids: torch.Tensor, attention_mask: torch.Te
         if store is None:
             h = run(h)
         else:
-            params = [p for p in layer.parameters() if p.requires_grad]
+            params = layer_params[index] if layer_params is not None else trainable(layer)
             h = CheckpointedLayer.apply(h, run, store, *params)
     h = FinalNorm.apply(h, *_norm(backbone.norm), step.family.offset)
     return h, plan
+
+
+def trainable(module: Any) -> list[torch.Tensor]:
+    """The parameters of ``module`` that require a gradient."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 # -- patching ---------------------------------------------------------------------------------------------------
@@ -332,6 +349,9 @@ class FastPatch:
         self.options = options
         self.lm = causal_lm_of(model)
         self.backbone = self.lm.model
+        # read once: walking every layer's parameters on each forward costs host time the GPU waits for
+        self.layer_params = [trainable(layer) for layer in self.backbone.layers[: self.lm.config.num_hidden_layers]]
+        self.last: dict[str, Any] = {}  # the last fused-loss forward: entropy_sum, top1, tokens (labelled), seen
         self._backbone_forward = self.backbone.forward
         self._lm_forward = self.lm.forward
         self._own = {id(m): "forward" in m.__dict__ for m in (self.backbone, self.lm)}
@@ -362,7 +382,7 @@ def _backbone_forward(patch: FastPatch) -> Any:
                 **kwargs: Any) -> Any:
         if not _applicable(kwargs, input_ids):
             return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        h, plan = fast_hidden(self, input_ids, attention_mask, position_ids, patch.options)
+        h, plan = fast_hidden(self, input_ids, attention_mask, position_ids, patch.options, patch.layer_params)
         return BaseModelOutputWithPast(last_hidden_state=plan.scatter(h))
 
     return forward
@@ -380,8 +400,10 @@ def _lm_forward(patch: FastPatch) -> Any:
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             labels=labels, **kwargs)
-        h, plan = fast_hidden(self.model, input_ids, attention_mask, position_ids, patch.options)
-        loss = linear_cross_entropy(h, self.lm_head.weight, plan.targets(labels), num_items_in_batch)
+        h, plan = fast_hidden(self.model, input_ids, attention_mask, position_ids, patch.options, patch.layer_params)
+        stats: dict[str, Any] = {"seen": plan.real}
+        loss = linear_cross_entropy(h, self.lm_head.weight, plan.targets(labels), num_items_in_batch, stats=stats)
+        patch.last = stats
         return CausalLMOutputWithPast(loss=loss, logits=None)
 
     return forward

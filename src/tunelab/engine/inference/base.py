@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunelab.core.chat_render import TemplateRefusal
 from tunelab.core.generation import Delta, InferenceError, ModelNotFound, SamplingParams, TokenLogprob, TokenStream
+from tunelab.core.media import IMAGE_PART_TYPES, IMAGE_PLACEHOLDER, count_placeholders, load_image, split_images
 from tunelab.core.serving import ModelSpec
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
@@ -64,6 +65,10 @@ class Engine(ABC):
     def decode(self, model: str, ids: list[int]) -> str:
         """The text of token ids (for echoing a tokenized prompt)."""
         raise InferenceError(f"prompt: token-id prompts cannot be echoed by the {self.name} engine; send text")
+
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """Greedy continuations (token ids) of tokenized prompts, all submitted at once for the engine to batch."""
+        raise InferenceError(f"batched generation is not available from the {self.name} engine")
 
     def tool_parser(self, model: str) -> str:
         """The tool-call format of ``model``'s template; InferenceError when its template renders no tools."""
@@ -129,6 +134,8 @@ class TemplateBook:
 class LocalEngine(Engine):
     """An engine that renders chat templates itself and generates from the prompt (hf, in-process vLLM)."""
 
+    image_text: str | None = None  # what stands for one image in a prompt; None: a text-only model
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -144,9 +151,31 @@ class LocalEngine(Engine):
     ) -> Iterator[Delta]:
         """Render with the template and generate, stopping at its stop strings."""
         self.check_model(model)
+        messages, images = self.take_images(model, messages)
         prompt = self.templates.render(model, messages, tools)
         stops = [*self.templates.stops(model), *params.stop]
-        return self._locked(model, prompt, params, stops, cancel, add_special_tokens=False)
+        return self._locked(model, prompt, params, stops, cancel, add_special_tokens=False, images=images)
+
+    def take_images(self, model: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
+        """Messages with text contents (each image part replaced by the model's image text) and the image refs;
+        InferenceError when the model takes no images or a part is bad."""
+        messages, images = text_and_images(messages)
+        if self.image_text is None:
+            if images:
+                raise InferenceError(f"messages: {model!r} is a text-only model and takes no images; load a "
+                                     "vision-language model (e.g. demo-vlm) to chat about pictures")
+            return messages, []
+        if count_placeholders(messages) != len(images):
+            raise InferenceError(f"messages: the text holds {count_placeholders(messages)} {IMAGE_PLACEHOLDER} but "
+                                 f"{len(images)} image(s) were given; send images as image_url parts only")
+        for ref in images:  # an unreadable image is refused now, before any reply is streamed
+            try:
+                load_image(ref)
+            except ValueError as exc:
+                raise InferenceError(f"messages: {exc}") from None
+        text = self.image_text
+        return [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, text)} if isinstance(m.get("content"), str) else m
+                for m in messages], images
 
     def complete(
         self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,
@@ -165,11 +194,11 @@ class LocalEngine(Engine):
         self.check_model(model)
         return self.templates.tool_parser(model)
 
-    def _locked(self, model, prompt, params, stops, cancel, add_special_tokens) -> Iterator[Delta]:
+    def _locked(self, model, prompt, params, stops, cancel, add_special_tokens, images=None) -> Iterator[Delta]:
         with self._lock:
             stream = TokenStream(stops)
             last = Delta()
-            for delta in self.generate(model, prompt, params, stream, cancel or threading.Event(), add_special_tokens):
+            for delta in self.generate(model, prompt, params, stream, cancel or threading.Event(), add_special_tokens, images):
                 last = delta
                 if delta.text or delta.finish_reason or delta.logprobs:
                     yield delta
@@ -179,19 +208,34 @@ class LocalEngine(Engine):
     @abstractmethod
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool,
+        add_special_tokens: bool, images: list[str] | None = None,
     ) -> Iterator[Delta]:
         """Yield text pieces already passed through ``stream`` (stop strings, logprobs); the last one has
-        finish_reason and counts."""
+        finish_reason and counts. ``images``: refs of the prompt's images, in order (vision-language models)."""
 
 
 def check_messages(messages: list[dict]) -> None:
-    """Raise InferenceError unless ``messages`` is a non-empty list of text messages with known roles."""
+    """Raise InferenceError unless ``messages`` is a non-empty list of messages with known roles whose contents are
+    text or content parts (text, image_url, image)."""
     if not messages:
         raise InferenceError("messages: at least one message is needed")
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role not in ("system", "user", "assistant", "tool", "developer"):
             raise InferenceError(f"messages[{i}].role: {role!r} is not one of system, user, assistant, tool")
-        if not isinstance(content, str) and content is not None:
-            raise InferenceError(f"messages[{i}].content: only text content is supported here")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in ("text", *IMAGE_PART_TYPES):
+                    raise InferenceError(f"messages[{i}].content[{j}].type: {kind!r} is not one of text, image_url, image")
+        elif not isinstance(content, str) and content is not None:
+            raise InferenceError(f"messages[{i}].content: give text or a list of content parts (text, image_url)")
+
+
+def text_and_images(messages: list[dict]) -> tuple[list[dict], list[str]]:
+    """Checked messages with text contents (``<image>`` per image part) and their image refs, in order."""
+    check_messages(messages)
+    try:
+        return split_images(messages)
+    except ValueError as exc:
+        raise InferenceError(f"messages: {exc}") from None

@@ -39,17 +39,24 @@ class HFEngine(LocalEngine):
     def __init__(self, spec: ModelSpec, options: EngineOptions):
         super().__init__(spec)
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         from tunelab.engine.model import load_tokenizer
+        from tunelab.engine.vlm import image_text, is_vlm, load_processor
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs: dict[str, Any] = {"dtype": torch_dtype(options.dtype, self.device), "trust_remote_code": options.trust_remote_code}
         if self.device == "cuda":
             kwargs["device_map"] = "auto"
+        self.processor: Any = None  # a vision-language model's processor: it turns images into pixel inputs
         try:
-            self.tokenizer = load_tokenizer(spec.path, options.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+            if is_vlm(spec.path, options.trust_remote_code):
+                self.processor = load_processor(spec.path, options.trust_remote_code)
+                self.tokenizer, self.image_text = self.processor.tokenizer, image_text(self.processor)
+            else:
+                self.tokenizer = load_tokenizer(spec.path, options.trust_remote_code)
+            auto = AutoModelForImageTextToText if self.processor is not None else AutoModelForCausalLM
+            model = auto.from_pretrained(spec.path, **kwargs)
         except (OSError, ConfigError) as exc:
             message = str(exc).removeprefix("model: ")
             raise InferenceError(f"model: cannot load {spec.model!r}: {message.splitlines()[0]}") from None
@@ -141,20 +148,34 @@ class HFEngine(LocalEngine):
             alternatives = [(self._token(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
         return TokenLogprob(self._token(token_id), float(row[token_id]), alternatives, token_id)
 
+    def _image_inputs(self, prompt: str, images: list[str]) -> dict[str, Any]:
+        """The processor's inputs for a prompt with images: expanded input_ids, attention_mask, pixel values."""
+        from tunelab.core.media import load_image
+
+        inputs = self.processor(text=[prompt], images=[load_image(ref) for ref in images], add_special_tokens=False,
+                                return_tensors="pt").to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return dict(inputs)
+
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool,
+        add_special_tokens: bool, images: list[str] | None = None,
     ) -> Iterator[Delta]:
         """Run ``generate`` in a thread and stream its tokens, decoded incrementally, through ``stream``."""
         import torch
 
-        input_ids = self._input_ids(prompt, add_special_tokens)
+        if images and isinstance(prompt, str):
+            inputs = self._image_inputs(prompt, images)
+        else:
+            ids = self._input_ids(prompt, add_special_tokens)
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        input_ids = inputs["input_ids"]
         stop_ids = self._stop_ids(stream.stops)
         halt = threading.Event()
         tokens = _TokenQueue()
         kwargs = _generate_kwargs(params, stop_ids, self.tokenizer.pad_token_id)
-        kwargs.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=tokens,
-                      stopping_criteria=_halt_criteria(halt, cancel))
+        kwargs.update(inputs, streamer=tokens, stopping_criteria=_halt_criteria(halt, cancel))
         errors: list[BaseException] = []
 
         def run() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tunelab.core.generation import Delta, EngineCrashed, InferenceError, ModelNotFound, SamplingParams, TokenLogprob, TokenStream
+from tunelab.core.media import has_images, image_chat_template, inline_images
 from tunelab.core.serving import ModelSpec
 from tunelab.engine.inference.base import Engine, ServedModel, TemplateBook, check_messages
 
@@ -60,6 +61,8 @@ class OpenAIEngine(Engine):
     ) -> Iterator[Delta]:
         """Stream a chat reply (rendered locally when tunelab knows the model's templates)."""
         check_messages(messages)
+        if has_images(messages):
+            return self._chat_with_images(model, messages, params, cancel, tools)
         if self.templates is not None:
             self.check_model(model)
             prompt = self.templates.render(model, messages, tools)
@@ -71,6 +74,34 @@ class OpenAIEngine(Engine):
         if params.logprobs is not None:
             request.update(logprobs=True, top_logprobs=params.logprobs)
         return self._stream(lambda: self.client.chat.completions.create(**request), params.stop, cancel, chat=True)
+
+    def _chat_with_images(self, model: str, messages: list[dict], params: SamplingParams, cancel: threading.Event | None,
+                          tools: list[dict] | None) -> Iterator[Delta]:
+        """Images go through /v1/chat/completions as data URLs (a completions prompt cannot carry them)."""
+        try:
+            inlined = inline_images(messages)
+        except ValueError as exc:
+            raise InferenceError(f"messages: {exc}") from None
+        request: dict[str, Any] = dict(model=model, messages=inlined, stream=True, stream_options={"include_usage": True},
+                                       **_sampling(params))
+        stops = list(params.stop)
+        if self.templates is not None:  # vllm serve started by tunelab: it renders with the template the model was trained with
+            self.check_model(model)
+            if tools:
+                raise InferenceError("tools: not with images on this engine; send the image without tools")
+            from tunelab.engine.inference.vllm_engine import vision_image_text
+
+            assert self.spec is not None
+            image_text = vision_image_text(self.spec.path, False)
+            if image_text is None:
+                raise InferenceError(f"messages: {model!r} is a text-only model and takes no images")
+            template = self.templates.choice(model).template.serving_jinja
+            request.setdefault("extra_body", {})["chat_template"] = image_chat_template(template, image_text)
+            stops += self.templates.stops(model)
+            request["stop"] = [s for s in dict.fromkeys(stops) if s] or None
+        elif tools:
+            self.tool_parser(model)
+        return self._stream(lambda: self.client.chat.completions.create(**request), stops, cancel, chat=True)
 
     def tool_parser(self, model: str) -> str:
         """The tool-call format of ``model``'s template (only when tunelab renders the prompts itself)."""
@@ -91,6 +122,17 @@ class OpenAIEngine(Engine):
             raise InferenceError(f"echo: {self.base_url} returned no logprobs for an echoed prompt")
         entries = _text_entries(choice.logprobs)
         return entries[: response.usage.prompt_tokens] if response.usage else entries
+
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """One /v1/completions request holding every tokenized prompt (vLLM batches them), token ids returned."""
+        if not self._vllm:
+            raise InferenceError(f"batched token-id generation needs vLLM's server; {self.base_url} is another one")
+        with _translated(self.base_url):
+            response = self.client.completions.create(
+                model=model, prompt=prompts, max_tokens=max_new_tokens, temperature=0,
+                extra_body={"return_token_ids": True, "stop_token_ids": stop_ids, "skip_special_tokens": False},
+            )
+        return [list((c.model_extra or {}).get("token_ids") or []) for c in sorted(response.choices, key=lambda c: c.index)]
 
     def complete(
         self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
-from tunelab.core.serving import EngineOptions, ModelSpec
+from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec
 from tunelab.engine.inference.base import Engine, LocalEngine
 
 log = logging.getLogger(__name__)
 
-VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 CPU_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 MISSING = (
@@ -45,11 +44,14 @@ def open_vllm(spec: ModelSpec, options: EngineOptions) -> Engine:
     that interpreter, else a clear InferenceError."""
     python = _other_python(options.vllm_python)
     if not python and vllm_importable():
+        refuse_vision(spec, sys.executable)
         return VLLMEngine(spec, options)
     python = python or _other_python(os.environ.get(VLLM_PYTHON_ENV))
     if not python:
         raise InferenceError(MISSING.format(python=sys.executable, env=VLLM_PYTHON_ENV))
     from tunelab.engine.inference.vllm_server import serve_with_vllm
+
+    refuse_vision(spec, python)
 
     return serve_with_vllm(spec, options, python)
 
@@ -63,6 +65,55 @@ def _other_python(python: str | None) -> str | None:
     if not Path(python).is_file():
         raise InferenceError(f"--vllm-python: {python!r} does not exist (make vllm-venv builds .venv-vllm/bin/python)")
     return python
+
+
+VISION_MODULE = "torchvision.transforms.v2.functional"  # what vLLM's multimodal models import (via transformers)
+
+
+def vision_problem(python: str | None = None) -> str | None:
+    """Why vLLM could not run a vision-language model in ``python`` (default: this one): its multimodal model code
+    imports torchvision, so a torchvision that does not import rules them out; None when it imports."""
+    if python is None:
+        try:
+            importlib.import_module(VISION_MODULE)
+            return None
+        except Exception as exc:  # ImportError, or a torchvision built for another torch (RuntimeError)
+            return f"{type(exc).__name__}: {exc}"
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # that environment's own packages only
+    try:
+        result = subprocess.run([python, "-c", f"import {VISION_MODULE}"], capture_output=True, text=True, timeout=300, env=env)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return None if result.returncode == 0 else (lines[-1] if lines else f"exit {result.returncode}")
+
+
+def refuse_vision(spec: ModelSpec, python: str) -> None:
+    """InferenceError naming the cause when ``spec`` is a vision-language model that vLLM cannot run in ``python``."""
+    from tunelab.engine.vlm import is_vlm
+
+    if not is_vlm(spec.path):
+        return
+    if python != sys.executable:
+        from tunelab.engine.inference.vllm_server import probe_vllm
+
+        probe_vllm(python)  # a Python without vLLM at all is named as such first
+    problem = vision_problem(None if python == sys.executable else python)
+    if problem:
+        raise InferenceError(
+            f"engine 'vllm': {spec.name!r} is a vision-language model, and vLLM's multimodal model code imports "
+            f"torchvision, which fails in {python} ({problem}); chat with it on --engine hf, or give vLLM's "
+            "environment a torchvision built for its torch"
+        )
+
+
+def vision_image_text(path: str, trust_remote_code: bool) -> str | None:
+    """What stands for one image in a prompt of the model at ``path``; None for a text-only model."""
+    from tunelab.engine.vlm import image_text, is_vlm, load_processor
+
+    return image_text(load_processor(path, trust_remote_code)) if is_vlm(path, trust_remote_code) else None
 
 
 def lora_rank_limit(spec: ModelSpec) -> int:
@@ -100,6 +151,7 @@ class VLLMEngine(LocalEngine):
             kwargs.update(enable_lora=True, max_loras=len(spec.adapters), max_lora_rank=lora_rank_limit(spec))
         self.llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
         self.tokenizer = self.llm.get_tokenizer()
+        self.image_text = vision_image_text(spec.path, options.trust_remote_code)
         self.loras = {a.name: LoRARequest(a.name, i + 1, a.path) for i, a in enumerate(spec.adapters)}
         self._ids = itertools.count()
         log.info("vllm engine: %s (%s), adapters: %s", spec.path, kwargs["dtype"], ", ".join(self.loras) or "none")
@@ -146,16 +198,31 @@ class VLLMEngine(LocalEngine):
         first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, id=ids[0])
         return [first, *(self._entries(ids[1:], ranked[1:], top) or [])]
 
+    def greedy_ids(self, model: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+        """One ``LLM.generate`` over every prompt (vLLM schedules the batch), the adapter as the LoRA request."""
+        from vllm import SamplingParams as VSamplingParams
+
+        self.check_model(model)
+        params = VSamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids, detokenize=False)
+        with self._lock:
+            outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                        lora_request=self.loras.get(model), use_tqdm=False)
+        return [list(output.outputs[0].token_ids) for output in outputs]
+
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool,
+        add_special_tokens: bool, images: list[str] | None = None,
     ) -> Iterator[Delta]:
-        """Add one request to vLLM's engine and step it, streaming each delta."""
+        """Add one request to vLLM's engine and step it, streaming each delta (images: vLLM expands their tokens)."""
+        from tunelab.core.media import load_image
+
         engine = self.llm.llm_engine
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         request_id = f"tunelab-{next(self._ids)}"  # outputs carry this id (add_request returns an internal one)
-        engine.add_request(request_id, {"prompt_token_ids": ids}, self._sampling(params, stream.stops),
-                           lora_request=self.loras.get(model))
+        inputs: dict[str, Any] = {"prompt_token_ids": ids}
+        if images:
+            inputs["multi_modal_data"] = {"image": [load_image(ref) for ref in images]}
+        engine.add_request(request_id, inputs, self._sampling(params, stream.stops), lora_request=self.loras.get(model))
         produced, finish = 0, None
         try:
             while finish is None and not cancel.is_set() and not stream.stopped:

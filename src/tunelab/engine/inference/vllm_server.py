@@ -21,6 +21,7 @@ from tunelab.core.generation import InferenceError
 from tunelab.core.serving import EngineOptions, ModelSpec
 from tunelab.engine.inference.remote import OpenAIEngine
 from tunelab.engine.inference.vllm_engine import CPU_ENV_DEFAULTS, lora_rank_limit, vllm_dtype
+from tunelab.engine.vlm import is_vlm
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def serve_argv(python: str, spec: ModelSpec, options: EngineOptions, port: int, 
         argv += ["--max-model-len", str(options.max_model_len)]
     if options.trust_remote_code:
         argv.append("--trust-remote-code")
+    if (Path(spec.path) / "config.json").is_file() and is_vlm(spec.path):  # image chats carry the registry template
+        argv.append("--trust-request-chat-template")
     if spec.adapters:
         argv += ["--enable-lora", "--max-loras", str(len(spec.adapters)), "--max-lora-rank", str(lora_rank_limit(spec))]
         argv += ["--lora-modules", *(f"{a.name}={a.path}" for a in spec.adapters)]

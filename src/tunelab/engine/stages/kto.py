@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from tunelab.core.chat_render import TemplateRefusal
 from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.template_choice import TemplateChoice
 from tunelab.engine.stages.base import PreTokenized, StageContext, not_fast, trainer_kwargs, training_args
@@ -20,19 +19,9 @@ def encode(
 ) -> list[dict]:
     """KTO examples -> prompt_ids, completion_ids, label; shuffled once with the run's seed (trl reads KTO data in
     order, since each example's KL term pairs it with its neighbour)."""
-    encoder = Encoder(config, tokenizer, choice, stats)
-    rows = []
-    for number, example in enumerate(examples, 1):
-        try:
-            prompt = encoder.prompt_text(example["messages"])
-            completion = encoder.reply_text(example["messages"], prompt, example["completion"])
-        except TemplateRefusal as exc:
-            encoder.refuse(number, exc)
-            continue
-        prompt_ids = encoder.ids(prompt)
-        fitted = encoder.fit(prompt_ids, [encoder.ids(completion)])
-        if fitted is not None:
-            rows.append({"prompt_ids": prompt_ids, "completion_ids": fitted[0], "label": bool(example["label"])})
+    encoded = Encoder(config, tokenizer, choice, stats).encode(examples, ("completion",))
+    rows = [{"prompt_ids": prompt, "completion_ids": completion, "label": bool(example["label"])}
+            for example, prompt, (completion,) in encoded]
     random.Random(config.seed).shuffle(rows)
     return rows
 

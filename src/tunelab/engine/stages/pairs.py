@@ -7,6 +7,7 @@ included, what SFT trains too), tokenized apart so the prompt's tokens never mer
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from tunelab.core.chat_render import TemplateRefusal
@@ -50,6 +51,21 @@ class Encoder:
         if len(self.stats.refusals) < 5:
             self.stats.refusals.append(f"example {number}: {exc}")
 
+    def encode(self, examples: list[dict], reply_keys: tuple[str, ...]) -> Iterator[tuple[dict, list[int], list[list[int]]]]:
+        """(example, prompt ids, reply ids per ``reply_keys``) for each example the template renders and that fits;
+        refused and too-long examples are counted and skipped."""
+        for number, example in enumerate(examples, 1):
+            try:
+                prompt = self.prompt_text(example["messages"])
+                replies = [self.reply_text(example["messages"], prompt, example[key]) for key in reply_keys]
+            except TemplateRefusal as exc:
+                self.refuse(number, exc)
+                continue
+            prompt_ids = self.ids(prompt)
+            fitted = self.fit(prompt_ids, [self.ids(reply) for reply in replies])
+            if fitted is not None:
+                yield example, prompt_ids, fitted
+
     def fit(self, prompt_ids: list[int], replies: list[list[int]]) -> list[list[int]] | None:
         """Cut replies so prompt + each reply fits cutoff_len; None (dropped, counted) when the prompt alone does not."""
         self.stats.examples += 1
@@ -71,21 +87,8 @@ def encode_pairs(
     config: RunConfig, examples: list[dict], tokenizer: Any, choice: TemplateChoice | None, stats: EncodeStats
 ) -> list[dict]:
     """Preference examples -> rows of prompt_ids, chosen_ids, rejected_ids (the shape trl's DPO collator takes)."""
-    encoder = Encoder(config, tokenizer, choice, stats)
-    rows = []
-    for number, example in enumerate(examples, 1):
-        try:
-            prompt = encoder.prompt_text(example["messages"])
-            chosen = encoder.reply_text(example["messages"], prompt, example["chosen"])
-            rejected = encoder.reply_text(example["messages"], prompt, example["rejected"])
-        except TemplateRefusal as exc:
-            encoder.refuse(number, exc)
-            continue
-        prompt_ids = encoder.ids(prompt)
-        fitted = encoder.fit(prompt_ids, [encoder.ids(chosen), encoder.ids(rejected)])
-        if fitted is not None:
-            rows.append({"prompt_ids": prompt_ids, "chosen_ids": fitted[0], "rejected_ids": fitted[1]})
-    return rows
+    encoded = Encoder(config, tokenizer, choice, stats).encode(examples, ("chosen", "rejected"))
+    return [{"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected} for _, prompt, (chosen, rejected) in encoded]
 
 
 def encode_texts_pairs(

@@ -1,0 +1,108 @@
+"""The Data tab in a real browser (Playwright + Debian's chromium) over a real `tunelab webui`: upload a file, read
+the guess, save it, preview it raw and rendered, check it and see the token-length histogram with its cutoff line,
+then find the new dataset in the Train tab's dropdown. Plus the histogram's SVG checked against its bins."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.webui.conftest import shot
+from tests.webui.test_browser import open_page
+from tunelab.core.datacheck import histogram_bins
+from tunelab.webui.charts import histogram_chart
+from tunelab.webui.data_actions import DataActions, train_datasets
+from tunelab.webui.i18n import load_translations
+from tunelab.webui.studio import Studio
+
+# whether the rendered text holding ``text`` sits on a coloured (loss-carrying) background
+HIGHLIGHTED_JS = """(text) => {
+  const spans = Array.from(document.querySelectorAll('#data_rendered span')).filter(s => s.textContent.includes(text)
+    && !Array.from(s.children).some(c => c.textContent.includes(text)));
+  return spans.some(s => { for (let e = s; e && e.id !== 'data_rendered'; e = e.parentElement) {
+    const bg = getComputedStyle(e).backgroundColor; if (bg && bg !== 'rgba(0, 0, 0, 0)' && bg !== 'transparent') return true; }
+    return false; });
+}"""
+BARS_JS = """() => Array.from(document.querySelectorAll('#data_histogram rect.tl-hist-bar'))
+  .map(r => [Number(r.dataset.low), Number(r.dataset.high), Number(r.dataset.count)])"""
+
+
+def test_histogram_svg_draws_every_bin_and_the_cutoff() -> None:
+    lengths = [5, 7, 7, 9, 30, 31, 64]
+    svg = histogram_chart(histogram_bins(lengths, 20, bins=6), 20, "lengths")
+    counts = [int(c) for c in re.findall(r'class="tl-hist-bar"[^>]*data-count="(\d+)"', svg)]
+    assert len(counts) in (6, 7) and sum(counts) == len(lengths)  # 7: the cutoff ends a bin
+    bars = re.findall(r'class="tl-hist-bar" x="([\d.]+)"[^>]*data-low="(\d+)"', svg)
+    cutoff_x = float(re.search(r'class="tl-cutoff" x1="([\d.]+)"[^>]*data-cutoff="20"', svg).group(1))
+    assert all((float(x) < cutoff_x) == (int(low) <= 20) for x, low in bars)  # the line falls where 20 tokens is
+    assert 'data-empty="1"' in histogram_chart([], 20, "lengths")
+
+
+def test_tab_handlers_refuse_in_one_line_and_the_train_dropdown_follows(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    act = DataActions(Studio(runs_dir=tmp_path, translations=load_translations()))
+    broken = tmp_path / "broken.csv"
+    broken.write_text("instruction,output\nq,a\nq2,a2,extra\n")
+    state, guess, name, fmt, _ = act.on_upload("en", str(broken))
+    assert (name, fmt) == ("broken", "alpaca") and "format **alpaca**" in guess
+    assert "broken.csv: row 2: 3 fields where the header has 2" in act.on_save("en", state, "", name, fmt, "", "")[0]
+    state, refusal, *_ = act.on_inspect("en", "owner/name")
+    assert state is None and "hub dataset 'owner/name' could not be read" in refusal
+    late = tmp_path / "late.jsonl"  # row 25 is broken: past the rows Save reads, found by Check
+    late.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(24)) + "{oops\n")
+    assert "Saved" in act.on_save("en", None, str(late), "late", None, "", "")[0]
+    report, chart = act.on_check("en", "late", "", "auto", 1024, None)  # `tunelab data check --json`, a subprocess
+    assert report.startswith("❌") and "row 25: invalid JSON" in report and chart == ""
+    assert "'identity' is shipped with tunelab and read-only" in act.on_rename("en", "identity", "x")[0]
+    assert "Renamed" in act.on_rename("en", "late", "later")[0]
+    assert ("later (alpaca)", "later") in train_datasets("sft", ["identity"])["choices"]
+    assert train_datasets("sft", ["identity", "gone"])["value"] == ["identity"]
+    assert "later" not in {name for _, name in train_datasets("dpo", [])["choices"]}  # dpo offers preference sets only
+    assert "Deleted" in act.on_delete("en", "later")[0]
+    assert "later" not in {name for _, name in train_datasets("sft", [])["choices"]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, browser, tmp_path: Path, tiny_model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from playwright.sync_api import expect
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNELAB_HOME", str(home))  # the studio's registry of user datasets starts empty
+    upload = tmp_path / "quiz.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}. " + "Indeed " * (i * 4)} for i in range(1, 9)]
+    upload.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    server = studio_server().start()
+    page = open_page(browser, server.url)
+    page.get_by_role("tab", name="Data").click()
+    page.locator("#data_upload input[type=file]").set_input_files(str(upload))
+    expect(page.locator("#data_guess")).to_contain_text("instruction ← question, output ← answer", timeout=30_000)
+    expect(page.locator("#data_name textarea")).to_have_value("quiz")
+    expect(page.locator("#data_format input")).to_have_value("alpaca")
+    page.locator("#data_save").click()
+    expect(page.locator("#data_message")).to_contain_text("Saved", timeout=30_000)
+    stored = json.loads((home / "datasets" / "dataset_info.json").read_text())["quiz"]
+    assert stored["file"].startswith("files/") and (home / "datasets" / stored["file"]).is_file()
+    expect(page.locator("#data_pick input")).to_have_value("quiz (alpaca, yours)", timeout=10_000)
+    expect(page.locator("#data_raw")).to_contain_text("What is 1 plus 1?", timeout=30_000)
+    expect(page.locator("#data_rendered")).to_contain_text("<|im_start|>assistant", timeout=10_000)
+    assert page.evaluate(HIGHLIGHTED_JS, "2. Indeed") and not page.evaluate(HIGHLIGHTED_JS, "What is 1 plus 1?")
+    page.locator("#data_model textarea").fill(str(tiny_model_dir))
+    page.locator("#data_cutoff input").fill("100")
+    page.locator("#data_check").click()
+    expect(page.locator("#data_report")).to_contain_text("8 rows, format alpaca", timeout=240_000)
+    expect(page.locator("#data_report")).to_contain_text("cutoff 100:")
+    expect(page.locator("#data_histogram line.tl-cutoff")).to_have_attribute("data-cutoff", "100")
+    bars = page.evaluate(BARS_JS)  # [low, high, count] per bar
+    assert sum(count for _, _, count in bars) == len(rows)
+    assert {high <= 100 for _, high, count in bars if count} == {True, False}  # rows on both sides of the cutoff
+    shot(page, "data-tab", page.locator("#tab_data"))
+    page.get_by_role("tab", name="Train").click()
+    box = page.locator("#dataset input[role=combobox]")
+    box.click()
+    box.fill("quiz")
+    expect(page.get_by_role("option", name="quiz (alpaca)")).to_be_visible(timeout=10_000)
