@@ -6,6 +6,7 @@ Each line is one object with ``v`` (schema version), ``type`` and ``time``. Type
   and every other number the stage's trainer logs, under trl's names (rewards/margins, kl, reward ...)
 - ``eval``: step, eval_loss (and any other eval metric)
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)
+- ``prepare``: stage (tokenize), done, total: examples tokenized so far while the data is prepared
 - ``status``: state (running, succeeded, failed, aborted) and message
 - ``estimate``: the trainer's estimate at start (tunelab.core.estimate.Estimate: reserved_gib, tokens_per_s ...)
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_VERSION = 1
-EVENT_TYPES = ("train", "eval", "data", "status", "metric", "estimate")
+EVENT_TYPES = ("train", "eval", "data", "status", "metric", "estimate", "prepare")
 
 
 class EventWriter:

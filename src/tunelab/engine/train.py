@@ -84,7 +84,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         log.info("template: %s (%s)", choice.name, choice.reason)
         run_.set_status("running", template=choice.name, template_reason=choice.reason)
     with dist.main_first():  # rank 0 tokenizes and fills the cache; the other ranks read it
-        data = prepare_data(config, tokenizer, choice)
+        data = prepare_data(config, tokenizer, choice, progress=prepare_progress(writer))
     writer.write("data", **data.stats.as_event(), train_examples=len(data.train), eval_examples=len(data.eval or []))
     log.info("data: %s", data.stats.as_event())
     for refusal in data.stats.refusals:
@@ -129,6 +129,16 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         "train_loss": round(float(result.training_loss), 6),
         **params,
     }
+
+
+def prepare_progress(writer: EventWriter) -> Any:
+    """The progress hook of data preparation: a ``prepare`` event and a log line per report."""
+
+    def report(done: int, total: int) -> None:
+        writer.write("prepare", stage="tokenize", done=done, total=total)
+        log.info("tokenize: %d/%d examples", done, total)
+
+    return report
 
 
 def _evaluated_last(state: Any) -> bool:
