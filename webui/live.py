@@ -11,7 +11,7 @@ from typing import Any
 from tunelab.services.history import RunMetrics, smooth
 
 MAX_POINTS = 2000  # plots thin out longer runs to at most this many points per series
-PREPARE_STAGES = ("libraries", "demo", "tokenizer", "data", "model", "trainer", "steps", "evaluate", "save")
+PREPARE_STAGES = ("libraries", "demo", "tokenizer", "data", "tokenize", "model", "trainer", "steps", "evaluate", "save")
 NOT_METRICS = {"v", "type", "time", "step", "total_steps", "epoch", "elapsed_s", "eta_s", "tokens_seen"}
 
 

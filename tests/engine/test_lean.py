@@ -69,3 +69,16 @@ def test_lean_steps_walk_the_model_once_and_train_the_same(tmp_path: Any, monkey
     assert lean_walks == {"train": 0, "parameters": 0}, lean_walks
     assert len(lean_losses) == 5 and lean_losses == pytest.approx(plain_losses, rel=1e-5)
     assert lean_losses[-1] < lean_losses[0]
+
+
+def test_single_process_runs_get_expandable_segments_unless_the_user_chose() -> None:
+    from tunelab.engine.train import allocator_defaults
+
+    env: dict[str, str] = {}
+    allocator_defaults(env)
+    assert env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    for chosen in ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}, {"PYTORCH_ALLOC_CONF": "backend:native"},
+                   {"WORLD_SIZE": "2"}):
+        env = dict(chosen)
+        allocator_defaults(env)
+        assert env == chosen

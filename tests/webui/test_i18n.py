@@ -41,7 +41,8 @@ def test_keys_built_at_run_time_are_in_the_table() -> None:
     names += list(jobs_view.STARTING.values())
     # every step the trainer and the eval/export jobs report has its words
     engine = ROOT / "src" / "tunelab" / "engine"
-    trainer_steps = set(re.findall(r'prepare\(writer, "(\w+)"', (engine / "train.py").read_text()))
+    trainer = (engine / "train.py").read_text()
+    trainer_steps = set(re.findall(r'prepare\(writer, "(\w+)"', trainer)) | set(re.findall(r'"prepare", stage="(\w+)"', trainer))
     assert trainer_steps == set(live.PREPARE_STAGES)
     for kind, module in (("eval", "evaluate.py"), ("export", "export.py")):
         steps = set(re.findall(r'stage="(\w+)"', (engine / module).read_text()))

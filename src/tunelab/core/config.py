@@ -133,6 +133,8 @@ class RunConfig(BaseModel):
         False, "Train only on the last assistant turn of each conversation.", "data", stages=("sft",))
     val_size: float = _field(0.0, "Fraction (<1) or number (>=1) of examples held out for eval_loss.", "data", ge=0.0)
     max_samples: int | None = _field(None, "Use at most this many examples per dataset.", "data", ge=1)
+    preprocessing_num_workers: int = _field(
+        0, "Processes that tokenize the data (0: one per CPU core).", "data", ge=0)
     system_prompt: str | None = _field(
         None, "System prompt added to conversations that have none.", "data", stages=NOT_PT)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from tunelab.core.paths import home_dir, resource_dir
 from tunelab.core.stages import STAGES
 
 __all__ = ["DataError", "DatasetRegistry", "DatasetReport", "DatasetSpec", "check_stage", "convert_row", "iter_rows",
-           "load_dataset_registry", "validate_file", "validate_records", "Malformed"]
+           "load_dataset_registry", "validate_file", "validate_records", "Malformed", "iter_examples"]
 
 Format = Literal["alpaca", "sharegpt", "openai", "text", "preference", "kto", "prompt"]
 FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "openai", "text", "preference", "kto", "prompt")
@@ -114,6 +115,7 @@ class DatasetReport:
     format: str
     note: str = ""
     rows: int = 0
+    valid: int = 0  # examples that convert (kept in ``examples`` unless validated with keep=False), after num_samples
     examples: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)  # column -> rows that had it
@@ -242,17 +244,19 @@ def parse_entry(entry: Any) -> DatasetSpec:
         raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())) from None
 
 
-def validate_file(name: str, spec: DatasetSpec, path: Path) -> DatasetReport:
-    """Read and validate every row of a local dataset file (or folder of files)."""
+def validate_file(name: str, spec: DatasetSpec, path: Path, keep: bool = True) -> DatasetReport:
+    """Read and validate every row of a local dataset file (or folder of files); ``keep=False`` counts the
+    examples without holding them (a second pass streams them with iter_examples)."""
     if not path.exists():
         raise DataError(f"dataset {name!r}: file {path} does not exist")
-    report = validate_records(name, spec, iter_rows(path, spec.text_split), str(path), base=path.parent)
+    report = validate_records(name, spec, iter_rows(path, spec.text_split), str(path), base=path.parent, keep=keep)
     if report.rows == 0:
         report.problems.append("the file holds no rows")
     return report
 
 
-def validate_records(name: str, spec: DatasetSpec, records: Any, source: str, base: Path | None = None) -> DatasetReport:
+def validate_records(name: str, spec: DatasetSpec, records: Any, source: str, base: Path | None = None,
+                     keep: bool = True) -> DatasetReport:
     """Validate rows (an iterable of records or of (number, record) pairs from iter_rows); image paths resolve
     against ``base`` (the dataset file's folder)."""
     report = DatasetReport(name=name, source=source, format=spec.format, note=spec.note)
@@ -265,16 +269,50 @@ def validate_records(name: str, spec: DatasetSpec, records: Any, source: str, ba
         elif isinstance(record, dict):
             seen.update(str(k) for k in record if k in MEDIA_COLUMNS and record[k] not in (None, "", []))
         try:
-            report.examples.append(convert_media_row(record, spec, base))
+            example = convert_media_row(record, spec, base)
         except ValueError as exc:
             report.problems.append(f"row {number}: {exc}")
+            continue
+        report.valid += 1
+        if keep:
+            report.examples.append(example)
     if spec.format in CHAT_FORMATS:  # chat rows carry images into vision-language sft (core/media.py)
         seen.pop(IMAGES_COLUMN, None)
     _judge_columns(report, spec, seen)
-    if spec.num_samples and spec.num_samples < len(report.examples):
-        keep = sorted(random.Random(0).sample(range(len(report.examples)), spec.num_samples))
-        report.examples = [report.examples[i] for i in keep]
+    keep_indices = sample_indices(report.valid, spec.num_samples)
+    if keep_indices is not None:
+        report.valid = len(keep_indices)
+        report.examples = [report.examples[i] for i in keep_indices] if keep else []
     return report
+
+
+def sample_indices(count: int, num_samples: int | None) -> list[int] | None:
+    """The sorted indices of the examples a dataset's ``num_samples`` keeps (None: all of them)."""
+    if not num_samples or num_samples >= count:
+        return None
+    return sorted(random.Random(0).sample(range(count), num_samples))
+
+
+def iter_examples(spec: DatasetSpec, rows: Callable[[], Iterable[Any]], base: Path | None = None) -> Iterator[dict[str, Any]]:
+    """The canonical examples of already validated rows, one at a time, sampled as validate_records samples them
+    (``rows()`` reads the records from the start; rows that do not convert are skipped: a check reported them).
+    With num_samples the rows are read twice: once to count them, once to pick."""
+    if not spec.num_samples:
+        yield from _converted(spec, rows(), base)
+        return
+    keep = sample_indices(sum(1 for _ in _converted(spec, rows(), base)), spec.num_samples)
+    picked = set(keep) if keep is not None else None
+    for index, example in enumerate(_converted(spec, rows(), base)):
+        if picked is None or index in picked:
+            yield example
+
+
+def _converted(spec: DatasetSpec, records: Any, base: Path | None) -> Iterator[dict[str, Any]]:
+    for _, record in _numbered(records):
+        try:
+            yield convert_media_row(record, spec, base)
+        except ValueError:
+            continue
 
 
 def _numbered(records: Any):

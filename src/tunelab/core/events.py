@@ -8,8 +8,9 @@ Each line is one object with ``v`` (schema version), ``type`` and ``time``. Type
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)
 - ``status``: state (running, succeeded, failed, aborted) and message
 - ``estimate``: the trainer's estimate at start (tunelab.core.estimate.Estimate: reserved_gib, tokens_per_s ...)
-- ``prepare``: stage (libraries, demo, tokenizer, data, model, trainer, steps, evaluate, save): the step the trainer is
-  in before its first loss or after training; optional done/total (progress) and details; cpu_s (its CPU seconds so far)
+- ``prepare``: stage (libraries, demo, tokenizer, data, tokenize, model, trainer, steps, evaluate, save): the
+  step the trainer is in before its first loss or after training; optional done/total (e.g. examples tokenized
+  so far) and details; cpu_s (its CPU seconds so far, where the trainer knows it)
 """
 
 from __future__ import annotations

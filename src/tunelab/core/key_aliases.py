@@ -56,7 +56,6 @@ UNSUPPORTED: dict[str, str] = {
     "fsdp": "use strategy: fsdp2 (and fsdp_config for your own JSON)",
     "ray_num_workers": "Ray is not supported; use nproc_per_node / nnodes",
     "plot_loss": "the loss curve is always drawn: web UI, TensorBoard, events.jsonl",
-    "preprocessing_num_workers": _ENCODE,
     "preprocessing_batch_size": _ENCODE,
     "dataloader_num_workers": _ENCODE,
     "overwrite_cache": _ENCODE,

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.core.chat_render import TemplateRefusal
-from tunelab.engine.tokenize import IGNORE, EncodeStats, encode_conversations, encode_texts, render_with_spans
+from tunelab.core.config import RunConfig
+from tunelab.engine.prepare import EncodeJob, encode_stream, worker_count
+from tunelab.engine.tokenize import render_with_spans
 
 UNCUT = 10**9
 
@@ -21,27 +23,22 @@ class Lengths:
     refused: list[str] = field(default_factory=list)
 
 
-def measure(examples: list[dict], fmt: str, tokenizer: Any, choice: Any, cutoff: int) -> Lengths:
-    """Token lengths of ``examples`` (format ``fmt``) and how many rows ``cutoff`` truncates or drops."""
+def measure(examples: list[dict], fmt: str, tokenizer: Any, choice: Any, cutoff: int, workers: int = 0) -> Lengths:
+    """Token lengths of ``examples`` (format ``fmt``) and how many rows ``cutoff`` truncates or drops; text and
+    conversations are tokenized as training tokenizes them (batched, in ``workers`` processes, 0: one per core)."""
     out = Lengths()
-    if fmt == "text":
-        for row in encode_texts(tokenizer, [e["text"] for e in examples], cutoff_len=UNCUT):
-            out.lengths.append(len(row["input_ids"]))
-            out.truncated += len(row["input_ids"]) > cutoff
-        return out
-    if "chosen" not in examples[0] and "completion" not in examples[0] and "extra" not in examples[0]:
-        stats = EncodeStats()
-        rows = encode_conversations(tokenizer, choice.template, [e["messages"] for e in examples], cutoff_len=UNCUT,
-                                    entry=choice.entry, stats=stats, tools=[e.get("tools") for e in examples])
-        out.refused = stats.refusals
-        for row in rows:
-            out.lengths.append(len(row["input_ids"]))
-            if len(row["input_ids"]) > cutoff:
-                kept = row["labels"][:cutoff]
-                if all(label == IGNORE for label in kept):
-                    out.dropped += 1
-                else:
-                    out.truncated += 1
+    if fmt == "text" or ("chosen" not in examples[0] and "completion" not in examples[0] and "extra" not in examples[0]):
+        config = RunConfig(stage="pt" if fmt == "text" else "sft", cutoff_len=UNCUT)
+        plain = ({k: v for k, v in e.items() if k != "images"} for e in examples)  # lengths of the text alone
+        result = encode_stream(EncodeJob(config, tokenizer, choice), plain, total=len(examples), out_dir=None,
+                               workers=worker_count(workers, len(examples)), lengths=True)
+        out.refused = result.stats.refusals
+        for length, first_trained in result.lengths:
+            out.lengths.append(length)
+            if length > cutoff and first_trained >= cutoff:
+                out.dropped += 1
+            elif length > cutoff:
+                out.truncated += 1
         return out
     for number, example in enumerate(examples, 1):
         replies = [example[k] for k in ("chosen", "rejected", "completion") if k in example] or [""]

@@ -7,6 +7,7 @@ without generation markers (a model's own) get their assistant spans from prefix
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tunelab.core.datafiles import DataError
 from tunelab.core.templates import ChatTemplate, ModelEntry, registry
 
 IGNORE = -100
+BATCH = 1024  # texts per tokenizer call
 
 
 @dataclass
@@ -75,6 +77,22 @@ def _spans_from_prefixes(template: ChatTemplate, messages: list[dict], entry: Mo
 
 def labels_for(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...], ids: list[int]) -> list[int]:
     """Label each token that overlaps a loss span with its id, every other token with IGNORE."""
+    return _labels(offsets, _Positions.of(offsets), spans, ids)
+
+
+def _labels(offsets: list[tuple[int, int]], positions: _Positions | None, spans: tuple[tuple[int, int], ...],
+            ids: list[int]) -> list[int]:
+    ranges = _loss_ranges(positions, spans)
+    if ranges is None:
+        return _labels_by_walk(offsets, spans, ids)
+    labels = [IGNORE] * len(ids)
+    for first, stop in ranges:
+        labels[first:stop] = ids[first:stop]
+    return labels
+
+
+def _labels_by_walk(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...], ids: list[int]) -> list[int]:
+    """labels_for token by token: for offsets out of order or spans that overlap."""
     labels = [IGNORE] * len(ids)
     span_index = 0
     for i, (start, end) in enumerate(offsets):
@@ -83,6 +101,77 @@ def labels_for(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...
         if span_index < len(spans) and end > spans[span_index][0] and start < spans[span_index][1]:
             labels[i] = ids[i]
     return labels
+
+
+def _loss_ranges(positions: _Positions | None, spans: tuple[tuple[int, int], ...]) -> list[tuple[int, int]] | None:
+    """Token index ranges [first, stop) overlapping the spans, found by bisection; None unless the token offsets
+    are in order and the spans sorted and disjoint (then it labels exactly the tokens the walk labels)."""
+    if positions is None or any(spans[k][1] > spans[k + 1][0] for k in range(len(spans) - 1)):
+        return None
+    return [(first, stop) for first, stop in (positions.overlapping(a, b) for a, b in spans) if stop > first]
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """Token start and end offsets, both non-decreasing, searched by bisection."""
+
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+    @classmethod
+    def of(cls, offsets: list[tuple[int, int]]) -> _Positions | None:
+        """The offsets as sorted columns, or None when they are out of order."""
+        if not offsets:
+            return cls((), ())
+        starts, ends = zip(*offsets)
+        if list(starts) != sorted(starts) or list(ends) != sorted(ends):
+            return None
+        return cls(starts, ends)
+
+    def overlapping(self, begin: int, end: int) -> tuple[int, int]:
+        """[first, stop): the tokens with end > begin and start < end."""
+        return bisect.bisect_right(self.ends, begin), bisect.bisect_left(self.starts, end)
+
+    def straddles(self, position: int) -> bool:
+        """Whether one token covers text on both sides of ``position``."""
+        last_before = bisect.bisect_left(self.starts, position) - 1
+        return last_before >= 0 and self.ends[last_before] > position
+
+
+class TokenEncoder:
+    """Tokenizes rendered text without special tokens: a fast tokenizer's Rust backend in one batched call (the
+    very call transformers makes, without its conversion to Python dicts), any other tokenizer through transformers."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.backend = _plain_backend(tokenizer)
+
+    def encode(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character offsets) of each text."""
+        if self.backend is not None:
+            return [(e.ids, e.offsets) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [(list(ids), list(offsets)) for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])]
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text."""
+        if self.backend is not None:
+            return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _plain_backend(tokenizer: Any) -> Any:
+    """The Rust tokenizer when calling it directly gives what transformers' call gives: a TokenizersBackend whose
+    encoding step no subclass overrides, with no truncation or padding set and special tokens kept whole."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    encode_plus = getattr(type(tokenizer), "_encode_plus", None)
+    if backend is None or getattr(encode_plus, "__qualname__", "") != "TokenizersBackend._encode_plus":
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    if bool(backend.encode_special_tokens) != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return None
+    return backend
 
 
 def encode_conversations(
@@ -97,30 +186,32 @@ def encode_conversations(
     stats: EncodeStats | None = None,
     tools: list[list[dict] | None] | None = None,
 ) -> list[dict[str, list[int]]]:
-    """Tokenize conversations for SFT (``tools``: each conversation's tool schemas); rows with input_ids and labels."""
+    """Tokenize conversations for SFT (``tools``: each conversation's tool schemas); rows with input_ids and labels.
+    Example numbers in refusals continue from ``stats.examples``, so batches sharing a stats object number alike."""
     stats = stats if stats is not None else EncodeStats()
     tools = tools or [None] * len(conversations)
     _check_tools(template, conversations, tools)
     rendered: list[Rendered] = []
-    for number, (messages, schemas) in enumerate(zip(conversations, tools), 1):
+    for messages, schemas in zip(conversations, tools):
         stats.examples += 1
         try:
             rendered.append(render_with_spans(template, messages, entry, schemas))
         except TemplateRefusal as exc:
             stats.dropped_refused += 1
             if len(stats.refusals) < 5:
-                stats.refusals.append(f"example {number}: {exc}")
+                stats.refusals.append(f"example {stats.examples}: {exc}")
+    encoder = TokenEncoder(tokenizer)
     rows = []
-    for batch_start in range(0, len(rendered), 256):
-        batch = rendered[batch_start : batch_start + 256]
-        encoded = tokenizer([r.text for r in batch], add_special_tokens=False, return_offsets_mapping=True)
-        for r, ids, offsets in zip(batch, encoded["input_ids"], encoded["offset_mapping"]):
-            ids, offsets = list(ids), list(offsets)
-            if r.spans and _straddles(offsets, r.spans[-1][0]):
-                ids, offsets = _encode_at_last_reply(tokenizer, r)
+    for batch_start in range(0, len(rendered), BATCH):
+        batch = rendered[batch_start : batch_start + BATCH]
+        for r, (ids, offsets) in zip(batch, encoder.encode([r.text for r in batch])):
+            positions = _Positions.of(offsets)
+            if r.spans and _straddles_at(offsets, r.spans[-1][0], positions):
+                ids, offsets = _encode_at_last_reply(encoder, r)
+                positions = _Positions.of(offsets)
             spans = r.spans[-1:] if mask_history else r.spans
-            labels = list(ids) if train_on_prompt else labels_for(offsets, spans, ids)
-            row = _cut(ids, labels, cutoff_len, stats)
+            labels = list(ids) if train_on_prompt else _labels(offsets, positions, spans, ids)
+            row = _cut(list(ids), labels, cutoff_len, stats)
             if row is not None:
                 rows.append(row)
     return rows
@@ -140,22 +231,27 @@ def _check_tools(template: ChatTemplate, conversations: list[list[dict]], tools:
 
 def _straddles(offsets: list[tuple[int, int]], position: int) -> bool:
     """Whether one token covers text on both sides of ``position`` (a prompt/reply merge)."""
+    return _straddles_at(offsets, position, _Positions.of(offsets))
+
+
+def _straddles_at(offsets: list[tuple[int, int]], position: int, positions: _Positions | None) -> bool:
+    if positions is not None:
+        return positions.straddles(position)
     return any(start < position < end for start, end in offsets)
 
 
-def _encode_at_last_reply(tokenizer: Any, rendered: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
-    """Tokenize prompt, last reply and the rest separately, so the prompt tokens are exactly the ones
-    inference sends (e.g. a prompt ending in "ASSISTANT: " keeps its space token instead of merging it
-    into the reply's first word)."""
+def _encode_at_last_reply(encoder: Any, rendered: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenize prompt, last reply and the rest separately (``encoder``: a TokenEncoder or a tokenizer), so the
+    prompt tokens are exactly the ones inference sends (e.g. a prompt ending in "ASSISTANT: " keeps its space
+    token instead of merging it into the reply's first word)."""
+    encoder = encoder if isinstance(encoder, TokenEncoder) else TokenEncoder(encoder)
     start, end = rendered.spans[-1]
+    bounds = [(begin, stop) for begin, stop in ((0, start), (start, end), (end, len(rendered.text))) if stop > begin]
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
-    for begin, stop in ((0, start), (start, end), (end, len(rendered.text))):
-        if stop <= begin:
-            continue
-        piece = tokenizer(rendered.text[begin:stop], add_special_tokens=False, return_offsets_mapping=True)
-        ids += list(piece["input_ids"])
-        offsets += [(a + begin, b + begin) for a, b in piece["offset_mapping"]]
+    for (begin, _), (piece_ids, piece_offsets) in zip(bounds, encoder.encode([rendered.text[b:e] for b, e in bounds])):
+        ids += list(piece_ids)
+        offsets += [(a + begin, b + begin) for a, b in piece_offsets]
     return ids, offsets
 
 
@@ -164,10 +260,10 @@ def encode_texts(tokenizer: Any, texts: list[str], *, cutoff_len: int, stats: En
     stats = stats if stats is not None else EncodeStats()
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []
+    encoder = TokenEncoder(tokenizer)
     rows = []
-    for batch_start in range(0, len(texts), 256):
-        encoded = tokenizer(texts[batch_start : batch_start + 256], add_special_tokens=False)
-        for ids in encoded["input_ids"]:
+    for batch_start in range(0, len(texts), BATCH):
+        for ids in encoder.ids(texts[batch_start : batch_start + BATCH]):
             stats.examples += 1
             ids = bos + list(ids) + eos
             row = _cut(ids, list(ids), cutoff_len, stats)
@@ -177,18 +273,20 @@ def encode_texts(tokenizer: Any, texts: list[str], *, cutoff_len: int, stats: En
 
 
 def _cut(ids: list[int], labels: list[int], cutoff_len: int, stats: EncodeStats) -> dict[str, list[int]] | None:
-    if len(ids) > cutoff_len:
+    cut = len(ids) > cutoff_len
+    if cut:
         ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-        if all(label == IGNORE for label in labels):
+    trained = len(labels) - labels.count(IGNORE)
+    if trained == 0:
+        if cut:
             stats.dropped_too_long += 1
-            return None
-        stats.truncated += 1
-    if all(label == IGNORE for label in labels):
-        stats.dropped_no_loss += 1
+        else:
+            stats.dropped_no_loss += 1
         return None
+    stats.truncated += cut
     stats.kept += 1
     stats.tokens += len(ids)
-    stats.trained_tokens += sum(label != IGNORE for label in labels)
+    stats.trained_tokens += trained
     return {"input_ids": ids, "labels": labels}
 
 

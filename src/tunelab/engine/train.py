@@ -8,12 +8,13 @@ the current step, save, and end the run as "aborted".
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.events import EventWriter
@@ -97,7 +98,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         run_.set_status("running", template=choice.name, template_reason=choice.reason)
     prepare(writer, "data", datasets=list(config.dataset))
     with dist.main_first():  # rank 0 tokenizes and fills the cache; the other ranks read it
-        data = prepare_data(config, tokenizer, choice)
+        data = prepare_data(config, tokenizer, choice, progress=prepare_progress(writer))
     writer.write("data", **data.stats.as_event(), train_examples=len(data.train), eval_examples=len(data.eval or []))
     log.info("data: %s", data.stats.as_event())
     for refusal in data.stats.refusals:
@@ -170,6 +171,16 @@ def prepare(writer: EventWriter, stage: str, **fields: Any) -> None:
     log.info("%s %s", PREPARE_LOG.get(stage, stage), " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
+def prepare_progress(writer: EventWriter) -> Any:
+    """The progress hook of data preparation: a ``prepare`` event and a log line per report."""
+
+    def report(done: int, total: int) -> None:
+        writer.write("prepare", stage="tokenize", done=done, total=total)
+        log.info("tokenize: %d/%d examples", done, total)
+
+    return report
+
+
 def _evaluated_last(state: Any) -> bool:
     """Whether the trainer already evaluated at its final step (no second identical eval event)."""
     return any("eval_loss" in entry and entry.get("step") == state.global_step for entry in state.log_history)
@@ -217,12 +228,24 @@ def _save_final(
     log.info("saved %s", target)
 
 
+def allocator_defaults(env: MutableMapping[str, str] | None = None) -> None:
+    """Before torch touches the GPU: expandable segments, so that the CUDA allocator grows mapped segments instead of
+    caching fixed blocks and what it reserves (what nvidia-smi and an out-of-memory error see) stays near what is
+    allocated; batches whose token count changes every step otherwise fragment it (8B LoRA on the fast path: 16.3
+    GiB allocated, 18.9 reserved). Single-process runs only; a PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF) set
+    by the user wins."""
+    env = os.environ if env is None else env
+    if int(env.get("WORLD_SIZE", "1")) == 1 and not {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"} & env.keys():
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: python -m tunelab.engine.train RUN_DIR."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m tunelab.engine.train RUN_DIR", file=sys.stderr)
         return 2
+    allocator_defaults()
     return run(argv[0])
 
 

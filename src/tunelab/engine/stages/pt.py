@@ -9,6 +9,7 @@ from tunelab.core.template_choice import TemplateChoice
 from tunelab.engine.stages.sft import sft_trainer
 from tunelab.engine.tokenize import EncodeStats, encode_texts
 
+STREAMS = True  # rows are token ids alone: engine.data tokenizes them in chunks, in several processes
 
 def encode(
     config: RunConfig, examples: list[dict], tokenizer: Any, choice: TemplateChoice | None, stats: EncodeStats

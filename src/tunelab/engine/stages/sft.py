@@ -11,6 +11,7 @@ from tunelab.engine.stages.base import StageContext, trainer_kwargs, training_ar
 from tunelab.engine.tokenize import EncodeStats, encode_conversations
 from tunelab.engine.vlm import VisionCollator, encode_vlm, is_processor
 
+STREAMS = True  # rows are token ids alone: engine.data tokenizes them in chunks, in several processes
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:
     """The conversation with ``system`` as its system prompt when it has none."""
