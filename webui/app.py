@@ -38,6 +38,8 @@ CSS = """
 .tl-state-failed { background: #f7c6c6; } .tl-state-aborted { background: #f6e0b5; } .tl-state-queued { background: #e3e3e3; }
 .tl-bar { height: 0.7em; background: var(--neutral-200); border-radius: 0.35em; overflow: hidden; }
 .tl-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
+.tl-busy { width: 30% !important; animation: tl-slide 1.4s ease-in-out infinite; }
+@keyframes tl-slide { from { margin-left: -30%; } to { margin-left: 100%; } }
 #form_error { color: var(--error-text-color, #b00020); white-space: pre-line; }
 .tl-invalid input, .tl-invalid textarea { border-color: #b00020 !important; box-shadow: 0 0 0 1px #b00020; }
 .tl-field-error { color: #b00020; font-size: 0.85em; margin-top: 0.2em; }

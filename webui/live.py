@@ -11,6 +11,7 @@ from typing import Any
 from tunelab.services.history import RunMetrics, smooth
 
 MAX_POINTS = 2000  # plots thin out longer runs to at most this many points per series
+PREPARE_STAGES = ("libraries", "demo", "tokenizer", "data", "tokenize", "model", "trainer", "steps", "evaluate", "save")
 NOT_METRICS = {"v", "type", "time", "step", "total_steps", "epoch", "elapsed_s", "eta_s", "tokens_seen"}
 
 
@@ -78,8 +79,28 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def stage_line(stage: dict[str, Any], words: dict[str, str]) -> tuple[str, float | None]:
+    """What a ``prepare`` event says in the page's language ('loading the model · demo', 'building … 40/150') and
+    its fraction done (None when the stage has no count)."""
+    name = str(stage.get("stage", ""))
+    text = words.get(f"prep.{name}", name).format_map(_Blank(stage))
+    detail = stage.get("model") or ", ".join(stage.get("datasets") or [])
+    if detail and name in ("tokenizer", "data"):
+        text += f" · {detail}"
+    done, total = stage.get("done"), stage.get("total")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        return f"{text} · {done}/{total}", min(done / total, 1.0)
+    return text, None
+
+
 def progress_html(metrics: RunMetrics | None, state: str, words: dict[str, str]) -> str:
-    """A progress bar with step, percentage, ETA, tokens/s and the run's state."""
+    """A progress bar with step, percentage, ETA, tokens/s and the run's state; before the first loss (and after
+    the last one) the trainer's current stage, with its count or a moving bar."""
     last = metrics.last if metrics else {}
     step, total = last.get("step") or 0, last.get("total_steps") or 0
     fraction = min(step / total, 1.0) if total else (1.0 if state == "succeeded" else 0.0)
@@ -87,8 +108,16 @@ def progress_html(metrics: RunMetrics | None, state: str, words: dict[str, str])
     if state == "running" and last.get("time") and eta is not None:
         eta = max(eta - (time.time() - last["time"]), 0)
     bits = [f"{words['step']} {step}/{total or '?'}", f"{fraction:.0%}"]
-    if state == "running" and not last:
-        bits = [words["preparing"]]
+    stage = metrics.stage if metrics is not None and state in ("queued", "running", "stopping") else None
+    busy = False
+    if stage is not None:
+        text, part = stage_line(stage, words)
+        if not last:
+            bits, fraction, busy = [f"{words['preparing']}: {text}"], part or 0.0, part is None
+        else:
+            bits.append(text)
+    elif state == "running" and not last:
+        bits, busy = [words["waiting"]], True
     if eta is not None:
         bits.append(f"{words['eta']} {format_duration(eta)}")
     if last.get("tokens_per_s"):
@@ -97,9 +126,11 @@ def progress_html(metrics: RunMetrics | None, state: str, words: dict[str, str])
         bits.append(f"{words['loss']} {last['loss']:.4f}")
     label = html.escape(" · ".join(bits))
     state_text = html.escape(words.get(f"state.{state}", state))
+    stage_name = html.escape(str(stage.get("stage", ""))) if stage else ""
+    fill = "tl-fill tl-busy" if busy else "tl-fill"
     return (
-        f'<div class="tl-progress" data-state="{html.escape(state)}" data-step="{step}" data-total="{total}">'
-        f'<div class="tl-progress-head"><span class="tl-state tl-state-{html.escape(state)}">{state_text}</span>'
-        f"<span>{label}</span></div>"
-        f'<div class="tl-bar"><div class="tl-fill" style="width:{fraction * 100:.1f}%"></div></div></div>'
+        f'<div class="tl-progress" data-state="{html.escape(state)}" data-step="{step}" data-total="{total}" '
+        f'data-stage="{stage_name}"><div class="tl-progress-head">'
+        f'<span class="tl-state tl-state-{html.escape(state)}">{state_text}</span><span>{label}</span></div>'
+        f'<div class="tl-bar"><div class="{fill}" style="width:{fraction * 100:.1f}%"></div></div></div>'
     )

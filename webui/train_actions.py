@@ -83,6 +83,11 @@ def config_file(text: str) -> str:
     return str(path)
 
 
+def _said(key: str, before: str = "", after: str = "") -> dict[str, str]:
+    """A message of the Train tab as data: a translated string between two untranslated parts (run ids)."""
+    return {"before": before, "key": key, "after": after}
+
+
 class TrainActions:
     """The Train tab's event handlers over one studio and the form's field specs."""
 
@@ -171,21 +176,28 @@ class TrainActions:
         jobs.poll()
         job = jobs.job_for(run.path)
         if job is not None and job.state == "queued":  # say what it waits for: the jobs (or chat model) holding its GPUs
-            message = f"{self.text('train.queued_behind', lang)}: `{run.run_id}` — {jobs.waiting_reason(job)}"
+            said = _said("train.queued_behind", after=f": `{run.run_id}` — {jobs.waiting_reason(job)}")
         else:
-            message = f"{self.text('train.started', lang)}: `{run.run_id}`"
-        return "", {"run": str(run.path), "key": None}, message
+            said = _said("train.started", after=f": `{run.run_id}`")
+        return "", {"run": str(run.path), "key": None, "said": said}, self.said(lang, {"said": said})
 
     def on_stop(self, lang: str, state: dict) -> tuple:
         """Stop the watched run (dequeue it, or signal its process group)."""
-        import gradio as gr
-
         if not state.get("run"):
-            return self.text("train.nothing_to_stop", lang), gr.skip()
+            said = _said("train.nothing_to_stop")
+            return self.said(lang, {"said": said}), {**state, "said": said}
         outcome = self.studio.services["jobs"].stop(state["run"])
         message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
+        said = _said(message, before=f"`{RunDir(state['run']).run_id}`: ")
         # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
-        return f"`{RunDir(state['run']).run_id}`: {self.text(message, lang)}", {**state, "key": None}
+        return self.said(lang, {"said": said}), {**state, "key": None, "said": said}
+
+    def said(self, lang: str, state: dict | None) -> Any:
+        """What Start or Stop last said (kept in the live state), in ``lang``: re-rendered when the language changes."""
+        import gradio as gr
+
+        said = (state or {}).get("said")
+        return said["before"] + self.text(said["key"], lang) + said["after"] if said else gr.skip()
 
     def on_load_file(self, lang: str, file: Any) -> list[Any]:
         """Fill the form from an uploaded YAML config."""
@@ -216,8 +228,9 @@ class TrainActions:
 
     def words(self, lang: str) -> dict[str, str]:
         """The live view's words in ``lang``."""
-        words = {k: self.text(f"live.{k}", lang) for k in ("step", "eta", "tokens_per_s", "loss", "preparing")}
+        words = {k: self.text(f"live.{k}", lang) for k in ("step", "eta", "tokens_per_s", "loss", "preparing", "waiting")}
         words.update({f"state.{s}": self.text(f"state.{s}", lang) for s in STATES})
+        words.update({f"prep.{s}": self.text(f"prep.{s}", lang) for s in live.PREPARE_STAGES})
         return words
 
     def watch(self, state: dict, weight: float, lang: str, picked: list[str] | None = None) -> tuple:
@@ -244,13 +257,16 @@ class TrainActions:
         if key == state.get("key"):
             return skip
         words = self.words(lang)
+        waiting = None
+        if run_state in ("queued", "running"):
+            waiting = f"{words['preparing']}: {live.stage_line(metrics.stage, words)[0]}" if metrics.stage else words["waiting"]
         names = {k: self.text(f"series.{k}", lang) for k in ("loss", "smoothed", "eval_loss")}
         choices = [n for n in live.metric_names(metrics) if n not in ALWAYS_PLOTTED]
         shown = [n for n in picked or [] if n in choices] or default_metrics(run, choices)
         loss, lr, speed, other = self.charts(
             live.loss_series(metrics, weight, names), live.metric_series(metrics, ["lr"]),
             live.metric_series(metrics, ["tokens_per_s"]), live.metric_series(metrics, shown), lang,
-            waiting=words["preparing"] if run_state in ("queued", "running") else None,
+            waiting=waiting,
         )
         return (
             {**state, "key": key, "metrics": choices}, self.headline(run, status, run_state, words, lang),

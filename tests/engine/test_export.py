@@ -287,7 +287,7 @@ def test_push_to_hub_offline_says_why(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ExportError, match=r"pushing to someone/model failed"):
-        push_to_hub(tmp_path, "someone/model", lambda message: None)
+        push_to_hub(tmp_path, "someone/model", lambda message, **_: None)
 
 
 def test_gguf_export_generates_like_transformers_in_llama_cpp(demo_export) -> None:

@@ -31,11 +31,14 @@ def test_metrics_are_read_forward_from_the_last_offset(tmp_path: Path) -> None:
     writer.write("eval", step=3, eval_loss=1.8)
     metrics = history.metrics(run)
     assert [e["step"] for e in metrics.train] == [1, 2, 3] and metrics.eval[0]["eval_loss"] == 1.8
-    run.set_status("succeeded", started_at=100.0, finished_at=160.0)
+    run.set_status("running", launched_at=100.0, started_at=101.0, train_started_at=130.0)
+    [row] = history.summaries()
+    assert row["prepare_s"] == 30.0 and row["duration_s"] > 1e6  # training since 130 (epoch seconds), still running
+    run.set_status("succeeded", train_finished_at=160.0)
     [row] = history.summaries()
     assert row["run_id"] == "r1" and row["state"] == "succeeded" and row["datasets"] == "identity, alpaca_demo"
     assert (row["step"], row["total_steps"], row["final_loss"], row["best_loss"], row["best_is_eval"]) == (3, 4, 1.5, 1.8, True)
-    assert row["duration_s"] == pytest.approx(run.status()["finished_at"] - 100.0)
+    assert (row["prepare_s"], row["duration_s"]) == (30.0, 30.0)  # the run's duration counts training only
 
 
 def test_log_tail_keeps_the_last_lines_and_survives_truncation(tmp_path: Path) -> None:

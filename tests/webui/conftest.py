@@ -22,6 +22,17 @@ CHROMIUM_FLAGS = [
     "--disable-sync", "--no-first-run",
 ]
 
+# header words drawn over two lines (a word broken mid-way): one list entry per broken word
+BROKEN_WORDS_JS = """(sel) => { const broken = [];
+  for (const th of document.querySelectorAll(sel.split(',').map(s => s.trim() + ' th').join(','))) {
+    const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.data.matchAll(/\\S+/g)) {
+        const r = document.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        if (new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top))).size > 1) broken.push(m[0]);
+      } } }
+  return broken; }"""
+
 
 def shot(page, name: str, locator=None) -> None:
     """Save a screenshot to $TUNELAB_SCREENSHOTS/<name>.png when that is set (``make screenshots``)."""
@@ -40,8 +51,8 @@ def free_port() -> int:
 class StudioServer:
     """One `tunelab webui` process over a runs folder; restartable on the same port."""
 
-    def __init__(self, runs_dir: Path, log: Path, args: tuple[str, ...] = ()):
-        self.runs_dir, self.log, self.args = runs_dir, log, args
+    def __init__(self, runs_dir: Path, log: Path, args: tuple[str, ...] = (), home: Path | None = None):
+        self.runs_dir, self.log, self.args, self.home = runs_dir, log, args, home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.process: subprocess.Popen | None = None
@@ -49,6 +60,8 @@ class StudioServer:
 
     def start(self, timeout: float = 120.0) -> "StudioServer":
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "GRADIO_ANALYTICS_ENABLED": "False"}
+        if self.home is not None:  # its own TUNELAB_HOME: a fresh cache
+            env["TUNELAB_HOME"] = str(self.home)
         begin = time.time()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -89,11 +102,12 @@ class StudioServer:
 
 @pytest.fixture
 def studio_server(tmp_path: Path):
-    """A factory for studio servers over tmp_path/runs; every server is stopped afterwards."""
+    """A factory for studio servers over tmp_path/runs (``home``: their own TUNELAB_HOME); every server is stopped
+    afterwards."""
     servers: list[StudioServer] = []
 
-    def make(*args: str) -> StudioServer:
-        server = StudioServer(tmp_path / "runs", tmp_path / "studio.log", args)
+    def make(*args: str, home: Path | None = None) -> StudioServer:
+        server = StudioServer(tmp_path / "runs", tmp_path / "studio.log", args, home)
         servers.append(server)
         return server
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,7 +71,11 @@ def test_tab_module_imports_no_torch() -> None:
 
 def test_compare_mode_shows_base_and_adapter_side_by_side(studio_app, demo_adapter_run: Path) -> None:
     url, studio = studio_app
-    status, target, *_ = load(url, demo_adapter_run)
+    job = client(url).submit("demo", [str(demo_adapter_run)], "hf", "auto", "", "", "", "auto", api_name="/chat_load")
+    status, target, *_ = job.result(timeout=600)
+    # while the worker starts, the status line counts the seconds (and shows the worker's last log line)
+    waiting = [update[0] for update in job.outputs()[:-1]]
+    assert len(waiting) >= 2 and all(re.search(r"^Loading demo with hf… \d+ s", line) for line in waiting[1:]), waiting
     assert f"Serving: demo, {demo_adapter_run.name}" in status and target["value"] == demo_adapter_run.name
     worker = studio.services["chat"].worker
     assert worker.alive() and worker.process.pid != os.getpid()  # the model lives in its own process

@@ -6,6 +6,7 @@ base-vs-fine-tuned metrics. The UI process never imports torch (both run as job 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.conftest import CHROMIUM, CHROMIUM_FLAGS, shot
+from tests.webui.conftest import BROKEN_WORDS_JS, CHROMIUM, CHROMIUM_FLAGS, shot
 from tunelab.webui.tabs import evaluate, export
 
 
@@ -85,13 +86,24 @@ def test_eval_tab_shows_base_vs_finetuned(studio_app) -> None:
     loss = next(r for r in rows if r[0] == "loss")
     assert float(loss[2]) < float(loss[1]) and loss[3].startswith("-") and "▲" in loss[3]  # lower loss is better
     assert {"bleu4", "rougeL"} <= {r[0] for r in rows}
-    assert predictions["headers"] == ["prompt", "reference", "base", "fine-tuned"] and len(predictions["data"]) == 5
-    assert all("Tuna" in row[1] for row in predictions["data"])  # references are the identity replies
+    headers, cells = prediction_cells(predictions)
+    assert headers == ["prompt", "reference", "base", "fine-tuned"] and len(cells) == 5
+    assert all("Tuna" in row[1] for row in cells)  # references are the identity replies
+    # prompts are the conversation (role, then text), never the template's tokens
+    assert all(row[0].startswith('<div class="tl-turn" data-role="user"><b>user</b> ') for row in cells)
+    assert "im_start" not in predictions and "&lt;|" not in predictions
     latest_status, latest_table, latest_predictions = client.predict(str(run), api_name="/eval_latest")
     assert "Latest evaluation" in latest_status and latest_table["data"] == rows
-    assert latest_predictions["data"] == predictions["data"]
+    assert latest_predictions == predictions
     bad_status, _, _ = client.predict(str(run), *_values(evaluate, metrics=["bench"]), api_name="/evaluate")
     assert "needs at least one lm-eval task" in bad_status
+
+
+def prediction_cells(table: str) -> tuple[list[str], list[list[str]]]:
+    """The headers and the cells of each row of the predictions table (HTML)."""
+    headers = re.findall(r"<th\s[^>]*>(.*?)</th>", table)
+    body = table[table.index("<tbody>"):]
+    return headers, [re.findall(r"<td\s[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
 
 
 def test_export_tab_refuses_a_quantized_run_until_asked(studio_app) -> None:
@@ -126,9 +138,12 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         shutil.copy(run / "config.yaml", later / "config.yaml")
         shutil.copy(run / "status.json", later / "status.json")
         page.locator("#export_run input").click()
-        expect(page.get_by_role("option", name=f"{later.name} (succeeded)")).to_be_visible()
-        page.keyboard.press("Escape")
-        shutil.rmtree(later)
+        page.get_by_role("option", name=f"{later.name} (succeeded)").click()
+        expect(page.locator("#export_run input")).to_have_value(f"{later.name} (succeeded)")
+        shutil.rmtree(later)  # deleted while the page shows it: the list follows (the newest run left), no click needed
+        expect(page.locator("#export_run input")).not_to_have_value(f"{later.name} (succeeded)", timeout=15_000)
+        page.locator("#export_run input").click()
+        page.get_by_role("option", name=f"{run.name} (succeeded)").click()
         expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
         page.locator("#export_out textarea, #export_out input").first.fill(str(run / "merged-browser"))
         page.locator("#export_button").click()
@@ -136,10 +151,22 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         assert (run / "merged-browser" / "model.safetensors").is_file()
         shot(page, "export")
         page.get_by_role("tab", name="Evaluate").click()
-        page.locator("#eval_max_samples input").fill("6")
-        page.locator("#eval_metrics").get_by_label("predict").uncheck()
+        page.locator("#eval_max_samples input").fill("4")
+        page.locator("#eval_metrics").get_by_label("predict").check()  # predictions too: shown as chat below
         page.locator("#eval_button").click()
+        expect(page.locator("#eval_status")).to_contain_text("⏳", timeout=60_000)  # its current step
+        page.reload()  # the evaluation goes on; the reloaded page finds it and shows its progress
+        page.get_by_role("tab", name="Evaluate").click()
+        expect(page.locator("#eval_status")).to_contain_text("-eval-", timeout=30_000)
+        if "Evaluation finished" not in page.locator("#eval_status").inner_text():
+            expect(page.locator("#eval_status")).to_contain_text("⏳")
         expect(page.locator("#eval_status")).to_contain_text("Evaluation finished", timeout=300_000)
         expect(page.locator("#eval_results")).to_contain_text("perplexity")
+        page.get_by_text("Predictions: base vs fine-tuned replies").click()
+        expect(page.locator("#eval_predictions .tl-turn").first).to_contain_text("user")
+        assert page.evaluate(BROKEN_WORDS_JS, "#eval_results, #eval_predictions") == []
+        right = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll('#eval_predictions th')).map(t => t.getBoundingClientRect().right))")
+        assert 0 < right <= 1280, right  # prompt, reference, base and fine-tuned side by side, all on screen
+        page.locator("#eval_predictions").scroll_into_view_if_needed()
         shot(page, "evaluate")
         browser.close()

@@ -13,15 +13,25 @@ from tunelab.webui import charts, live
 
 NAMES = {"loss": "loss", "smoothed": "loss (smoothed)", "eval_loss": "eval loss"}
 WORDS = {"step": "step", "eta": "ETA", "tokens_per_s": "tok/s", "loss": "loss", "preparing": "preparing",
-         "state.running": "running", "state.succeeded": "succeeded"}
+         "waiting": "starting", "state.running": "running", "state.succeeded": "succeeded",
+         "prep.demo": "building the demo model", "prep.steps": "first loss after {logging_steps} steps",
+         "prep.save": "saving"}
 
 
 def test_live_series_and_the_progress_bar(tmp_path: Path) -> None:
     run = create_run(RunConfig(output_dir=str(tmp_path / "r")))
-    metrics = RunHistory(tmp_path).metrics(run)
-    assert "preparing" in live.progress_html(metrics, "running", WORDS)
+    history = RunHistory(tmp_path)
+    metrics = history.metrics(run)
+    assert "starting" in live.progress_html(metrics, "running", WORDS) and "tl-busy" in live.progress_html(metrics, "running", WORDS)
     assert 'data-empty="1"' in charts.line_chart(live.loss_series(metrics, 0.6, NAMES), "Loss")  # says it is empty
     writer = EventWriter(run.events_file)
+    # before the first loss the bar shows what the trainer is doing: a count where it has one, else a moving bar
+    writer.write("prepare", stage="demo", done=40, total=150)
+    html = live.progress_html(history.metrics(run), "running", WORDS)
+    assert "preparing: building the demo model · 40/150" in html and "width:26.7%" in html and "tl-busy" not in html
+    writer.write("prepare", stage="steps", logging_steps=2)
+    html = live.progress_html(history.metrics(run), "running", WORDS)
+    assert "preparing: first loss after 2 steps" in html and "tl-busy" in html and 'data-stage="steps"' in html
     for step, value in enumerate([4.0, 3.0, 3.5, 2.0], 1):
         writer.write("train", step=step, total_steps=8, loss=value, lr=1e-3, tokens_per_s=100.0, eta_s=40.0)
     writer.write("eval", step=4, eval_loss=2.5)
@@ -33,6 +43,10 @@ def test_live_series_and_the_progress_bar(tmp_path: Path) -> None:
     assert series["eval loss"] == [(4, 2.5)]
     html = live.progress_html(metrics, "running", WORDS)
     assert 'data-step="4" data-total="8"' in html and "width:50.0%" in html and "step 4/8" in html and "ETA" in html
+    assert "preparing" not in html and 'data-stage=""' in html  # training: the stage line is gone
+    writer.write("prepare", stage="save")
+    html = live.progress_html(history.metrics(run), "running", WORDS)
+    assert "step 4/8" in html and "saving" in html  # after the last loss: the step count and what follows
     overlay = live.overlay_series({"a": metrics, "b": metrics}, 0.0)
     assert sorted(overlay) == ["a", "b"] and len(overlay["a"]) == 4
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from tunelab.core.generation import CHAT_TEMPERATURE
 from tunelab.core.rundir import list_runs
 from tunelab.core.serving import DTYPES, ENGINES, EngineOptions
 from tunelab.services.chat_worker import ChatService, side_by_side
+from tunelab.webui.jobs_view import language_of
 
 TITLE_KEY = "tab.chat"
+LIST_TICK_S = 3.0
 THINK_TAGS = [("<think>", "</think>")]
 
 
@@ -53,8 +55,12 @@ def _service(studio: Any) -> ChatService:
 
 
 def build(studio: Any) -> None:
-    """Lay out the tab and wire its events."""
+    """Lay out the tab and wire its events (each handler speaks the page's language, ``lang``)."""
     t, reg, service = studio.t, studio.register, _service(studio)
+    language = language_of(studio)
+
+    def words(lang: str) -> Any:
+        return lambda key: studio.translations.text(key, lang)
     with gr.Row():
         model = reg(gr.Dropdown(model_choices(studio.runs_dir), value="demo", label=t("chat.model"), info=t("chat.model.info"),
                                 allow_custom_value=True, elem_id="chat_model", scale=3))
@@ -73,7 +79,7 @@ def build(studio: Any) -> None:
         load = reg(gr.Button(t("chat.load"), variant="primary", elem_id="chat_load"))
         unload = reg(gr.Button(t("chat.unload"), elem_id="chat_unload"))
         refresh = reg(gr.Button(t("chat.refresh"), elem_id="chat_refresh", size="sm"))
-    status = reg(gr.Markdown(t("chat.status.none"), elem_id="chat_status"))
+    status = reg(gr.Markdown(elem_id="chat_status"))  # filled at page load, in the page's language, with what is loaded
     with gr.Row():
         target = reg(gr.Dropdown([], label=t("chat.target"), elem_id="chat_target", scale=3, allow_custom_value=True))
         compare = reg(gr.Checkbox(False, label=t("chat.compare"), elem_id="chat_compare", scale=2))
@@ -93,18 +99,21 @@ def build(studio: Any) -> None:
         clear = reg(gr.Button(t("chat.clear"), elem_id="chat_clear"))
     history, history_base = gr.State([]), gr.State([])
 
-    def do_load(model_v, adapters_v, engine_v, dtype_v, url_v, key_v, vllm_v, template_v):
-        what = model_v or "?"
+    def do_load(lang, model_v, adapters_v, engine_v, dtype_v, url_v, key_v, vllm_v, template_v):
+        t, what = words(lang), model_v or "?"
         yield t("chat.status.loading").format(what=what, engine=engine_v), gr.update(), [], [], [], []
         options = EngineOptions(engine=engine_v, dtype=dtype_v, base_url=url_v or None, api_key=key_v or None,
                                 vllm_python=vllm_v or None)
-        with ThreadPoolExecutor(1) as pool:  # while it waits in the job queue for a GPU, say which job holds it
-            loading, shown = pool.submit(service.load, model_v or None, list(adapters_v or []), options, template_v or "auto"), None
-            while not loading.done():
-                if service.waiting and service.waiting != shown:
-                    shown = service.waiting
-                    yield t("chat.status.waiting").format(message=shown), gr.update(), [], [], [], []
-                time.sleep(0.3)
+        with ThreadPoolExecutor(1) as pool:  # a worker takes a while (vLLM above all): say how long and what its log
+            # says, or, while it waits in the job queue for a GPU, which job holds it
+            loading, started = pool.submit(service.load, model_v or None, list(adapters_v or []), options, template_v or "auto"), time.monotonic()
+            while not wait([loading], timeout=1.0).done:
+                seconds, note = f" {time.monotonic() - started:.0f} s", service.starting_note()
+                if service.waiting:
+                    yield t("chat.status.waiting").format(message=service.waiting) + seconds, gr.update(), [], [], [], []
+                else:
+                    yield (t("chat.status.loading").format(what=what, engine=engine_v) + seconds + (f"  \n`{note}`" if note else ""),
+                           gr.update(), [], [], [], [])
         try:
             served = loading.result()
         except (InferenceError, EngineCrashed) as exc:
@@ -116,8 +125,13 @@ def build(studio: Any) -> None:
         base = next((m.id for m in served if m.parent is None), None)
         yield text, gr.update(choices=names, value=first), [], gr.update(value=[], label=base or t("chat.output_base")), [], []
 
-    def sync():
+    def status_line(lang: str) -> str:
+        """What is loaded now, in ``lang`` (after a language switch: the same state, in the new words)."""
+        return sync(lang)[0]
+
+    def sync(lang: str):
         """A fresh page shows what is loaded (the worker is shared by every browser session)."""
+        t = words(lang)
         if not service.loaded:
             return t("chat.status.none"), gr.update(choices=[], value=None)
         try:
@@ -128,11 +142,13 @@ def build(studio: Any) -> None:
         first = next((m.id for m in served if m.parent), names[0] if names else None)
         return t("chat.status.loaded").format(engine=service.engine_name, where=service.description, names=", ".join(names)), gr.update(choices=names, value=first)
 
-    def do_unload():
+    def do_unload(lang):
+        t = words(lang)
         service.unload()
         return t("chat.status.unloaded"), gr.update(choices=[], value=None)
 
-    def do_send(message, image_v, target_v, compare_v, system_v, hist, hist_base, *knobs):
+    def do_send(lang, message, image_v, target_v, compare_v, system_v, hist, hist_base, *knobs):
+        t = words(lang)
         if not (message or "").strip() and not image_v:
             yield gr.update(), gr.update(), hist, hist_base, gr.update(), gr.update()
             return
@@ -141,7 +157,8 @@ def build(studio: Any) -> None:
         hist_base = hist_base + [turn] if compare_v else hist_base
         yield from _respond(service, t, target_v, compare_v, system_v, hist, hist_base, knobs)
 
-    def do_regenerate(target_v, compare_v, system_v, hist, hist_base, *knobs):
+    def do_regenerate(lang, target_v, compare_v, system_v, hist, hist_base, *knobs):
+        t = words(lang)
         hist, hist_base = _drop_reply(hist), _drop_reply(hist_base)
         if not hist:
             yield gr.update(), gr.update(), hist, hist_base, gr.update(), gr.update()
@@ -149,26 +166,40 @@ def build(studio: Any) -> None:
         yield from _respond(service, t, target_v, compare_v, system_v, hist, hist_base, knobs)
 
     loaded_outputs = [status, target, output, output_base, history, history_base]
-    load_inputs = [model, adapter, engine, dtype, base_url, remote_key, vllm_python, template]
+    load_inputs = [language, model, adapter, engine, dtype, base_url, remote_key, vllm_python, template]
     load.click(do_load, load_inputs, loaded_outputs, api_name="chat_load")
     studio.services["chat_load"] = (do_load, load_inputs, loaded_outputs, model)  # the Runs tab's "Chat with it"
-    unload.click(do_unload, None, [status, target], api_name="chat_unload")
+    unload.click(do_unload, language, [status, target], api_name="chat_unload")
     if gr.context.Context.root_block is not None:
-        gr.context.Context.root_block.load(sync, None, [status, target], api_visibility="private")
+        gr.context.Context.root_block.load(sync, language, [status, target], api_visibility="private")
+    if "language" in studio.components:
+        language.change(status_line, language, status, show_progress="hidden", api_visibility="private")
     refresh.click(lambda: (gr.update(choices=model_choices(studio.runs_dir)), gr.update(choices=adapter_choices(studio.runs_dir))),
                   None, [model, adapter], api_name="chat_refresh")
+    seen = gr.State(None)  # the lists follow runs that finish or are deleted while the page is open
+    gr.Timer(LIST_TICK_S).tick(lambda last: _lists_update(studio.runs_dir, last), seen, [model, adapter, seen],
+                               show_progress="hidden", api_visibility="private")
     compare.change(lambda on: gr.update(visible=on), compare, output_base, api_visibility="private")
     adapter.change(_base_for_adapters, [adapter, model], [model, adapter], api_visibility="private")
     target.change(lambda name: gr.update(label=name or t("chat.output")), target, output, api_visibility="private")
     chat_outputs = [output, output_base, history, history_base, status, user_input]
     knob_inputs = [target, compare, system, history, history_base, *sampling]
-    sent = send.click(do_send, [user_input, image, *knob_inputs], chat_outputs, api_name="chat_send")
-    submitted = user_input.submit(do_send, [user_input, image, *knob_inputs], chat_outputs, api_visibility="private")
+    sent = send.click(do_send, [language, user_input, image, *knob_inputs], chat_outputs, api_name="chat_send")
+    submitted = user_input.submit(do_send, [language, user_input, image, *knob_inputs], chat_outputs, api_visibility="private")
     for event in (sent, submitted):  # the picture belongs to the message just sent
         event.then(lambda: None, None, image, api_visibility="private")
-    regenerated = regenerate.click(do_regenerate, knob_inputs, chat_outputs, api_name="chat_regenerate")
+    regenerated = regenerate.click(do_regenerate, [language, *knob_inputs], chat_outputs, api_name="chat_regenerate")
     stop.click(None, None, None, cancels=[sent, submitted, regenerated])
     clear.click(lambda: ([], [], [], []), None, [output, output_base, history, history_base], api_name="chat_clear")
+
+
+def _lists_update(runs_dir: Path, last: Any) -> tuple:
+    """New model and adapter choices when the runs changed since ``last`` (a signature), else skips."""
+    models, adapters = model_choices(runs_dir), adapter_choices(runs_dir)
+    signature = [[list(c) for c in models], [list(c) for c in adapters]]
+    if signature == last:
+        return gr.skip(), gr.skip(), gr.skip()
+    return gr.update(choices=models), gr.update(choices=adapters), signature
 
 
 def _sampling_controls(studio: Any) -> list[Any]:

@@ -12,8 +12,8 @@ from typing import Any
 
 from tunelab.core.config import ConfigError
 from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export_config
-from tunelab.core.rundir import list_runs
 from tunelab.core.serving import require_vllm
+from tunelab.webui.jobs_view import finished_runs, follow_jobs, language_of, progress_line, refresh_choices
 from tunelab.webui.options import SchemaOptions
 from tunelab.webui.studio import Studio
 
@@ -23,15 +23,6 @@ POLL_S = 0.5
 FIELDS = ["out", "dtype", "gguf", "shard_size", "template", "reload_unquantized", "verify", "serve_check", "overwrite"]
 
 
-def finished_runs(studio: Studio) -> list[tuple[str, str]]:
-    """(label, path) of runs that saved an adapter or model, newest first."""
-    out = []
-    for run in list_runs(studio.runs_dir):
-        if run.final_weights() is not None:
-            out.append((f"{run.run_id} ({run.status().get('state', '?')})", str(run.path)))
-    return out
-
-
 def template_names() -> list[str]:
     """'auto' and every registered template (families and their earlier revisions)."""
     from tunelab.core.templates import registry
@@ -39,9 +30,13 @@ def template_names() -> list[str]:
     return ["auto", *registry().names()]
 
 
-def report_markdown(studio: Studio, report: dict[str, Any]) -> str:
+def _words(studio: Studio, lang: str | None) -> Any:
+    return lambda key: studio.translations.text(key, lang or studio.lang)
+
+
+def report_markdown(studio: Studio, report: dict[str, Any], lang: str | None = None) -> str:
     """The export report as Markdown: where, what files, and the verification."""
-    t = studio.t
+    t = _words(studio, lang)
     lines = [f"### {t('export.done')}", f"`{report['out']}`", ""]
     verify = report.get("verify")
     if verify:
@@ -65,12 +60,20 @@ def report_markdown(studio: Studio, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def start_export(studio: Studio, run: str | None, *values: Any) -> Iterator[str]:
-    """Start the export job (``values``: the option widgets, FIELDS in order) and yield its status as Markdown."""
+def outcome(studio: Studio, job: Any, status: dict[str, Any], lang: str) -> str:
+    """What a finished export shows: its report, or its error and log."""
+    if status.get("state") == "succeeded" and job.results():
+        return report_markdown(studio, job.results() or {}, lang)
+    return f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`"
+
+
+def start_export(studio: Studio, lang: str, run: str | None, *values: Any) -> Iterator[str]:
+    """Start the export job (``values``: the option widgets, FIELDS in order) and yield its status as Markdown, in
+    ``lang``, until it ends."""
     from tunelab.core.sources import SourceError, from_run
     from tunelab.services.model_jobs import is_final, job_state, start_job
 
-    t = studio.t
+    t = _words(studio, lang)
     if not run:
         yield f"**{t('export.pick_run')}**"
         return
@@ -91,12 +94,28 @@ def start_export(studio: Studio, run: str | None, *values: Any) -> Iterator[str]
         status = job_state(job)
         if is_final(status):
             break
-        yield f"⏳ {status.get('message') or t('export.starting')}"
+        yield progress_line(studio, lang, "export", job, status)
         time.sleep(POLL_S)
-    if status.get("state") == "succeeded" and job.results():
-        yield report_markdown(studio, job.results() or {})
-    else:
-        yield f"❌ {status.get('state')}: {status.get('error') or status.get('message', '')}\n\n`{job.log_file}`"
+    yield outcome(studio, job, status, lang)
+
+
+def follow(studio: Studio, watched: dict[str, Any], lang: str) -> tuple:
+    """One tick of a reattached page: the watched export's progress, then its report (skips when unchanged)."""
+    import gradio as gr
+
+    from tunelab.core.jobs import JobDir
+    from tunelab.services.model_jobs import is_final, job_state
+
+    if not watched or not watched.get("job"):
+        return gr.skip(), gr.skip()
+    job = JobDir(watched["job"], "export")
+    status = job_state(job)
+    key = [status.get("state"), status.get("updated_at"), lang]
+    if key == watched.get("key"):
+        return gr.skip(), gr.skip()
+    if is_final(status):
+        return {"job": None, "key": None}, outcome(studio, job, status, lang)
+    return {**watched, "key": key}, progress_line(studio, lang, "export", job, status)
 
 
 def options() -> SchemaOptions:
@@ -109,7 +128,7 @@ def build(studio: Studio) -> None:
     import gradio as gr
 
     t = studio.t
-    runs = finished_runs(studio)
+    runs = finished_runs(studio.runs_dir)
     with gr.Row():
         run = studio.register(gr.Dropdown(
             choices=runs, value=runs[0][1] if runs else None, label=t("export.run"), elem_id="export_run",
@@ -126,11 +145,12 @@ def build(studio: Studio) -> None:
     status = studio.register(gr.Markdown(elem_id="export_status"))
 
     def refresh_runs(current: str | None) -> Any:
-        choices = finished_runs(studio)
-        return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
+        return refresh_choices(studio.runs_dir, current)
 
     refresh.click(refresh_runs, run, run, api_name="export_refresh")
     run.focus(refresh_runs, run, run, api_name=False, show_progress="hidden")  # runs finished since the page loaded
     button.click(
-        lambda *args: (yield from start_export(studio, *args)), [run, *fields.inputs()], status, api_name="export",
+        lambda *args: (yield from start_export(studio, *args)), [language_of(studio), run, *fields.inputs()], status,
+        api_name="export",
     )
+    follow_jobs(studio, "export", run, [status], lambda watched, lang: follow(studio, watched, lang))

@@ -14,7 +14,7 @@ from tunelab.webui.studio import Studio
 from tunelab.webui.tabs.train import root_blocks
 
 TITLE_KEY = "tab.runs"
-COLUMNS = ("run", "status", "model", "method", "datasets", "steps", "final_loss", "best_loss", "duration")
+COLUMNS = ("run", "status", "model", "method", "datasets", "steps", "final_loss", "best_loss", "duration", "prepare")
 REFRESH_S = 3.0
 
 
@@ -42,6 +42,7 @@ def table(studio: Studio, lang: str) -> tuple[Any, list[dict[str, Any]]]:
             s["run_id"], _text(studio, f"state.{state}", lang) if f"state.{state}" in studio.translations.table else state,
             s["model"], s["method"], s["datasets"], steps, _fmt_loss(s["final_loss"]),
             _fmt_loss(s["best_loss"]) + (" (eval)" if s["best_is_eval"] else ""), live.format_duration(s["duration_s"]),
+            live.format_duration(s["prepare_s"]),  # model build/load, tokenization, trainer start: apart from training
         ])
     headers = [_text(studio, f"col.{c}", lang) for c in COLUMNS]
     return pd.DataFrame(rows, columns=headers), summaries

@@ -212,6 +212,7 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
                       outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
     ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")
+    language.change(act.said, inputs=[language, ui["live"]], outputs=ui["train_message"], **quiet)
     fields["stage"].change(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
     root_blocks().load(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
     ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,7 +16,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from tunelab.engine.demo import build_demo_model
 
-    path = build_demo_model(force=args.force)
+    def progress(done: int, total: int) -> None:
+        print(f"building the demo model: {done}/{total} pre-training steps", file=sys.stderr, flush=True)
+
+    path = build_demo_model(force=args.force, progress=progress)
     print(path)
     print(f"try: tunelab train examples/demo_cpu_lora_sft.yaml   (model: demo resolves to {path})")
     return 0

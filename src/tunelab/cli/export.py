@@ -50,7 +50,7 @@ def _export(args: argparse.Namespace) -> int:
     what = config.run or config.adapter or config.model or "a model"
     try:  # the Export tab's job holds a GPU through the queue too: nothing here lands on a GPU a job holds
         with hold_gpus(f"tunelab export of {Path(what).name or what}", on_wait=lambda reason: print(f"queued: {reason}", flush=True)):
-            report = export_model(config, progress=lambda message: print(message, flush=True))
+            report = export_model(config, progress=lambda message, **_: print(message, flush=True))
     except KeyboardInterrupt:
         return 130
     except (ConfigError, SourceError, GgufUnsupported, ExportError, FileNotFoundError) as exc:

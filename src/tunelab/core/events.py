@@ -6,9 +6,11 @@ Each line is one object with ``v`` (schema version), ``type`` and ``time``. Type
   and every other number the stage's trainer logs, under trl's names (rewards/margins, kl, reward ...)
 - ``eval``: step, eval_loss (and any other eval metric)
 - ``data``: examples, dropped, truncated, tokens (what preprocessing kept and cut)
-- ``prepare``: stage (tokenize), done, total: examples tokenized so far while the data is prepared
 - ``status``: state (running, succeeded, failed, aborted) and message
 - ``estimate``: the trainer's estimate at start (tunelab.core.estimate.Estimate: reserved_gib, tokens_per_s ...)
+- ``prepare``: stage (libraries, demo, tokenizer, data, tokenize, model, trainer, steps, evaluate, save): the
+  step the trainer is in before its first loss or after training; optional done/total (e.g. examples tokenized
+  so far) and details; cpu_s (its CPU seconds so far, where the trainer knows it)
 """
 
 from __future__ import annotations

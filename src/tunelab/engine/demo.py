@@ -10,7 +10,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tunelab.core.datasets import iter_rows
@@ -18,6 +18,7 @@ from tunelab.core.paths import home_dir, resource_dir
 from tunelab.core.templates import registry
 
 log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # (done, total) pre-training steps
 
 DEMO_NAME = "demo"
 DEMO_VERSION = 1
@@ -72,8 +73,10 @@ def _pretrain_texts(template) -> list[str]:
     return texts
 
 
-def _pretrain(model, tokenizer, template, steps: int = PRETRAIN_STEPS, batch: int = 12, length: int = 80) -> float:
-    """A short, seeded pre-training so the demo model writes words before anyone fine-tunes it."""
+def _pretrain(model, tokenizer, template, steps: int = PRETRAIN_STEPS, batch: int = 12, length: int = 80,
+              progress: Progress | None = None) -> float:
+    """A short, seeded pre-training so the demo model writes words before anyone fine-tunes it; ``progress``
+    hears (done, total) every 10 steps."""
     import random
 
     import torch
@@ -84,7 +87,9 @@ def _pretrain(model, tokenizer, template, steps: int = PRETRAIN_STEPS, batch: in
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     model.train()
     loss = torch.tensor(0.0)
-    for _ in range(steps):
+    for done in range(steps):
+        if progress is not None and done and done % 10 == 0:
+            progress(done, steps)
         encoded = tokenizer(rng.sample(texts, batch), padding="max_length", truncation=True, max_length=length, return_tensors="pt")
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         loss = model(**encoded, labels=labels).loss
@@ -98,11 +103,14 @@ def _pretrain(model, tokenizer, template, steps: int = PRETRAIN_STEPS, batch: in
     return loss.item()
 
 
-def build_demo_model(target: Path | None = None, force: bool = False) -> Path:
-    """Build the demo model into ``target`` (default demo_model_dir()) unless it is already there."""
+def build_demo_model(target: Path | None = None, force: bool = False, progress: Progress | None = None) -> Path:
+    """Build the demo model into ``target`` (default demo_model_dir()) unless it is already there; ``progress``
+    hears (done, total) pre-training steps while it is built."""
     target = Path(target or demo_model_dir())
     if (target / "config.json").is_file() and not force:
         return target
+    if progress is not None:
+        progress(0, PRETRAIN_STEPS)
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -114,7 +122,14 @@ def build_demo_model(target: Path | None = None, force: bool = False) -> Path:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    _pretrain(model, tokenizer, template)
+    from tunelab.engine.model import set_cpu_threads
+
+    threads = torch.get_num_threads()
+    set_cpu_threads(model)  # one thread for this small model: 15 steps took 15 s, not 120 s, on a loaded 2-core machine
+    try:
+        _pretrain(model, tokenizer, template, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         max_new_tokens=64,

@@ -4,7 +4,8 @@ token loss, and greedy generation for the prompts of those rows."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ class EvalRows:
     rows: list[dict[str, list[int]]]
     description: str
     stage: str
+    chats: dict[str, list[dict]] = field(default_factory=dict)  # rendered prompt -> its conversation's messages
 
 
 def _stage_for(datasets: list[str], dataset_dir: str | None) -> str:
@@ -65,7 +67,30 @@ def load_rows(cfg: EvalConfig, source: ModelSource, tokenizer: Any, choice: Temp
     run_config, validation = eval_run_config(cfg, source)
     data = prepare_data(run_config, tokenizer, choice if run_config.stage != "pt" else None)
     rows, what = pick_rows(cfg, data, validation, run_config.val_size, "evaluation examples")
-    return EvalRows([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], what, run_config.stage)
+    chats = prompt_conversations(run_config, choice) if "predict" in cfg.metrics else {}
+    return EvalRows([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], what, run_config.stage, chats)
+
+
+def prompt_conversations(run_config: RunConfig, choice: TemplateChoice | None) -> dict[str, list[dict]]:
+    """The rendered prompt of each example (its text before the last reply) -> the messages before that reply, so
+    predictions show as a conversation, not as template text. A prompt cut by cutoff_len matches nothing."""
+    from tunelab.engine.data import load_reports
+    from tunelab.engine.stages.sft import with_system
+    from tunelab.engine.tokenize import render_with_spans
+
+    if run_config.stage != "sft" or choice is None:
+        return {}
+    chats: dict[str, list[dict]] = {}
+    for report in load_reports(run_config):
+        for example in report.examples:
+            messages = with_system(example["messages"], run_config.system_prompt)
+            try:
+                rendered = render_with_spans(choice.template, messages, choice.entry, example.get("tools"))
+            except Exception:  # a conversation the template refuses has no evaluation row either
+                continue
+            if rendered.spans:
+                chats.setdefault(rendered.text[: rendered.spans[-1][0]], messages[:-1])
+    return chats
 
 
 def pick_rows(cfg: EvalConfig, data: Any, validation: bool, val_size: float, kind: str) -> tuple[list[dict], str]:
@@ -137,15 +162,18 @@ def decode_reference(tokenizer: Any, ids: list[int], stops: list[str]) -> str:
 
 def generate(
     model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int, eos_ids: list[int],
-    stops: list[str],
+    stops: list[str], progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Greedy replies for tokenized prompts (left-padded batches), cut at the template's stop strings."""
+    """Greedy replies for tokenized prompts (left-padded batches), cut at the template's stop strings; ``progress``
+    hears (done, total) before each batch and at the end."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(model.parameters()).device
     replies: list[str] = []
     for start in range(0, len(prompts), batch_size):
+        if progress is not None:
+            progress(start, len(prompts))
         batch = prompts[start : start + batch_size]
         width = max(len(p) for p in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -158,6 +186,8 @@ def generate(
                 eos_token_id=eos_ids, pad_token_id=pad,
             )
         replies += [decode_reply(tokenizer, row, stops) for row in out[:, width:].tolist()]
+    if progress is not None:
+        progress(len(prompts), len(prompts))
     return replies
 
 

@@ -47,6 +47,9 @@ def _load(path: str | Path, cfg: EvalConfig, device: str, dtype: Any, reward_mod
         model = auto.from_pretrained(str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: {str(path)!r} could not be loaded ({' '.join(str(exc).split())[:300]})") from None
+    from tunelab.engine.model import set_cpu_threads
+
+    set_cpu_threads(model)
     return model.to(device).eval()
 
 
@@ -83,11 +86,14 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     """Run every configured metric for both sides; write results.json and predictions.jsonl."""
     from tunelab.engine.eval_lm import load_rows
     from tunelab.engine.export import resolve_template
+    from tunelab.engine.jobproc import reporter
     from tunelab.engine.model import load_tokenizer, resolve_model_path
 
     cfg = validate_eval_config(job.options(), str(job.config_file))
     started = time.time()
+    say = reporter(job, writer)  # each step in status.json: the Evaluate tab shows it, even after a reload
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
+    say(f"loading {source.label}", stage="load")
     base_path = resolve_model_path(source.model)
     device, dtype, dtype_name = _device_and_dtype(cfg)
     tokenizer = load_tokenizer(source.tokenizer_dir(base_path), source.trust_remote_code)
@@ -103,18 +109,21 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     results["engine"] = "vllm" if vllm else "hf"
     try:
         if {"loss", "predict"} & set(cfg.metrics):
+            say("tokenizing the evaluation data", stage="data")
             data = load_rows(cfg, source, tokenizer, choice)
             results["data"] = {"description": data.description, "examples": len(data.rows)}
             results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
             hf_needed = "loss" in cfg.metrics or vllm is None
             with _sides(source, base_path, cfg, device, dtype) if hf_needed else contextlib.nullcontext() as use:
-                _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides, vllm)
+                _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides, vllm, say)
         if "preference" in cfg.metrics:
+            say("scoring preference pairs", stage="preference")
             _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
         if "reward" in cfg.metrics:
+            say("generating and scoring rewards", stage="reward")
             _score_reward(cfg, job, writer, results, source, base_path, tokenizer, choice, device, dtype, sides)
         if "bench" in cfg.metrics:
-            _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides, vllm)
+            _score_bench(cfg, source, base_path, device, dtype_name, writer, results, sides, vllm, say)
     finally:
         if vllm is not None:
             vllm.close()
@@ -128,7 +137,7 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
 
 
 def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, data: Any, tokenizer: Any,
-              choice: Any, use: Any, sides: list[str], vllm: VLLMSides | None) -> None:
+              choice: Any, use: Any, sides: list[str], vllm: VLLMSides | None, say: Any) -> None:
     from tunelab.engine.eval_lm import decode_reference, example_losses, generate, prompt_and_reference
     from tunelab.engine.export import stop_token_ids
     from tunelab.engine.scoring import generation_rows, loss_rows
@@ -145,15 +154,18 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
         if "loss" in cfg.metrics or (split and vllm is None):
             with use(side) as model:
                 if "loss" in cfg.metrics:
-                    log.info("%s: loss on %d examples", side, len(data.rows))
+                    say(f"{side}: loss on {len(data.rows)} examples", stage="loss", side=side, total=len(data.rows))
                     losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
                 if split and vllm is None:
-                    log.info("%s: generating for %d prompts", side, len(split))
+                    def progress(done: int, total: int, side: str = side) -> None:
+                        say(f"{side}: generated {done}/{total} replies", stage="generate", side=side, done=done, total=total)
+
                     begun = time.monotonic()
-                    replies[side] = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, stop_ids, stops)
+                    replies[side] = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, stop_ids, stops,
+                                             progress)
                     results["timings"][f"predict_{side}_s"] = round(time.monotonic() - begun, 2)
         if split and vllm is not None:
-            log.info("%s: generating for %d prompts on vLLM", side, len(split))
+            say(f"{side}: generating for {len(split)} prompts on vLLM", stage="generate", side=side, total=len(split))
             begun, started = time.monotonic(), vllm.start_s
             replies[side] = vllm_replies(vllm, side, prompts, tokenizer, cfg.max_new_tokens, stop_ids, stops)
             results["timings"][f"predict_{side}_s"] = round(time.monotonic() - begun - (vllm.start_s - started), 2)
@@ -164,7 +176,10 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
         _add(results, writer, generation_rows(references, replies["tuned"], replies.get("base"), cfg.bootstrap, cfg.seed))
         lines = []
         for i, ((prompt, _), reference) in enumerate(zip(split, references)):
-            record = {"index": i, "prompt": tokenizer.decode(prompt), "reference": reference}
+            text = tokenizer.decode(prompt)
+            record = {"index": i, "prompt": text, "reference": reference}
+            if text in data.chats:  # the conversation itself, for showing it as chat
+                record["messages"] = data.chats[text]
             record.update({side: replies[side][i] for side in sides})
             lines.append(json.dumps(record, ensure_ascii=False))
         write_atomic(job.predictions_file, "\n".join(lines) + "\n")
@@ -216,13 +231,14 @@ def _score_preference(cfg: EvalConfig, source: ModelSource, base_path: str, devi
 
 
 def _score_bench(cfg: EvalConfig, source: ModelSource, base_path: str, device: str, dtype_name: str,
-                 writer: EventWriter, results: dict, sides: list[str], vllm: VLLMSides | None) -> None:
+                 writer: EventWriter, results: dict, sides: list[str], vllm: VLLMSides | None, say: Any) -> None:
     from tunelab.engine.bench import bench_rows, run_bench
 
     runs = {}
     tokenizer = source.tokenizer_dir(base_path)
     for side in sides:
-        log.info("%s: lm-eval tasks %s (limit %s)%s", side, ", ".join(cfg.tasks), cfg.limit, " on vLLM" if vllm else "")
+        say(f"{side}: lm-eval tasks {', '.join(cfg.tasks)} (limit {cfg.limit}){' on vLLM' if vllm else ''}", stage="bench",
+            side=side)
         if vllm is not None:
             runs[side] = vllm_bench(cfg, vllm, side, str(tokenizer))
         elif side == "base":

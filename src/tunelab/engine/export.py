@@ -28,7 +28,7 @@ from tunelab.core.sources import ModelSource, resolve_source
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
 log = logging.getLogger("tunelab.export")
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # (message, stage=<load|merge|gguf|save|verify|verified|written|serve|push>)
 VERIFY_MESSAGES = [{"role": "user", "content": "Who are you?"}]
 VERIFY_NEW_TOKENS = 8
 # Max |logit difference| allowed, relative to max(1, max |reference logit|): fp32 keeps the merged weights
@@ -105,7 +105,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
 
     from tunelab.engine.vlm import is_vlm, load_processor
 
-    say = progress or (lambda message: log.info("%s", message))
+    say = progress or (lambda message, **_: log.info("%s", message))
     started = time.time()
     source = resolve_source(cfg.run, cfg.model, cfg.adapter, cfg.template, cfg.trust_remote_code)
     if source.run_config is not None and source.run_config.stage == "rm":
@@ -124,7 +124,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
     base_path = resolve_model_path(source.model)
     choice = resolve_template(source, base_path)
     dtype_name = save_dtype(cfg, base_path)
-    say(f"loading {source.model} in fp32 (template: {choice.name})")
+    say(f"loading {source.model} in fp32 (template: {choice.name})", stage="load")
     vlm = is_vlm(str(source.weights or base_path), source.trust_remote_code)
     if vlm and cfg.gguf:
         raise ExportError("gguf: a vision-language model is not converted to GGUF here (its vision tower needs a "
@@ -150,9 +150,9 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
         if cfg.gguf:
             from tunelab.engine.gguf import write_gguf
 
-            say(f"writing GGUF ({cfg.gguf}) from the fp32 merged weights")
+            say(f"writing GGUF ({cfg.gguf}) from the fp32 merged weights", stage="gguf")
             gguf_report = write_gguf(merged, tokenizer, choice.template, staging, cfg.gguf)
-        say(f"saving {dtype_name} safetensors (shards up to {cfg.shard_size}) to {out}")
+        say(f"saving {dtype_name} safetensors (shards up to {cfg.shard_size}) to {out}", stage="save")
         merged.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name])
         merged.save_pretrained(str(staging), max_shard_size=cfg.shard_bytes, safe_serialization=True)
         files = write_companions(staging, tokenizer, choice, base_path, source, gguf_report["file"] if gguf_report else None)
@@ -174,7 +174,7 @@ def export_model(cfg: ExportConfig, progress: Progress | None = None) -> dict[st
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    say(f"export written to {out}")
+    say(f"export written to {out}", stage="written")
     if cfg.serve_check:
         from tunelab.engine.serve_check import serve_check
 
@@ -233,7 +233,7 @@ def _reference(model: Any, source: ModelSource, prompt: dict[str, Any], say: Pro
         peft_model.eval()
         logits = peft_model(**prompt).logits
         tokens = _greedy(peft_model, prompt)
-        say(f"merging {source.adapter.name} into the base (fp32)")
+        say(f"merging {source.adapter.name} into the base (fp32)", stage="merge")
         merged = merge_adapter(peft_model)
     return {"logits": logits, "tokens": tokens, "base_logits": base_logits, "model": merged}
 
@@ -332,7 +332,7 @@ def verify_export(folder: Path, prompt: dict[str, Any], reference: dict[str, Any
     import torch
     from transformers import AutoTokenizer
 
-    say("verifying: reloading the export with plain transformers" + (" (a prompt with a picture)" if vlm else ""))
+    say("verifying: reloading the export with plain transformers" + (" (a prompt with a picture)" if vlm else ""), stage="verify")
     model = _load_fp32(folder, False, vlm)
     with torch.no_grad():
         logits = model(**prompt).logits
@@ -360,7 +360,7 @@ def verify_export(folder: Path, prompt: dict[str, Any], reference: dict[str, Any
     )
     if effect is not None and effect <= tolerance:
         summary += "; note: the adapter moves logits less than the tolerance, so this check cannot tell merged from unmerged"
-    say(("verified: " if passed else "verification FAILED: ") + summary)
+    say(("verified: " if passed else "verification FAILED: ") + summary, stage="verified")
     return {
         "passed": passed, "max_abs_diff": diff, "tolerance": tolerance, "adapter_effect": effect,
         "tokens_match": tokens == reference["tokens"], "template_ok": template_ok,
@@ -380,7 +380,7 @@ def push_to_hub(folder: Path, repo: str, say: Progress) -> str:
     """Upload the export to a hub model repo; ExportError (naming the cause) when that fails."""
     from huggingface_hub import HfApi
 
-    say(f"pushing {folder} to the hub repo {repo}")
+    say(f"pushing {folder} to the hub repo {repo}", stage="push")
     try:
         api = HfApi()
         api.create_repo(repo, repo_type="model", exist_ok=True)

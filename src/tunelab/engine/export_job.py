@@ -9,7 +9,7 @@ from tunelab.core.events import EventWriter
 from tunelab.core.export_config import validate_export_config
 from tunelab.core.files import write_json_atomic
 from tunelab.core.jobs import JobDir
-from tunelab.engine.jobproc import log
+from tunelab.engine.jobproc import reporter
 from tunelab.engine.jobproc import run_job as _run_job
 
 
@@ -17,13 +17,7 @@ def _work(job: JobDir, writer: EventWriter) -> dict[str, Any]:
     from tunelab.engine.export import export_model
 
     cfg = validate_export_config(job.options(), str(job.config_file))
-
-    def progress(message: str) -> None:
-        log.info("%s", message)
-        writer.write("status", state="running", message=message)
-        job.set_status("running", message=message)
-
-    report = export_model(cfg, progress)
+    report = export_model(cfg, reporter(job, writer))
     write_json_atomic(job.results_file, report)
     verify = report.get("verify") or {}
     return {"message": f"exported to {report['out']}" + (f"; {verify['summary']}" if verify else ""), "out": report["out"]}

@@ -67,6 +67,19 @@ def run_job(
     return finish(job, writer, "succeeded", summary.pop("message", f"{job.kind} finished"), **summary)
 
 
+def reporter(job: RunDir, writer: EventWriter) -> Callable[..., None]:
+    """``say(message, stage=None, done=None, total=None, **details)``: a running job's progress, in its log, a
+    ``status`` event and status.json (where the studio's tabs read it, even after a page reload)."""
+
+    def say(message: str, stage: str | None = None, **details: Any) -> None:
+        log.info("%s", message)
+        fields = {"message": message, "stage": stage, "done": None, "total": None, **details}
+        writer.write("status", state="running", **fields)
+        job.set_status("running", **fields)
+
+    return say
+
+
 def finish(job: RunDir, writer: EventWriter, state: str, message: str, **fields: Any) -> int:
     """Write the final status event and status.json; return the exit status."""
     code = {"succeeded": 0, "failed": 1, "aborted": 130}[state]

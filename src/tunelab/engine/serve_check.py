@@ -43,7 +43,7 @@ def _max_model_len(folder: Path) -> int:
 
 
 def serve_check(folder: Path, dtype_name: str, messages: list[dict], expected: str | None, trust_remote_code: bool,
-                say: Callable[[str], None]) -> dict[str, Any]:
+                say: Callable[..., None]) -> dict[str, Any]:
     """Start vLLM on ``folder``, ask ``messages`` (greedy), stop it; the answer, whether it begins with transformers'
     greedy text ``expected``, and timings. ``passed``: vLLM answered with text (and, in fp32, the same text)."""
     from tunelab.engine.inference.vllm_server import serve_with_vllm
@@ -52,7 +52,7 @@ def serve_check(folder: Path, dtype_name: str, messages: list[dict], expected: s
     spec = ModelSpec(model=str(folder), path=str(folder), name="export")
     options = EngineOptions(engine="vllm", dtype=dtype_name, trust_remote_code=trust_remote_code,
                             max_model_len=_max_model_len(folder), startup_timeout=900.0)
-    say(f"serve check: starting vLLM on {folder} ({python})")
+    say(f"serve check: starting vLLM on {folder} ({python})", stage="serve")
     started = time.monotonic()
     try:
         engine = serve_with_vllm(spec, options, python)

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, MutableMapping
@@ -22,22 +23,31 @@ from tunelab.core.stages import stage_info
 from tunelab.core.template_choice import TemplateChoice, choose_template
 
 log = logging.getLogger("tunelab.train")
+PREPARE_LOG = {  # what train.log says at each ``prepare`` stage (the UI shows the same, translated)
+    "libraries": "loading torch, transformers, peft and trl", "demo": "building the demo model (pre-training steps)",
+    "tokenizer": "loading the tokenizer", "data": "validating and tokenizing the data", "model": "loading the model",
+    "trainer": "starting the trainer", "steps": "training: the first loss is logged after logging_steps steps",
+    "evaluate": "evaluating on the validation split", "save": "saving the final weights",
+}
 
 
 def run(run_dir: str | Path) -> int:
     """Train the run in ``run_dir``; returns the process exit status (0 succeeded, 1 failed, 130 aborted)."""
     from tunelab.engine import dist
-    from tunelab.engine.callbacks import StopRequest
     from tunelab.engine.jobproc import USER_ERRORS, setup_logging
     from tunelab.engine.jobproc import finish as _finish
 
     setup_logging()
     run_, writer = dist.for_rank(run_dir)
+    run_.set_status("running")
+    writer.write("status", state="running")
+    prepare(writer, "libraries")  # torch, transformers, peft, trl: the first seconds of every run
+    _skip_bitsandbytes(run_)
+    from tunelab.engine.callbacks import StopRequest
+
     stop = StopRequest()
     stop.install()
     try:
-        run_.set_status("running")
-        writer.write("status", state="running")
         summary = _train(run_, run_.config(), writer, stop)
         dist.finalize()
     except KeyboardInterrupt:
@@ -58,7 +68,9 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     from tunelab.engine import dist
     from tunelab.engine.booster import BoosterChoice, apply_booster, choose_booster
     from tunelab.engine.data import prepare_data
-    from tunelab.engine.model import apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, trainable_summary
+    from tunelab.engine.model import (
+        apply_method, load_model, load_tokenizer, local_dir, resolve_model_path, set_cpu_threads, trainable_summary,
+    )
     from tunelab.engine.stages import get_stage
     from tunelab.engine.stages.base import StageContext
 
@@ -69,7 +81,8 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     stage = get_stage(config.stage)
     log.info("stage: %s (%s)", config.stage, stage_info(config.stage).title)
     with dist.main_first():  # rank 0 fetches or builds the model first; the other ranks find it ready
-        path = resolve_model_path(config.model)
+        path = resolve_model_path(config.model, progress=lambda done, total: prepare(writer, "demo", done=done, total=total))
+    prepare(writer, "tokenizer", model=config.model)
     from tunelab.engine.vlm import is_vlm, load_processor
 
     vlm = is_vlm(path, config.trust_remote_code)  # a VLM's processor stands in for the tokenizer throughout
@@ -83,6 +96,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
             log.warning("%s", warning)
         log.info("template: %s (%s)", choice.name, choice.reason)
         run_.set_status("running", template=choice.name, template_reason=choice.reason)
+    prepare(writer, "data", datasets=list(config.dataset))
     with dist.main_first():  # rank 0 tokenizes and fills the cache; the other ranks read it
         data = prepare_data(config, tokenizer, choice, progress=prepare_progress(writer))
     writer.write("data", **data.stats.as_event(), train_examples=len(data.train), eval_examples=len(data.eval or []))
@@ -96,7 +110,10 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     import transformers
 
     transformers.set_seed(config.seed)  # before any adapter or head is initialised: same seed, same run
+    prepare(writer, "model", model=config.model, method=config.method)
     model = getattr(stage, "load_model", load_model)(config, path)
+    if set_cpu_threads(model):
+        log.info("CPU: a model under 100M parameters trains on 1 torch thread (set OMP_NUM_THREADS to choose)")
     booster = choose_booster(config, model, stage.booster_blocker(config))
     if dist.world_size() > 1 and config.booster == "auto":
         booster = BoosterChoice("none", dist.booster_note(config))
@@ -106,6 +123,7 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     run_.set_status("running", booster=booster.mode, booster_reason=booster.reason)
     params = trainable_summary(model)
     log.info("parameters: %s", params)
+    prepare(writer, "trainer", trainer=config.stage)
     ctx = StageContext(config, run_, model, tokenizer, data, writer, stop, booster.mode, choice, path)
     trainer = stage.build_trainer(ctx)
     if dist.launched():
@@ -119,9 +137,14 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
     if checkpoint is not None and 0 < config.max_steps <= done:
         log.info("%s already reached max_steps=%d: nothing left to train", checkpoint.name, config.max_steps)
         return {"global_step": done, "total_steps": config.max_steps, **params}
+    prepare(writer, "steps", logging_steps=config.logging_steps)  # until the first loss is logged
+    run_.set_status("running", train_started_at=time.time(), train_finished_at=None)  # duration: training only
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    run_.set_status("running", train_finished_at=time.time())
     if data.eval is not None and not stop.requested and not _evaluated_last(trainer.state):
+        prepare(writer, "evaluate", examples=len(data.eval))
         trainer.evaluate()
+    prepare(writer, "save", method=config.method)
     _save_final(config, run_, trainer, tokenizer, choice, base=path)
     return {
         "global_step": trainer.state.global_step,
@@ -129,6 +152,23 @@ def _train(run_: RunDir, config: RunConfig, writer: EventWriter, stop: Any) -> d
         "train_loss": round(float(result.training_loss), 6),
         **params,
     }
+
+
+def _skip_bitsandbytes(run_: RunDir) -> None:
+    """Keep bitsandbytes out of a run that neither quantizes nor uses an 8-bit or paged optimizer: peft would import
+    it (and torch's compiler with it) for nothing: ~0.7 CPU seconds and a kernel-loading warning in train.log."""
+    try:
+        config = run_.config()
+    except Exception:  # reported where training reads the config
+        return
+    if config.quantization == "none" and not any(word in config.optimizer for word in ("8bit", "paged")):
+        sys.modules.setdefault("bitsandbytes", None)  # type: ignore[assignment]  # find_spec() then says: not installed
+
+
+def prepare(writer: EventWriter, stage: str, **fields: Any) -> None:
+    """A ``prepare`` event: the step the trainer is in before (or after) training, with its CPU seconds so far."""
+    writer.write("prepare", stage=stage, cpu_s=round(time.process_time(), 2), **fields)
+    log.info("%s %s", PREPARE_LOG.get(stage, stage), " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
 def prepare_progress(writer: EventWriter) -> Any:

@@ -182,6 +182,20 @@ class ChatService:
             self.description = f"worker pid {worker.process.pid}{where}"
             return models
 
+    def starting_note(self) -> str:
+        """While load() waits for a worker: the last line of its log ('' otherwise), to show what it is doing."""
+        worker = self._starting
+        if worker is None:
+            return ""
+        try:
+            with worker.log_path.open("rb") as handle:
+                handle.seek(max(handle.seek(0, 2) - 4096, 0))
+                lines = handle.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return last[:160]
+
     @property
     def waiting(self) -> str | None:
         """While a load waits in the job queue for a GPU: why (which job holds it)."""

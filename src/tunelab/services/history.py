@@ -69,6 +69,7 @@ class RunMetrics:
     train: list[dict[str, Any]] = field(default_factory=list)
     eval: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] | None = None
+    stage: dict[str, Any] | None = None  # the ``prepare`` event the trainer is in now (None once a loss follows it)
     version: int = 0  # bumps whenever new events arrive
 
     def __post_init__(self) -> None:
@@ -83,10 +84,13 @@ class RunMetrics:
             kind = event.get("type")
             if kind == "train" and event.get("loss") is not None:
                 self.train.append(event)
+                self.stage = None
             elif kind == "eval":
                 self.eval.append(event)
             elif kind == "data":
                 self.data = event
+            elif kind == "prepare":
+                self.stage = event
         if new:
             self.version += 1
         return bool(new)
@@ -128,9 +132,7 @@ def summarize(run: RunDir, metrics: RunMetrics, config: dict[str, Any] | None = 
     last = metrics.last
     losses = [e["loss"] for e in metrics.train if e.get("loss") is not None]
     evals = [e["eval_loss"] for e in metrics.eval if e.get("eval_loss") is not None]
-    started = status.get("started_at") or status.get("launched_at")
-    ended = status.get("finished_at") if status.get("state") in FINAL_STATES else None
-    duration = (ended or time.time()) - started if started else None
+    prepare, duration = durations(status, metrics)
     return {
         "run_id": run.run_id,
         "path": str(run.path),
@@ -145,9 +147,26 @@ def summarize(run: RunDir, metrics: RunMetrics, config: dict[str, Any] | None = 
         "best_loss": min(evals) if evals else (min(losses) if losses else None),
         "best_is_eval": bool(evals),
         "duration_s": round(duration, 1) if duration is not None else None,
+        "prepare_s": round(prepare, 1) if prepare is not None else None,
         "created_at": status.get("created_at"),
         "message": status.get("error") or status.get("message") or "",
     }
+
+
+def durations(status: dict[str, Any], metrics: RunMetrics) -> tuple[float | None, float | None]:
+    """(preparation, training) seconds: from launch to the first step (model build/load, tokenization, trainer start)
+    and the training itself (``train_started_at``/``train_finished_at``; older runs: from their first train event)."""
+    now, final = time.time(), status.get("state") in FINAL_STATES
+    launched = status.get("launched_at") or status.get("started_at")
+    began = status.get("train_started_at")
+    if began is None and metrics.train:
+        first = metrics.train[0]
+        began = first.get("time", now) - (first.get("elapsed_s") or 0)
+    ended = status.get("train_finished_at") or (status.get("finished_at") if final else None)
+    training = max((ended or now) - began, 0.0) if began else None
+    until = began or (status.get("finished_at") if final else now)
+    prepare = max(until - launched, 0.0) if launched and until else None
+    return prepare, training
 
 
 def config_diff(configs: dict[str, dict[str, Any]]) -> list[tuple[str, list[Any]]]:

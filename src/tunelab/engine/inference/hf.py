@@ -41,7 +41,7 @@ class HFEngine(LocalEngine):
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        from tunelab.engine.model import load_tokenizer
+        from tunelab.engine.model import load_tokenizer, set_cpu_threads
         from tunelab.engine.vlm import image_text, is_vlm, load_processor
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,6 +61,7 @@ class HFEngine(LocalEngine):
             message = str(exc).removeprefix("model: ")
             raise InferenceError(f"model: cannot load {spec.model!r}: {message.splitlines()[0]}") from None
         model.eval()
+        set_cpu_threads(model)  # token-by-token decoding of a small model: one thread, not a hand-off per token
         self.model = self._attach_adapters(model)
         self.eos_ids = self._eos_ids()
         log.info("hf engine: %s on %s (%s), adapters: %s", spec.path, self.device, kwargs["dtype"],
