@@ -170,7 +170,7 @@ class TrainActions:
             preflight(config)
             jobs.check_request(list(devices or []), processes=config.nproc_per_node)  # several GPUs: one per process
         except (ConfigError, DataError, UnknownTemplate, ValueError) as exc:
-            return self.invalid(lang, exc), gr.skip(), gr.skip()
+            return self.invalid(lang, exc), gr.skip(), gr.skip(), gr.skip()
         run = create_run(config, self.studio.runs_dir)
         jobs.submit(run, devices=list(devices or []))
         jobs.poll()
@@ -179,21 +179,21 @@ class TrainActions:
             said = _said("train.queued_behind", after=f": `{run.run_id}` — {jobs.waiting_reason(job)}")
         else:
             said = _said("train.started", after=f": `{run.run_id}`")
-        return "", {"run": str(run.path), "key": None, "said": said}, self.said(lang, {"said": said})
+        return "", {"run": str(run.path), "key": None}, {"said": said}, self.said(lang, {"said": said})
 
     def on_stop(self, lang: str, state: dict) -> tuple:
         """Stop the watched run (dequeue it, or signal its process group)."""
         if not state.get("run"):
             said = _said("train.nothing_to_stop")
-            return self.said(lang, {"said": said}), {**state, "said": said}
+            return self.said(lang, {"said": said}), gr.skip(), {"said": said}
         outcome = self.studio.services["jobs"].stop(state["run"])
         message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
         said = _said(message, before=f"`{RunDir(state['run']).run_id}`: ")
         # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
-        return self.said(lang, {"said": said}), {**state, "key": None, "said": said}
+        return self.said(lang, {"said": said}), {**state, "key": None}, {"said": said}
 
     def said(self, lang: str, state: dict | None) -> Any:
-        """What Start or Stop last said (kept in the live state), in ``lang``: re-rendered when the language changes."""
+        """What Start or Stop last said (kept in its own state), in ``lang``: re-rendered when the language changes."""
         import gradio as gr
 
         said = (state or {}).get("said")

@@ -183,6 +183,9 @@ def build(studio: Studio) -> None:
             _plots(studio, ui)
             _log(studio, ui)
     ui["live"] = gr.State({"run": None, "key": None})
+    # what Start/Stop last said, apart from the live state: a timer tick that began before Stop answered returns the
+    # live state it was given, and would otherwise take the message back with it
+    ui["said"] = gr.State(None)
     studio.components["train_live"] = ui["live"]
     _wire(studio, specs, ui, TrainActions(studio, specs))
 
@@ -210,9 +213,10 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     language.change(act.on_form, inputs=form_inputs, outputs=form_outputs, **quiet)
     language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
-                      outputs=[ui["form_error"], ui["live"], ui["train_message"]], api_name="start")
-    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"]], api_name="stop")
-    language.change(act.said, inputs=[language, ui["live"]], outputs=ui["train_message"], **quiet)
+                      outputs=[ui["form_error"], ui["live"], ui["said"], ui["train_message"]], api_name="start")
+    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"], ui["said"]],
+                     api_name="stop")
+    language.change(act.said, inputs=[language, ui["said"]], outputs=ui["train_message"], **quiet)
     fields["stage"].change(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
     root_blocks().load(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
     ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],
