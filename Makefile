@@ -56,7 +56,7 @@ test: lint
 
 # Everything not marked slow.
 test-fast: lint
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q -m 'not slow and not gpu'
 
 $(VLLM_STAMP):
 	test -x $(VLLM_PY) || $(VLLM_BOOT_PYTHON) -m venv $(VLLM_VENV)

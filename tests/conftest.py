@@ -71,29 +71,10 @@ def demo_lora_run(demo_adapter_run: Path) -> Path:
     return demo_adapter_run
 
 
-# Tests that took 13 s or more (call, or setup of their own fixture) in the lead's full run on 2 CPU cores
-# (/work/cache/durations.txt, pytest --durations): marked slow here, in one place, so `make test-fast`
+# Tests that took 3 s or more in a full run on 2 CPU cores, listed in tests/slow_tests.txt (written from a
+# `pytest --durations=0` output by tests/slow_tests.py): marked slow here, in one place, so `make test-fast`
 # (-m 'not slow') skips them. A test can also carry @pytest.mark.slow itself.
-SLOW_TESTS = {
-    "tests/api/test_openai_api.py::test_models_lists_base_and_adapter",
-    "tests/engine/test_evaluate.py::test_hub_task_offline_and_bad_input_fail_clearly",
-    "tests/engine/test_evaluate.py::test_lm_eval_local_task_base_vs_adapter",
-    "tests/engine/test_evaluate.py::test_loss_and_predict_on_a_demo_run",
-    "tests/engine/test_evaluate.py::test_predict_scores_match_sacrebleu_and_rouge_score",
-    "tests/engine/test_export.py::test_export_reloads_in_plain_transformers_and_matches_unmerged",
-    "tests/engine/test_export.py::test_qlora_run_export_is_refused_then_done_unquantized",
-    "tests/engine/test_train.py::test_a_failing_run_reports_failed_with_the_reason",
-    "tests/engine/test_train.py::test_fast_booster_trains_like_plain_transformers",
-    "tests/engine/test_train.py::test_fast_booster_refuses_what_it_cannot_run",
-    "tests/engine/test_train.py::test_freeze_trains_only_the_last_layers",
-    "tests/engine/test_train.py::test_full_finetune_with_validation",
-    "tests/engine/test_train.py::test_lora_run_matches_the_contract",
-    "tests/engine/test_train.py::test_lora_variants_train",
-    "tests/engine/test_train.py::test_pretraining_with_packing",
-    "tests/engine/test_train.py::test_qlora_trains_on_cpu",
-    "tests/engine/test_train.py::test_resume_continues_the_step_count",
-    "tests/engine/test_train.py::test_sigterm_finishes_the_step_saves_and_aborts",
-}
+SLOW_TESTS = {line for line in (ROOT / "tests" / "slow_tests.txt").read_text().splitlines() if line and not line.startswith("#")}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
