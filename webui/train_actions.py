@@ -183,6 +183,8 @@ class TrainActions:
 
     def on_stop(self, lang: str, state: dict) -> tuple:
         """Stop the watched run (dequeue it, or signal its process group)."""
+        import gradio as gr
+
         if not state.get("run"):
             said = _said("train.nothing_to_stop")
             return self.said(lang, {"said": said}), gr.skip(), {"said": said}

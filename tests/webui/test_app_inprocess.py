@@ -101,3 +101,16 @@ def test_stable_elem_ids_and_config_save_load(tmp_path: Path) -> None:
         assert "lora_rank: 0 is not valid" in message
     finally:
         blocks.close()
+
+
+def test_stop_with_nothing_watched_says_so_and_keeps_the_state(tmp_path: Path) -> None:
+    import gradio as gr
+
+    from tunelab.webui import form
+    from tunelab.webui.train_actions import TrainActions
+
+    actions = TrainActions(app.make_studio(tmp_path, start_jobs=False), form.field_specs())
+    message, state, said = actions.on_stop("zh", {})
+    assert message == "没有正在运行的训练，未停止任何训练"
+    assert isinstance(state, type(gr.skip())) and said["said"]["key"] == "train.nothing_to_stop"
+    assert actions.said("en", said) == "nothing running, nothing stopped"  # a language switch re-renders it
