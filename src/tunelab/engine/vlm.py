@@ -176,9 +176,11 @@ class VisionCollator:
     def __init__(self, processor: Any) -> None:
         self.processor = processor
         self.pad_id = processor.tokenizer.pad_token_id
-        # Qwen-VL's processors mark which tokens are image tokens (mm_token_type_ids): the model computes its 3D
-        # (M-RoPE) positions from them, and without them falls back to text positions for the image tokens too.
-        self.token_types = "mm_token_type_ids" in processor(text=["a"], add_special_tokens=False)
+        # Processors that mark which tokens are image tokens: Qwen-VL (mm_token_type_ids; its 3D M-RoPE positions
+        # come from them, else image tokens get text positions) and Gemma 3 (token_type_ids; image tokens attend to
+        # each other both ways, else they train causally while inference sees them bidirectionally).
+        probe = processor(text=["a"], add_special_tokens=False)
+        self.types_key = next((key for key in ("mm_token_type_ids", "token_type_ids") if key in probe), None)
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         import torch
@@ -197,9 +199,9 @@ class VisionCollator:
         if refs:
             pixels = self.processor.image_processor([load_image(ref) for ref in refs], return_tensors="pt")
             batch.update(dict(pixels))
-        if self.token_types:
+        if self.types_key:
             types = self.processor.create_mm_token_type_ids(ids.tolist())
-            batch["mm_token_type_ids"] = torch.tensor(types, dtype=torch.long) * mask
+            batch[self.types_key] = torch.tensor(types, dtype=torch.long) * mask
         return batch
 
 
