@@ -7,6 +7,7 @@ functions only read files, so a reload, a second page or a restarted studio show
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from tunelab.webui.studio import Studio
 BAR = 12  # characters of the text progress bar
 STARTING = {"eval": "eval.running", "export": "export.starting"}  # before a job names its first step
 TICK_S = 1.0  # how often a page follows its job and its run list
+# what a finished job shows: (studio, job, status, lang) -> one output's value, or a tuple of them
+Outcome = Callable[[Studio, JobDir, dict[str, Any], str], Any]
 
 
 def finished_runs(runs_dir: Path) -> list[tuple[str, str]]:
@@ -88,15 +91,38 @@ def language_of(studio: Studio) -> Any:
     return studio.components.get("language") or gr.State(studio.lang)
 
 
-def follow_jobs(studio: Studio, kind: str, run: Any, outputs: list[Any], follow: Any) -> None:
-    """Every TICK_S: ``follow(watched, lang)`` -> (watched, *outputs) for the job a (re)loaded page reattached to
-    (the newest running one of ``kind``), and the ``run`` dropdown's choices kept current as runs finish or go."""
+def follow_job(studio: Studio, kind: str, watched: dict[str, Any], lang: str, outcome: Outcome, width: int) -> tuple:
+    """One tick of a reattached page: (watched, *``width`` outputs): the watched job's progress line (in the first
+    output), then ``outcome(studio, job, status, lang)`` once it ends; all skips while nothing changed."""
+    import gradio as gr
+
+    from tunelab.services.model_jobs import is_final, job_state
+
+    skip = (gr.skip(),) * (width + 1)
+    if not watched or not watched.get("job"):
+        return skip
+    job = JobDir(watched["job"], kind)
+    status = job_state(job)
+    key = [status.get("state"), status.get("updated_at"), lang]
+    if key == watched.get("key"):
+        return skip
+    if is_final(status):
+        shown = outcome(studio, job, status, lang)
+        return ({"job": None, "key": None}, *(shown if isinstance(shown, tuple) else (shown,)))
+    return ({**watched, "key": key}, progress_line(studio, lang, kind, job, status), *skip[2:])
+
+
+def follow_jobs(studio: Studio, kind: str, run: Any, outputs: list[Any], outcome: Outcome) -> None:
+    """Every TICK_S: the progress, then the outcome, of the job of ``kind`` a (re)loaded page reattached to (the
+    newest running one) in ``outputs`` (see follow_job), and the ``run`` dropdown's choices kept current as runs
+    finish or go."""
     import gradio as gr
 
     watched, seen = gr.State({"job": None, "key": None}), gr.State(None)
     quiet: dict[str, Any] = dict(show_progress="hidden", api_visibility="private")
     timer = gr.Timer(TICK_S)
-    timer.tick(follow, [watched, language_of(studio)], [watched, *outputs], **quiet)
+    timer.tick(lambda state, lang: follow_job(studio, kind, state, lang, outcome, len(outputs)),
+               [watched, language_of(studio)], [watched, *outputs], **quiet)
     timer.tick(lambda current, last: run_choices_update(studio.runs_dir, current, last), [run, seen], [run, seen], **quiet)
     root = gr.context.Context.root_block
     if root is not None:

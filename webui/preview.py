@@ -42,6 +42,11 @@ def model_folder(model: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+def template_names() -> list[str]:
+    """'auto' and every registered template (families and their earlier revisions): the template dropdowns."""
+    return ["auto", *registry().names()]
+
+
 def resolve_template(requested: str, model: str) -> TemplateChoice:
     """What the trainer will use for ``template`` with ``model`` (UnknownTemplate for a bad name)."""
     folder = model_folder(model)

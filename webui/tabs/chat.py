@@ -24,6 +24,7 @@ from tunelab.core.rundir import list_runs
 from tunelab.core.serving import DTYPES, ENGINES, EngineOptions
 from tunelab.services.chat_worker import ChatService, side_by_side
 from tunelab.webui.jobs_view import language_of
+from tunelab.webui.preview import template_names
 
 TITLE_KEY = "tab.chat"
 LIST_TICK_S = 3.0
@@ -42,9 +43,10 @@ def model_choices(runs_dir: Path) -> list[tuple[str, str]]:
         if (run.model_dir / "config.json").is_file():
             choices[str(run.model_dir)] = f"{run.run_id} (full model)"
         try:
-            choices.setdefault(run.config().model, run.config().model)
+            model = run.config().model
         except Exception:  # an unreadable config: skip it
             continue
+        choices.setdefault(model, model)
     return [(label, value) for value, label in choices.items()]
 
 
@@ -74,7 +76,7 @@ def build(studio: Any) -> None:
             remote_key = reg(gr.Textbox(label=t("chat.remote_key"), type="password", elem_id="chat_remote_key"))
             vllm_python = reg(gr.Textbox(label=t("chat.vllm_python"), value=os.environ.get("TUNELAB_VLLM_PYTHON", ""),
                                          elem_id="chat_vllm_python"))
-            template = reg(gr.Dropdown(_template_names(), value="auto", label=t("chat.template"), elem_id="chat_template"))
+            template = reg(gr.Dropdown(template_names(), value="auto", label=t("chat.template"), elem_id="chat_template"))
     with gr.Row():
         load = reg(gr.Button(t("chat.load"), variant="primary", elem_id="chat_load"))
         unload = reg(gr.Button(t("chat.unload"), elem_id="chat_unload"))
@@ -236,12 +238,6 @@ def _base_for_adapters(adapters: list[str] | str | None, model: str | None) -> A
     except InferenceError:
         return gr.update(), gr.update()
     return (gr.update(value=base) if base and base != model else gr.update()), gr.update()
-
-
-def _template_names() -> list[str]:
-    from tunelab.core.templates import registry
-
-    return ["auto", *registry().names()]
 
 
 def _drop_reply(hist: list[dict]) -> list[dict]:

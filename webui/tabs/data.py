@@ -11,8 +11,8 @@ from typing import Any
 
 from tunelab.core.datafiles import SUFFIXES
 from tunelab.core.datasets import FORMATS
-from tunelab.core.templates import registry
 from tunelab.webui.data_actions import DataActions, dataset_options
+from tunelab.webui.preview import template_names
 from tunelab.webui.studio import Studio
 
 TITLE_KEY = "tab.data"
@@ -54,7 +54,7 @@ def _registered(studio: Studio, ui: dict[str, Any]) -> None:
     ui["info"] = studio.register(gr.Markdown(elem_id="data_info"))
     with gr.Row():
         ui["model"] = studio.register(gr.Textbox(value="demo", label=t("data.model"), elem_id="data_model"))
-        ui["template"] = studio.register(gr.Dropdown(choices=["auto", *registry().names()], value="auto",
+        ui["template"] = studio.register(gr.Dropdown(choices=template_names(), value="auto",
                                                      label=t("data.template"), elem_id="data_template"))
         ui["cutoff"] = studio.register(gr.Number(value=1024, precision=0, label=t("data.cutoff"), elem_id="data_cutoff"))
         ui["validation"] = studio.register(gr.Dropdown(choices=dataset_options(), value=None, label=t("data.validation"),

@@ -166,25 +166,6 @@ def start_eval(studio: Studio, lang: str, run: str | None, *values: Any) -> Iter
     yield outcome(studio, job, status, lang)
 
 
-def follow(studio: Studio, watched: dict[str, Any], lang: str) -> tuple:
-    """One tick of a reattached page: the watched evaluation's progress, then its results (skips when unchanged)."""
-    import gradio as gr
-
-    from tunelab.core.jobs import JobDir
-    from tunelab.services.model_jobs import is_final, job_state
-
-    if not watched or not watched.get("job"):
-        return (gr.skip(),) * 4
-    job = JobDir(watched["job"], "eval")
-    status = job_state(job)
-    key = [status.get("state"), status.get("updated_at"), lang]
-    if key == watched.get("key"):
-        return (gr.skip(),) * 4
-    if is_final(status):
-        return ({"job": None, "key": None}, *outcome(studio, job, status, lang))
-    return ({**watched, "key": key}, progress_line(studio, lang, "eval", job, status), gr.skip(), gr.skip())
-
-
 def options() -> SchemaOptions:
     """The Evaluate tab's option widgets, from EvalConfig."""
     return SchemaOptions(EvalConfig, MAIN + MORE, "eval")
@@ -231,4 +212,4 @@ def build(studio: Studio) -> None:
     button.click(
         lambda *args: (yield from start_eval(studio, *args)), [language, run, *fields.inputs()], shown, api_name="evaluate",
     )
-    follow_jobs(studio, "eval", run, shown, lambda watched, lang: follow(studio, watched, lang))
+    follow_jobs(studio, "eval", run, shown, outcome)

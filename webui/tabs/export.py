@@ -15,19 +15,13 @@ from tunelab.core.export_config import GGUF_TYPES, ExportConfig, validate_export
 from tunelab.core.serving import require_vllm
 from tunelab.webui.jobs_view import finished_runs, follow_jobs, language_of, progress_line, refresh_choices
 from tunelab.webui.options import SchemaOptions
+from tunelab.webui.preview import template_names
 from tunelab.webui.studio import Studio
 
 TITLE_KEY = "tab.export"
 POLL_S = 0.5
 # ExportConfig fields shown as widgets (the run comes from the run picker).
 FIELDS = ["out", "dtype", "gguf", "shard_size", "template", "reload_unquantized", "verify", "serve_check", "overwrite"]
-
-
-def template_names() -> list[str]:
-    """'auto' and every registered template (families and their earlier revisions)."""
-    from tunelab.core.templates import registry
-
-    return ["auto", *registry().names()]
 
 
 def _words(studio: Studio, lang: str | None) -> Any:
@@ -99,25 +93,6 @@ def start_export(studio: Studio, lang: str, run: str | None, *values: Any) -> It
     yield outcome(studio, job, status, lang)
 
 
-def follow(studio: Studio, watched: dict[str, Any], lang: str) -> tuple:
-    """One tick of a reattached page: the watched export's progress, then its report (skips when unchanged)."""
-    import gradio as gr
-
-    from tunelab.core.jobs import JobDir
-    from tunelab.services.model_jobs import is_final, job_state
-
-    if not watched or not watched.get("job"):
-        return gr.skip(), gr.skip()
-    job = JobDir(watched["job"], "export")
-    status = job_state(job)
-    key = [status.get("state"), status.get("updated_at"), lang]
-    if key == watched.get("key"):
-        return gr.skip(), gr.skip()
-    if is_final(status):
-        return {"job": None, "key": None}, outcome(studio, job, status, lang)
-    return {**watched, "key": key}, progress_line(studio, lang, "export", job, status)
-
-
 def options() -> SchemaOptions:
     """The Export tab's option widgets, from ExportConfig."""
     return SchemaOptions(ExportConfig, FIELDS, "export")
@@ -153,4 +128,4 @@ def build(studio: Studio) -> None:
         lambda *args: (yield from start_export(studio, *args)), [language_of(studio), run, *fields.inputs()], status,
         api_name="export",
     )
-    follow_jobs(studio, "export", run, [status], lambda watched, lang: follow(studio, watched, lang))
+    follow_jobs(studio, "export", run, [status], outcome)
