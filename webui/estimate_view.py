@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tunelab.core.config import ConfigError
+from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.datasets import DataError
 from tunelab.core.estimate import Estimate
 from tunelab.core.gpus import class_names
-from tunelab.webui import form
 
 Text = Callable[[str], str]
 
@@ -45,16 +44,11 @@ def render(est: Estimate, text: Text) -> str:
     return "\n\n".join(lines)
 
 
-def form_estimate(text: Text, device: str | None, path: str | None, values: list[Any], specs: list[form.FieldSpec],
-                  gpus: list[Any]) -> str:
-    """The box for the form as it stands on ``device`` (an index of ``gpus``, the GPUs here, or a GPU class);
-    a waiting line while the form is not a valid config."""
+def form_estimate(text: Text, device: str | None, config: RunConfig | None, gpus: list[Any]) -> str:
+    """The box for the form's config on ``device`` (an index of ``gpus``, the GPUs here, or a GPU class);
+    a waiting line while the form is not a valid config (``config`` None: what Start would refuse)."""
     from tunelab.services.estimate import device_for, estimate_config
 
-    mapping = form.form_to_mapping(specs, values, strict=False)
-    if isinstance(path, str) and path.strip():
-        mapping["model"] = path.strip()
-    config, _ = form.validate(mapping)
     if config is None:
         return f"*{text('estimate.waiting')}*"
     try:

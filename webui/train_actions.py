@@ -150,11 +150,11 @@ class TrainActions:
                 gr.update(value=pictures or None, visible=bool(pictures)))
 
     def on_estimate(self, lang: str, device: str | None, path: str | None, *values: Any) -> str:
-        """The estimate box for the form as it stands, on the picked device."""
+        """The estimate box for the form as it stands, on the picked device (waiting while Start would refuse it)."""
         from tunelab.webui.estimate_view import form_estimate
 
-        return form_estimate(lambda key: self.text(key, lang), device, path, list(values), self.specs,
-                             self.studio.services["jobs"].gpus)
+        config, _ = self.check((path, *values))
+        return form_estimate(lambda key: self.text(key, lang), device, config, self.studio.services["jobs"].gpus)
 
     def on_start(self, lang: str, devices: list[str], *values: Any) -> tuple:
         """Validate, create the run directory, queue it; the page then watches it."""

@@ -61,3 +61,21 @@ def test_estimate_box_and_estimate_vs_measured(tmp_path: Path, monkeypatch) -> N
                         " · NVIDIA H200")
     finally:
         blocks.close()
+
+
+def test_no_estimate_for_a_form_start_refuses(tmp_path: Path) -> None:
+    """A number field holding no number: Start refuses the form, so the box waits instead of estimating defaults."""
+    from tunelab.webui.train_actions import TrainActions
+
+    model = tmp_path / "llama8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA8B))
+    studio = app.make_studio(tmp_path / "runs", start_jobs=False)
+    studio.services["jobs"].gpus = [Gpu("0", "NVIDIA H100 80GB HBM3", 81559)]
+    act = TrainActions(studio, form.field_specs())
+    good = values()
+    assert "GiB of 80 GiB on GPU 0" in act.on_estimate("en", "0", str(model), *good)
+    bad = list(good)
+    bad[[s.name for s in form.field_specs()].index("cutoff_len")] = "abc"
+    assert act.check((str(model), *bad))[0] is None  # what Start checks
+    assert act.on_estimate("en", "0", str(model), *bad) == "*The estimate appears once the form is a valid config.*"
