@@ -33,14 +33,15 @@ def dataset_options() -> list[tuple[str, str]]:
 
 
 def train_datasets(stage: str | None, picked: list[str] | None) -> Any:
-    """The Train tab's dataset dropdown with the registry as it is now (keeping picks that still exist)."""
+    """The Train tab's dataset dropdown with the registry as it is now: picks that are still registered names (for
+    ``stage``) and typed paths that exist are kept; renamed or deleted names go."""
     import gradio as gr
 
     from tunelab.webui.train_actions import dataset_choices
 
     choices = dataset_choices(stage)
     names = {name for _, name in choices}
-    return gr.update(choices=choices, value=[name for name in picked or [] if name in names])
+    return gr.update(choices=choices, value=[d for d in picked or [] if d in names or Path(d).expanduser().exists()])
 
 
 def columns_text(columns: dict[str, str]) -> str:

@@ -106,3 +106,13 @@ def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, bro
     box.click()
     box.fill("quiz")
     expect(page.get_by_role("option", name="quiz (alpaca)")).to_be_visible(timeout=10_000)
+
+
+def test_train_dropdown_keeps_a_typed_file_path(tmp_path: Path, monkeypatch) -> None:
+    """A Data tab save, rename or delete refreshes the Train tab's datasets: a file path typed there stays, a name
+    that no longer exists (renamed, deleted) goes."""
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    typed = tmp_path / "mine.jsonl"
+    typed.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    picked = ["identity", str(typed), "gone", str(tmp_path / "missing.jsonl")]
+    assert train_datasets("sft", picked)["value"] == ["identity", str(typed)]
