@@ -38,7 +38,8 @@ def refresh_choices(runs_dir: Path, current: str | None) -> Any:
 
 def run_choices_update(runs_dir: Path, current: str | None, seen: Any) -> tuple[Any, Any]:
     """(dropdown update, new signature) when the finished runs changed since ``seen``; (skip, skip) otherwise.
-    A deleted run's choice falls back to the newest one."""
+    The choice is kept, a typed path included; it falls back to the newest run only when empty or when it was a
+    listed run that went (before the first tick, where nothing was listed yet: a path that no longer exists)."""
     import gradio as gr
 
     choices = finished_runs(runs_dir)
@@ -46,7 +47,11 @@ def run_choices_update(runs_dir: Path, current: str | None, seen: Any) -> tuple[
     if signature == seen:
         return gr.skip(), gr.skip()
     paths = [path for _, path in choices]
-    keep = current if current in paths else (paths[0] if paths else None)
+    if seen is None:
+        gone = bool(current) and current not in paths and not Path(current).expanduser().exists()
+    else:
+        gone = current in {path for _, path in seen} and current not in paths
+    keep = current if current and not gone else (paths[0] if paths else None)
     return gr.update(choices=choices, value=keep), signature
 
 

@@ -51,6 +51,36 @@ def test_tabs_do_not_import_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_run_list_ticks_keep_a_typed_run_path(tmp_path: Path) -> None:
+    """As runs finish or go, the run dropdown keeps a path typed into it; only a listed run that went (or no choice)
+    falls back to the newest run."""
+    import gradio as gr
+
+    from tunelab.webui.jobs_view import run_choices_update
+
+    def finished(folder: Path) -> str:
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "adapter_config.json").write_text("{}")
+        (folder / "config.yaml").write_text("model: demo\n")
+        return str(folder)
+
+    runs = tmp_path / "runs"
+    older, newer = finished(runs / "20250101-000000-a"), finished(runs / "20250102-000000-b")
+    typed = finished(tmp_path / "elsewhere" / "20250103-000000-c")  # a run outside the studio's runs folder
+    update, seen = run_choices_update(runs, typed, None)
+    assert update["value"] == typed
+    later = finished(runs / "20250104-000000-d")  # a run finished: the list changes
+    update, seen = run_choices_update(runs, typed, seen)
+    assert update["value"] == typed and [path for _, path in update["choices"]] == [later, newer, older]
+    shutil.rmtree(newer)  # a listed run deleted while picked: the newest run left
+    update, seen = run_choices_update(runs, newer, seen)
+    assert update["value"] == later
+    assert run_choices_update(runs, later, seen) == (gr.skip(), gr.skip())  # nothing changed
+    shutil.rmtree(later)
+    assert run_choices_update(runs, None, seen)[0]["value"] == older
+    assert run_choices_update(runs, str(runs / "gone-before-the-first-tick"), None)[0]["value"] == older
+
+
 def test_export_tab_one_click_writes_a_verified_model(studio_app) -> None:
     from gradio_client import Client
     from transformers import AutoModelForCausalLM, AutoTokenizer
