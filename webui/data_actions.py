@@ -69,6 +69,18 @@ class DataActions:
 
         return gr.update(choices=dataset_options(), value=value)
 
+    def validation_picker(self, validation: str | None, renamed: tuple[str | None, str] | None = None) -> Any:
+        """The validation dropdown refreshed: new choices only while its pick still exists (a renamed pick follows
+        ``renamed`` = (old, new)), else cleared."""
+        import gradio as gr
+
+        options = dataset_options()
+        if renamed and validation and validation == renamed[0]:
+            return gr.update(choices=options, value=renamed[1])
+        if validation and validation in {name for _, name in options}:
+            return gr.update(choices=options)
+        return gr.update(choices=options, value=None)
+
     def on_upload(self, lang: str, file: Any) -> tuple:
         """An uploaded file: remember it and guess how to read it."""
         if not file:
@@ -97,8 +109,8 @@ class DataActions:
         return note, source.default_name(), guess.format, columns_text(guess.columns)
 
     def on_save(self, lang: str, upload: dict | None, text: str, name: str, fmt: str | None, columns: str,
-                description: str) -> tuple:
-        """Save the dataset to the user's registry; the pickers then offer it."""
+                description: str, validation: str | None = None) -> tuple:
+        """Save the dataset to the user's registry; the pickers then offer it (``validation``: the validation pick)."""
         import gradio as gr
 
         from tunelab.services.data_registry import parse_columns, register
@@ -109,10 +121,11 @@ class DataActions:
                                    upload_name=upload_name)
         except DataError as exc:
             return self.refused(lang, exc), gr.skip(), gr.skip()
-        return f"✅ **{self.text('data.saved', lang)}:** `{saved}` — {note}", self.picker(saved), self.picker()
+        return (f"✅ **{self.text('data.saved', lang)}:** `{saved}` — {note}", self.picker(saved),
+                self.validation_picker(validation))
 
-    def on_rename(self, lang: str, old: str | None, new: str) -> tuple:
-        """Rename one of the user's datasets."""
+    def on_rename(self, lang: str, old: str | None, new: str, validation: str | None = None) -> tuple:
+        """Rename one of the user's datasets (the validation pick follows it)."""
         import gradio as gr
 
         from tunelab.core.user_datasets import rename_entry
@@ -121,10 +134,11 @@ class DataActions:
             rename_entry(old or "", (new or "").strip())
         except DataError as exc:
             return self.refused(lang, exc), gr.skip(), gr.skip()
-        return f"✅ **{self.text('data.renamed', lang)}:** `{old}` → `{new.strip()}`", self.picker(new.strip()), self.picker()
+        return (f"✅ **{self.text('data.renamed', lang)}:** `{old}` → `{new.strip()}`", self.picker(new.strip()),
+                self.validation_picker(validation, (old, new.strip())))
 
-    def on_delete(self, lang: str, name: str | None) -> tuple:
-        """Delete one of the user's datasets."""
+    def on_delete(self, lang: str, name: str | None, validation: str | None = None) -> tuple:
+        """Delete one of the user's datasets (the validation pick is kept unless it was this one)."""
         import gradio as gr
 
         from tunelab.core.user_datasets import remove_entry
@@ -133,7 +147,7 @@ class DataActions:
             remove_entry(name or "")
         except DataError as exc:
             return self.refused(lang, exc), gr.skip(), gr.skip()
-        return f"✅ **{self.text('data.deleted', lang)}:** `{name}`", self.picker(), self.picker()
+        return f"✅ **{self.text('data.deleted', lang)}:** `{name}`", self.picker(), self.validation_picker(validation)
 
     def on_pick(self, lang: str, name: str | None, model: str, template: str) -> tuple:
         """Where a dataset comes from, its first rows raw, and rendered with the loss-carrying text highlighted."""

@@ -116,3 +116,23 @@ def test_train_dropdown_keeps_a_typed_file_path(tmp_path: Path, monkeypatch) -> 
     typed.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
     picked = ["identity", str(typed), "gone", str(tmp_path / "missing.jsonl")]
     assert train_datasets("sft", picked)["value"] == ["identity", str(typed)]
+
+
+def test_save_rename_delete_keep_the_validation_choice(tmp_path: Path, monkeypatch) -> None:
+    """The validation dropdown gets the new choices but keeps its pick while that dataset exists (a renamed pick
+    follows the new name, a deleted one is cleared)."""
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    act = DataActions(Studio(runs_dir=tmp_path, translations=load_translations()))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(3)))
+    message, pick, validation = act.on_save("en", None, str(rows), "mine", None, "", "", "identity")
+    assert "Saved" in message and pick["value"] == "mine"
+    assert "mine" in {name for _, name in validation["choices"]} and validation.get("value", "identity") == "identity"
+    message, _, validation = act.on_save("en", None, str(rows), "other", None, "", "", "mine")
+    assert "Saved" in message and validation.get("value", "mine") == "mine"
+    message, _, validation = act.on_rename("en", "other", "renamed", "identity")
+    assert "Renamed" in message and validation.get("value", "identity") == "identity"
+    assert act.on_rename("en", "mine", "mine2", "mine")[2]["value"] == "mine2"
+    message, _, validation = act.on_delete("en", "renamed", "mine2")
+    assert "Deleted" in message and validation.get("value", "mine2") == "mine2"
+    assert act.on_delete("en", "mine2", "mine2")[2]["value"] is None

@@ -88,11 +88,13 @@ def build(studio: Studio) -> None:
     for event in (ui["inspect"].click, ui["source"].submit):
         event(act.on_inspect, inputs=[lang, ui["source"]], outputs=[ui["upload_state"], *guessed], api_name=False)
     edited = [ui["message"], ui["pick"], ui["validation"]]
-    save_inputs = [lang, ui["upload_state"], ui["source"], ui["name"], ui["format"], ui["columns"], ui["description"]]
+    save_inputs = [lang, ui["upload_state"], ui["source"], ui["name"], ui["format"], ui["columns"], ui["description"],
+                   ui["validation"]]
     ui["changed"] = [  # the Train tab's dropdown follows these (connect)
         ui["save"].click(act.on_save, inputs=save_inputs, outputs=edited, api_name="data_save"),
-        ui["rename"].click(act.on_rename, inputs=[lang, ui["pick"], ui["new_name"]], outputs=edited, api_name="data_rename"),
-        ui["delete"].click(act.on_delete, inputs=[lang, ui["pick"]], outputs=edited, api_name="data_delete"),
+        ui["rename"].click(act.on_rename, inputs=[lang, ui["pick"], ui["new_name"], ui["validation"]], outputs=edited,
+                           api_name="data_rename"),
+        ui["delete"].click(act.on_delete, inputs=[lang, ui["pick"], ui["validation"]], outputs=edited, api_name="data_delete"),
     ]
     shown = [ui["info"], ui["new_name"], ui["raw"], ui["rendered"], ui["preview_note"]]
     for component in (ui["pick"], ui["template"]):
