@@ -7,14 +7,13 @@ Shared by `tunelab estimate`, `tunelab train --estimate`, the Train tab's estima
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from tunelab.core.config import RunConfig
 from tunelab.core.datasets import DataError, DatasetSpec, load_dataset_registry, validate_file
-from tunelab.core.estimate import DataSize, Device, Estimate, estimate
-from tunelab.core.gpus import CPU, by_name, gpu_class
+from tunelab.core.estimate import DataSize, Device, Estimate, cpu_device, estimate
+from tunelab.core.gpus import CPU, by_name, gpu_class, host_memory_gib
 from tunelab.core.model_shape import ModelShape, load_shape, shape_from_config
 from tunelab.core.schema import ConfigError
 from tunelab.core.token_lengths import guessed_lengths, load_lengths
@@ -33,11 +32,6 @@ def model_shape(model: str) -> ModelShape:
     return load_shape(model)
 
 
-def host_memory_gib() -> float:
-    """This machine's RAM in GiB."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
 def device_for(choice: str | None = None, gpus: list[Gpu] | None = None) -> Device:
     """The device to estimate for: ``None``/'auto' = the first visible GPU, else the CPU; a GPU index ('0',
     'GPU 1'); or a class of the table ('H100', 'RTX 4090', 'CPU'). ``gpus``: the GPUs here (default: nvidia-smi's).
@@ -47,7 +41,7 @@ def device_for(choice: str | None = None, gpus: list[Gpu] | None = None) -> Devi
 
     wanted = (choice or "auto").strip()
     if wanted.lower() == "cpu":
-        return Device(CPU, by_name(CPU), round(host_memory_gib(), 1))  # type: ignore[arg-type]
+        return cpu_device()
     gpus = detect_gpus() if gpus is None else gpus
     index = wanted.removeprefix("GPU ").split(":")[0].strip()
     if wanted.lower() == "auto" or index.isdigit():
