@@ -80,7 +80,7 @@ def bench_args(args: argparse.Namespace, shape: str) -> argparse.Namespace:
 
 def device() -> tuple[str, float]:
     """(nvidia-smi name of the first visible GPU, its GiB), or ('CPU', host RAM GiB)."""
-    from tunelab.services.jobs import detect_gpus
+    from tunelab.services.gpus import detect_gpus
 
     gpus = detect_gpus()
     if gpus and gpus[0].memory_mib:
