@@ -21,14 +21,17 @@ from tunelab.services.gpus import Gpu
 
 
 def model_shape(model: str) -> ModelShape:
-    """The shape of a model folder, a cached hub id, or the built-in demo model."""
-    if model == "demo":
+    """The shape of a model folder, a cached hub id, or a built-in demo model ('demo', 'demo-vlm'): its built
+    folder's config.json, else the shape it will be built with (nothing is built here: no torch)."""
+    if model in ("demo", "demo-vlm"):
         from tunelab.engine.demo import DEMO_SHAPE, demo_model_dir
+        from tunelab.engine.vlm_demo import demo_vlm_dir
 
-        built = demo_model_dir() / "config.json"
+        built = (demo_model_dir() if model == "demo" else demo_vlm_dir()) / "config.json"
         if built.is_file():
             return shape_from_config(json.loads(built.read_text()))
-        return shape_from_config({**DEMO_SHAPE, "model_type": "llama", "vocab_size": 4096})
+        # the demo VLM's language model is the demo model plus one <image> token (its vision tower is not counted)
+        return shape_from_config({**DEMO_SHAPE, "model_type": "llama", "vocab_size": 4096 + (model == "demo-vlm")})
     return load_shape(model)
 
 
