@@ -80,13 +80,14 @@ def bench_args(args: argparse.Namespace, shape: str) -> argparse.Namespace:
 
 def device() -> tuple[str, float]:
     """(nvidia-smi name of the first visible GPU, its GiB), or ('CPU', host RAM GiB)."""
-    from tunelab.services.jobs import detect_gpus
+    from tunelab.services.gpus import detect_gpus
 
     gpus = detect_gpus()
     if gpus and gpus[0].memory_mib:
         return gpus[0].name, round(gpus[0].memory_mib / 1024, 1)
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return "CPU", round(pages / 2**30, 1)
+    from tunelab.core.gpus import host_memory_gib
+
+    return "CPU", round(host_memory_gib(), 1)
 
 
 def overrides(method: str, booster: str, packing: bool, seq: int, batch: int, cpu: bool) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from tunelab.cli.serving import add_model_arguments, held_gpu, open_from_args, user_errors
@@ -54,7 +55,12 @@ def _api(args: argparse.Namespace) -> int:
     holder = "the Chat tab's model" if args.exit_with_parent else "tunelab api serving"
     waited: list[str] = []
     try:
-        with held_gpu(args, holder, lambda reason: _note_wait(args.ready_file, reason, waited)) as devices:
+        with ExitStack() as stack:
+            try:
+                devices = stack.enter_context(held_gpu(args, holder, lambda reason: _note_wait(args.ready_file, reason, waited)))
+            except ValueError as exc:  # the hold left the queue before it got its GPU (stopped from elsewhere)
+                print(f"tunelab: {exc}", file=sys.stderr)
+                return 2
             if waited and args.ready_file:
                 Path(args.ready_file).unlink(missing_ok=True)  # the GPU is ours: loading, no longer queued
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,13 @@ def _chat(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        with held_gpu(args, "tunelab chat with", lambda reason: print(f"queued: {reason}", file=sys.stderr, flush=True)):
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(held_gpu(args, "tunelab chat with",
+                                             lambda reason: print(f"queued: {reason}", file=sys.stderr, flush=True)))
+            except ValueError as exc:  # the hold left the queue before it got its GPU (stopped from elsewhere)
+                print(f"tunelab: {exc}", file=sys.stderr)
+                return 2
             return _chat_on_device(args)
     except KeyboardInterrupt:
         return 130

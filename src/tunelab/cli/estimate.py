@@ -29,11 +29,17 @@ def add_gpu_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _estimate(args: argparse.Namespace) -> int:
+    return estimate_command(args, args.json)
+
+
+def estimate_command(args: argparse.Namespace, as_json: bool = False) -> int:
+    """`tunelab estimate` and `tunelab train --estimate`: the config file and overrides of ``args``, estimated on
+    ``args.gpu`` and printed; 2 with one line on stderr for bad input."""
     from tunelab.cli.train import _split_args
 
     try:
         path, overrides = _split_args(args)
-        return print_estimate(path, overrides, args.gpu, args.json)
+        return print_estimate(path, overrides, args.gpu, as_json)
     except ConfigError as exc:
         print(f"tunelab: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.cli.estimate import add_gpu_option, print_estimate
+from tunelab.cli.estimate import add_gpu_option, estimate_command
 from tunelab.core.config import ConfigError, RunConfig
 from tunelab.core.datasets import DataError
 from tunelab.core.events import EventTail
@@ -43,11 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     from tunelab.services.runner import reconcile, signal_group
 
     if args.estimate:
-        try:
-            return print_estimate(*_split_args(args), args.gpu)
-        except ConfigError as exc:
-            print(f"tunelab: {exc}", file=sys.stderr)
-            return 2
+        return estimate_command(args)
 
     try:
         path, overrides = _split_args(args)

@@ -33,7 +33,8 @@ def histogram_bins(lengths: list[int], cutoff: int, bins: int = 12) -> list[tupl
     step = max(1, -(-(top - low) // bins))
     base = cutoff + 1 - step * -(-(cutoff + 1 - low) // step)
     counts = Counter((length - base) // step for length in lengths)
-    return [(base + i * step, base + (i + 1) * step - 1, counts.get(i, 0)) for i in range(-(-(top - base) // step))]
+    # the first bin may start below the shortest length (below 0 even): it starts at that length (or the cutoff)
+    return [(max(base + i * step, low), base + (i + 1) * step - 1, counts.get(i, 0)) for i in range(-(-(top - base) // step))]
 
 
 def histogram_lines(lengths: list[int], cutoff: int, bins: int = 12, width: int = 40) -> list[str]:

@@ -26,11 +26,17 @@ from tunelab.core.estimate_model import (
     slack_gib,
     step_seconds,
 )
-from tunelab.core.gpus import CPU
+from tunelab.core.gpus import CPU, GPU_CLASSES, host_memory_gib
 from tunelab.core.model_shape import ModelShape
 
-__all__ = ["DataSize", "Device", "Estimate", "estimate", "format_duration"]
+__all__ = ["DataSize", "Device", "Estimate", "cpu_device", "estimate", "format_duration"]
 TIGHT_SHARE = 0.10  # a margin under this share of the need is within the memory estimate's error (worst row: 8%)
+
+
+def cpu_device() -> Device:
+    """This machine's CPU as the device, with the host's RAM as its memory."""
+    cpu = next(g for g in GPU_CLASSES if g.name == CPU)
+    return Device(CPU, cpu, round(host_memory_gib(), 1))
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,7 @@ def cheaper(config: RunConfig, shape: ModelShape, device: Device, data: DataSize
         if all(getattr(config, k) == v for k, v in change.items()):
             continue
         try:
-            other = config.model_copy(update=change)
-            RunConfig.model_validate(other.model_dump())  # the change must make a valid config
+            other = RunConfig.model_validate({**config.model_dump(), **change})  # the change must make a valid config
         except ValueError:
             continue
         alt = estimate(other, shape, device, data, hints=False)

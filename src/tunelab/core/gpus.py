@@ -8,6 +8,7 @@ their datasheet rates and are marked so in the estimate.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 CPU = "CPU"
@@ -58,3 +59,8 @@ def by_name(name: str) -> GpuClass | None:
 def class_names() -> list[str]:
     """The table's names, in table order."""
     return [g.name for g in GPU_CLASSES]
+
+
+def host_memory_gib() -> float:
+    """This machine's RAM in GiB (what a CPU run may use)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

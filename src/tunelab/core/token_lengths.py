@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from tunelab.core.files import write_atomic
 from tunelab.core.paths import home_dir
 
 CHARS_PER_TOKEN = 3.8  # English text under 100k+-vocabulary BPE tokenizers (Llama 3, Qwen2.5): 3.7-4.2
@@ -30,11 +30,8 @@ def _cache_file(file: Path, model: str, template: str) -> Path:
 
 def save_lengths(file: Path, model: str, template: str, lengths: list[int]) -> None:
     """Keep the measured per-example token lengths of ``file`` (written to a temp file, then renamed)."""
-    target = _cache_file(file, model, template)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"file": str(file), "model": model, "template": template, "lengths": lengths}))
-    tmp.replace(target)
+    data = {"file": str(file), "model": model, "template": template, "lengths": lengths}
+    write_atomic(_cache_file(file, model, template), json.dumps(data))
 
 
 def load_lengths(file: Path, model: str, template: str) -> list[int] | None:

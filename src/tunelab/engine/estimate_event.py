@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from tunelab.core.config import RunConfig
-from tunelab.core.estimate import DataSize, Device, estimate
-from tunelab.core.gpus import CPU, by_name, gpu_class
+from tunelab.core.estimate import DataSize, Device, cpu_device, estimate
+from tunelab.core.gpus import gpu_class
 from tunelab.core.model_shape import load_shape
 
 log = logging.getLogger(__name__)
@@ -20,10 +20,7 @@ def this_device() -> Device:
     import torch
 
     if not torch.cuda.is_available():
-        import os
-
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-        return Device(CPU, by_name(CPU), round(ram, 1))  # type: ignore[arg-type]
+        return cpu_device()
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     return Device(props.name, gpu_class(props.name), round(props.total_memory / 2**30, 1))
 

@@ -7,14 +7,13 @@ Shared by `tunelab estimate`, `tunelab train --estimate`, the Train tab's estima
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from tunelab.core.config import RunConfig
 from tunelab.core.datasets import DataError, DatasetSpec, load_dataset_registry, validate_file
-from tunelab.core.estimate import DataSize, Device, Estimate, estimate
-from tunelab.core.gpus import CPU, by_name, gpu_class
+from tunelab.core.estimate import DataSize, Device, Estimate, cpu_device, estimate
+from tunelab.core.gpus import CPU, by_name, gpu_class, host_memory_gib
 from tunelab.core.model_shape import ModelShape, load_shape, shape_from_config
 from tunelab.core.schema import ConfigError
 from tunelab.core.token_lengths import guessed_lengths, load_lengths
@@ -22,20 +21,18 @@ from tunelab.services.gpus import Gpu
 
 
 def model_shape(model: str) -> ModelShape:
-    """The shape of a model folder, a cached hub id, or the built-in demo model."""
-    if model == "demo":
+    """The shape of a model folder, a cached hub id, or a built-in demo model ('demo', 'demo-vlm'): its built
+    folder's config.json, else the shape it will be built with (nothing is built here: no torch)."""
+    if model in ("demo", "demo-vlm"):
         from tunelab.engine.demo import DEMO_SHAPE, demo_model_dir
+        from tunelab.engine.vlm_demo import demo_vlm_dir
 
-        built = demo_model_dir() / "config.json"
+        built = (demo_model_dir() if model == "demo" else demo_vlm_dir()) / "config.json"
         if built.is_file():
             return shape_from_config(json.loads(built.read_text()))
-        return shape_from_config({**DEMO_SHAPE, "model_type": "llama", "vocab_size": 4096})
+        # the demo VLM's language model is the demo model plus one <image> token (its vision tower is not counted)
+        return shape_from_config({**DEMO_SHAPE, "model_type": "llama", "vocab_size": 4096 + (model == "demo-vlm")})
     return load_shape(model)
-
-
-def host_memory_gib() -> float:
-    """This machine's RAM in GiB."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def device_for(choice: str | None = None, gpus: list[Gpu] | None = None) -> Device:
@@ -47,7 +44,7 @@ def device_for(choice: str | None = None, gpus: list[Gpu] | None = None) -> Devi
 
     wanted = (choice or "auto").strip()
     if wanted.lower() == "cpu":
-        return Device(CPU, by_name(CPU), round(host_memory_gib(), 1))  # type: ignore[arg-type]
+        return cpu_device()
     gpus = detect_gpus() if gpus is None else gpus
     index = wanted.removeprefix("GPU ").split(":")[0].strip()
     if wanted.lower() == "auto" or index.isdigit():

@@ -60,12 +60,17 @@ def process_alive(pid: int | None) -> bool:
     return True
 
 
+def _stat_fields(proc_dir: Path) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: state first, then ppid, pgrp, ... (OSError, IndexError)."""
+    return (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def pid_running(pid: int | None) -> bool:
     """Whether a process runs (a zombie awaiting its parent does not count)."""
     if not pid:
         return False
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _stat_fields(Path(f"/proc/{pid}"))[0]
     except FileNotFoundError:
         return False
     except (OSError, IndexError):  # no /proc (not Linux)
@@ -80,7 +85,7 @@ def group_members(pgid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(entry)
         except (OSError, IndexError):
             continue
         if fields[0] != "Z" and int(fields[2]) == pgid:
