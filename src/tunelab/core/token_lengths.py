@@ -1,7 +1,8 @@
 """How many tokens a dataset holds: measured lengths kept by `tunelab data check --model`, else a character count.
 
-The measured lengths are cached per (file, its size and modification time, model, template) under
-$TUNELAB_HOME/token-lengths/, so an edited file or another tokenizer is measured again, never reused.
+The measured lengths are cached per (file, its size and modification time, how it is read, model, template) under
+$TUNELAB_HOME/token-lengths/, so an edited file, another reading of it (format, columns, num_samples...) or another
+tokenizer is measured again, never reused.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.core.datasets import DatasetSpec
 from tunelab.core.files import write_atomic
 from tunelab.core.paths import home_dir
 
@@ -18,26 +20,26 @@ CHARS_PER_TOKEN = 3.8  # English text under 100k+-vocabulary BPE tokenizers (Lla
 TOKENS_PER_TURN = 5  # a chat template's role markers and end-of-turn tokens around each message
 
 
-def _key(file: Path, model: str, template: str) -> str:
+READING = ("format", "columns", "tags", "num_samples", "text_split")  # the spec fields that change the examples
+
+
+def _cache_file(file: Path, spec: DatasetSpec, model: str, template: str) -> Path:
     stat = file.stat()
-    ident = json.dumps([str(file.resolve()), stat.st_size, stat.st_mtime_ns, model, template])
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+    reading = spec.model_dump(include=set(READING))
+    ident = json.dumps([str(file.resolve()), stat.st_size, stat.st_mtime_ns, reading, model, template], sort_keys=True)
+    return home_dir() / "token-lengths" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
 
 
-def _cache_file(file: Path, model: str, template: str) -> Path:
-    return home_dir() / "token-lengths" / f"{_key(file, model, template)}.json"
-
-
-def save_lengths(file: Path, model: str, template: str, lengths: list[int]) -> None:
-    """Keep the measured per-example token lengths of ``file`` (written to a temp file, then renamed)."""
+def save_lengths(file: Path, spec: DatasetSpec, model: str, template: str, lengths: list[int]) -> None:
+    """Keep the measured per-example token lengths of ``file`` read as ``spec`` (temp file, then renamed)."""
     data = {"file": str(file), "model": model, "template": template, "lengths": lengths}
-    write_atomic(_cache_file(file, model, template), json.dumps(data))
+    write_atomic(_cache_file(file, spec, model, template), json.dumps(data))
 
 
-def load_lengths(file: Path, model: str, template: str) -> list[int] | None:
-    """The lengths `tunelab data check` measured for this very file, model and template, if it did."""
+def load_lengths(file: Path, spec: DatasetSpec, model: str, template: str) -> list[int] | None:
+    """The lengths `tunelab data check` measured for this very file read this way, model and template, if it did."""
     try:
-        data = json.loads(_cache_file(file, model, template).read_text())
+        data = json.loads(_cache_file(file, spec, model, template).read_text())
     except (OSError, ValueError):
         return None
     lengths = data.get("lengths") if isinstance(data, dict) else None

@@ -150,4 +150,4 @@ def _measure(result: CheckResult, model: str, template: str) -> None:
     if Path(result.source).is_file():  # kept for `tunelab estimate` and the Train tab's estimate of this file
         from tunelab.core.token_lengths import save_lengths
 
-        save_lengths(Path(result.source), model, template, measured.lengths)
+        save_lengths(Path(result.source), result.spec, model, template, measured.lengths)

@@ -79,7 +79,7 @@ def data_size(config: RunConfig) -> DataSize | None:
             return None
         if local is None:
             return None
-        measured, how = load_lengths(local, config.model, config.template), "measured by `tunelab data check`"
+        measured, how = load_lengths(local, spec, config.model, config.template), "measured by `tunelab data check`"
         if measured is None:
             try:
                 stat = local.stat()
