@@ -148,3 +148,15 @@ def test_the_chat_worker_holds_its_gpu_and_stops_with_the_studio(
     assert (second.path / "env.txt").read_text() == "0"
     queue.stop(second.path)
     wait_for(lambda: queue.job_for(second.path).state == "finished", poll=queue.poll)
+
+
+def test_a_hold_whose_row_went_says_it_left_the_queue(tmp_path: Path) -> None:
+    import os
+    import sqlite3
+
+    queue = JobQueue(tmp_path, gpus=[Gpu("0", "mock")])  # mocked: no GPU exists on this machine
+    job = queue.hold("chat", os.getpid())
+    with sqlite3.connect(queue.db_path) as db:  # its row removed behind the waiter's back
+        db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+    with pytest.raises(ValueError, match=f"job {job.id} left the queue"):
+        queue.wait_started(job, interval_s=0.01)

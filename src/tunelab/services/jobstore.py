@@ -103,7 +103,10 @@ class JobStore:
 
     def _get(self, job_id: int) -> Job:
         with self._connect() as db:
-            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:  # forgotten meanwhile (e.g. its run deleted)
+            raise ValueError(f"job {job_id} left the queue")
+        return self._job(row)
 
     def job_for(self, run_dir: str | Path) -> Job | None:
         """The newest job of a run directory."""
