@@ -206,17 +206,15 @@ class VLLMEngine(LocalEngine):
 
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool, images: list[str] | None = None,
+        add_special_tokens: bool, images: list[Any] | None = None,
     ) -> Iterator[Delta]:
         """Add one request to vLLM's engine and step it, streaming each delta (images: vLLM expands their tokens)."""
-        from tunelab.core.media import load_image
-
         engine = self.llm.llm_engine
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         request_id = f"tunelab-{next(self._ids)}"  # outputs carry this id (add_request returns an internal one)
         inputs: dict[str, Any] = {"prompt_token_ids": ids}
         if images:
-            inputs["multi_modal_data"] = {"image": [load_image(ref) for ref in images]}
+            inputs["multi_modal_data"] = {"image": list(images)}
         engine.add_request(request_id, inputs, self._sampling(params, stream.stops), lora_request=self.loras.get(model))
         produced, finish = 0, None
         try:
