@@ -174,3 +174,56 @@ def test_eval_job_stops_on_sigterm(demo_lora_run: Path, tmp_path: Path) -> None:
     status = job.status()
     assert status["state"] == "aborted" and "SIGTERM" in status["message"] and not group_alive(status["pgid"])
     assert not job.results_file.exists()
+
+
+def test_loss_and_predict_on_vllm_release_the_hf_model_before_vllm_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a GPU, vLLM refuses to start while the hf model (loss) still holds the memory it wants
+    import contextlib
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    from tunelab.engine import eval_lm, evaluate, export, scoring
+
+    class Model:
+        pass
+
+    alive: list[weakref.ref] = []
+    order: list[str] = []
+
+    @contextlib.contextmanager
+    def open_sides():
+        model = Model()
+        alive.append(weakref.ref(model))
+
+        @contextlib.contextmanager
+        def use(side: str):
+            yield model
+
+        yield use
+
+    def losses(model, rows, batch_size, pad):
+        order.append("loss")
+        return np.zeros(len(rows))
+
+    def replies(vllm, side, prompts, *args):
+        gc.collect()
+        order.append(f"vllm {side}, hf model {'alive' if any(ref() for ref in alive) else 'released'}")
+        return ["x"] * len(prompts)
+
+    monkeypatch.setattr(eval_lm, "example_losses", losses)
+    monkeypatch.setattr(eval_lm, "prompt_and_reference", lambda row: (row["prompt"], row["reply"]))
+    monkeypatch.setattr(eval_lm, "decode_reference", lambda tokenizer, reference, stops: "x")
+    monkeypatch.setattr(export, "stop_token_ids", lambda tokenizer, stops: [0])
+    monkeypatch.setattr(scoring, "loss_rows", lambda *args: [])
+    monkeypatch.setattr(scoring, "generation_rows", lambda *args: [])
+    monkeypatch.setattr(evaluate, "vllm_replies", replies)
+    cfg = SimpleNamespace(metrics=["loss", "predict"], batch_size=2, max_new_tokens=4, bootstrap=0, seed=0)
+    data = SimpleNamespace(rows=[{"prompt": [1, 2], "reply": [3]}] * 3, stage="sft", chats={})
+    job = SimpleNamespace(predictions_file=tmp_path / "predictions.jsonl")
+    results: dict = {"timings": {}, "metrics": []}
+    evaluate._score_lm(cfg, job, None, results, data, SimpleNamespace(pad_token_id=0, decode=lambda ids: "p"),
+                       SimpleNamespace(stop_strings=[]), open_sides, ["base", "tuned"], SimpleNamespace(start_s=0.0),
+                       lambda *args, **kwargs: None)
+    assert order == ["loss", "loss", "vllm base, hf model released", "vllm tuned, hf model released"]
+    assert len(job.predictions_file.read_text().splitlines()) == 3 and set(results["timings"]) == {"predict_base_s", "predict_tuned_s"}

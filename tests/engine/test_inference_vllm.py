@@ -156,3 +156,33 @@ def test_vllm_refuses_a_vlm_it_cannot_run_in_one_line(demo_vlm_dir: Path) -> Non
         assert result.returncode == 2, result.stderr[-2000:]
         assert "'demo-vlm' is a vision-language model, and vLLM's multimodal model code imports torchvision" in result.stderr
         assert "--engine hf" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_served_vlm_reads_its_image_text_once_with_trust_remote_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `vllm serve` of a VLM: each image request used to re-read config.json and load AutoProcessor (and always
+    # with trust_remote_code=False); the engine reads it once, with its own option
+    from types import SimpleNamespace
+
+    from tests.conftest import VLM_PICTURE
+    from tunelab.core.generation import SamplingParams
+    from tunelab.core.media import user_message
+    from tunelab.engine import vlm
+    from tunelab.engine.inference.remote import OpenAIEngine
+
+    loads: list[tuple[str, bool]] = []
+    monkeypatch.setattr(vlm, "is_vlm", lambda path, trust_remote_code=False: True)
+    monkeypatch.setattr(vlm, "load_processor", lambda path, trust_remote_code=False: loads.append((path, trust_remote_code)))
+    monkeypatch.setattr(vlm, "image_text", lambda processor: "<IMG>")
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", spec=ModelSpec(model="demo-vlm", path="/m/vlm", name="vlm"),
+                          vllm=True, trust_remote_code=True)
+    sent: list[dict] = []
+    engine.client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=lambda **kw: sent.append(kw))))
+    monkeypatch.setattr(engine, "_stream", lambda make, stops, cancel, chat: make())
+    monkeypatch.setattr(engine, "check_model", lambda model: None)
+    monkeypatch.setattr(engine, "templates", SimpleNamespace(
+        choice=lambda model: SimpleNamespace(template=SimpleNamespace(serving_jinja="{{ messages }}")),
+        stops=lambda model: ["<end>"]))
+    for _ in range(2):
+        engine.chat("vlm", [user_message("what is this?", [str(VLM_PICTURE)])], SamplingParams(max_new_tokens=2))
+    assert loads == [("/m/vlm", True)]
+    assert len(sent) == 2 and all('"<IMG>"' in kw["extra_body"]["chat_template"] for kw in sent)

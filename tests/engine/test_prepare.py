@@ -212,3 +212,19 @@ def test_data_check_lengths_use_the_same_encoding(tmp_path: Path, monkeypatch: p
     cut = [r for r in rows if len(r["input_ids"]) > 30]
     dropped = sum(all(label == IGNORE for label in r["labels"][:30]) for r in cut)
     assert (measured.dropped, measured.truncated) == (dropped, len(cut) - dropped) and dropped and len(cut) > dropped
+
+
+def test_a_folder_digest_skips_subfolders_as_reading_does(tmp_path: Path) -> None:
+    # a subfolder named like a dataset file is not one: hashing it raised IsADirectoryError
+    from tunelab.core.datafiles import dataset_files, iter_rows
+    from tunelab.core.datasets import DatasetSpec
+    from tunelab.engine.data import Source
+
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    (tmp_path / "x.json").mkdir()
+    source = Source("d", DatasetSpec(file=str(tmp_path)), tmp_path)
+    first = source.digest()
+    (tmp_path / "x.json" / "b.json").write_text("[]")
+    assert source.digest() == first
+    assert [p.name for p in dataset_files(tmp_path)] == ["a.json"]
+    assert len(list(iter_rows(tmp_path))) == 1

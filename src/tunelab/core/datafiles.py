@@ -29,7 +29,7 @@ def iter_rows(path: Path, text_split: str = "auto") -> Iterator[tuple[int, Any]]
     """(row number, record) of a dataset file or folder; DataError when it cannot be read."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        files = dataset_files(path)
         if not files:
             raise DataError(f"{path}: a folder with no dataset files ({', '.join(SUFFIXES)})")
         kinds = {p.suffix.lower() for p in files}
@@ -49,6 +49,11 @@ def iter_rows(path: Path, text_split: str = "auto") -> Iterator[tuple[int, Any]]
                         "save the file as UTF-8") from None
     except (OSError, csv.Error, RecursionError) as exc:
         raise DataError(f"{path}: cannot be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def dataset_files(folder: Path) -> list[Path]:
+    """The dataset files of a folder (files with a known suffix; subfolders are skipped), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
 
 
 def _suffix(path: Path) -> str:

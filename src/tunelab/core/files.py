@@ -1,12 +1,15 @@
-"""Small file helpers: atomic writes (temp file + rename), so readers never see half a file."""
+"""Small file helpers: atomic writes (temp file + rename), so readers never see half a file; content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+HASH_BLOCK = 1 << 20  # files are hashed 1 MiB at a time
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -36,3 +39,17 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
+
+
+def hash_file(digest: Any, path: str | Path) -> None:
+    """Feed the bytes of ``path`` to ``digest`` (a hashlib object), a block at a time."""
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    hash_file(digest, path)
+    return digest.hexdigest()

@@ -19,9 +19,14 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"  # a Python (vLLM's own venv) that runs `vllm serve`
 
 
+def vllm_importable() -> bool:
+    """Whether ``import vllm`` would work in this interpreter (checked without importing it)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
 def vllm_reachable() -> bool:
     """Whether vLLM can run: importable in this Python, or a Python that has it named by $TUNELAB_VLLM_PYTHON."""
-    return importlib.util.find_spec("vllm") is not None or bool(os.environ.get(VLLM_PYTHON_ENV))
+    return vllm_importable() or bool(os.environ.get(VLLM_PYTHON_ENV))
 
 
 def require_vllm(field: str) -> None:

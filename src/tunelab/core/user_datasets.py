@@ -9,7 +9,6 @@ never points at a browser upload's temporary file.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import re
 import shutil
@@ -20,7 +19,7 @@ from typing import Any
 
 from tunelab.core.datafiles import SUFFIXES, DataError
 from tunelab.core.datasets import parse_entry, read_registry, user_registry_file
-from tunelab.core.files import write_json_atomic
+from tunelab.core.files import sha256_file, write_json_atomic
 from tunelab.core.paths import resource_dir
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -123,7 +122,7 @@ def copy_upload(source: Path, filename: str | None = None) -> str:
     name = Path(filename or source.name).name
     if Path(name).suffix.lower() not in SUFFIXES:
         raise DataError(f"{name}: unsupported file type {Path(name).suffix or '(none)'!r}; use {', '.join(SUFFIXES)}")
-    digest = _sha256(source)
+    digest = sha256_file(source)
     folder = files_dir() / digest[:16]
     target = folder / name
     if not target.is_file():
@@ -132,11 +131,3 @@ def copy_upload(source: Path, filename: str | None = None) -> str:
         shutil.copyfile(source, partial)
         partial.replace(target)
     return str(target.relative_to(user_registry_file().parent))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

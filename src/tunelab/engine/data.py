@@ -22,7 +22,7 @@ from typing import Any
 
 from tunelab.core.chat_render import template_date
 from tunelab.core.config import RunConfig
-from tunelab.core.datafiles import SUFFIXES
+from tunelab.core.datafiles import dataset_files
 from tunelab.core.datasets import (
     DataError,
     DatasetReport,
@@ -31,8 +31,10 @@ from tunelab.core.datasets import (
     iter_examples,
     iter_rows,
     load_dataset_registry,
+    validate_file,
     validate_records,
 )
+from tunelab.core.files import hash_file
 from tunelab.core.paths import home_dir
 from tunelab.core.template_choice import TemplateChoice
 from tunelab.engine.prepare import EncodeJob, Progress, encode_stream, worker_count
@@ -73,12 +75,10 @@ class Source:
 
     def validate(self, keep: bool) -> DatasetReport:
         """Every row checked; ``keep``: hold the canonical examples too."""
-        if self.path is not None and not self.path.exists():
-            raise DataError(f"dataset {self.name!r}: file {self.path} does not exist")
-        base = self.path.parent if self.path is not None else None
-        report = validate_records(self.name, self.spec, self.rows(), self.label, base=base, keep=keep)
-        if self.path is not None and report.rows == 0:
-            report.problems.append("the file holds no rows")
+        if self.path is not None:
+            report = validate_file(self.name, self.spec, self.path, keep=keep)
+        else:
+            report = validate_records(self.name, self.spec, self.rows(), self.label, keep=keep)
         report.raise_if_bad()
         for line in report.ignored_lines():
             log.warning("dataset %s: %s (format %s does not use it)", self.name, line, self.spec.format)
@@ -96,13 +96,11 @@ class Source:
         """A hash of the data's bytes: the file (or the folder's dataset files), or the hub dataset's fingerprint."""
         if self.path is None:
             return f"hub:{getattr(self.hub, '_fingerprint', None)}"
-        files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in SUFFIXES) if self.path.is_dir() else [self.path]
+        files = dataset_files(self.path) if self.path.is_dir() else [self.path]
         digest = hashlib.sha256()
         for file in files:
             digest.update(file.name.encode() + b"\0")
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            hash_file(digest, file)
         return digest.hexdigest()
 
 
@@ -117,10 +115,11 @@ def load_sources(config: RunConfig) -> list[Source]:
     return sources
 
 
-def load_reports(config: RunConfig) -> list[DatasetReport]:
-    """Validate every configured dataset, examples held; DataError on any malformed row or unfit format."""
+def load_reports(config: RunConfig, sources: list[Source] | None = None) -> list[DatasetReport]:
+    """Validate every configured dataset (or ``sources``, already loaded), examples held, at most max_samples
+    each; DataError on any malformed row or unfit format."""
     reports = []
-    for source in load_sources(config):
+    for source in load_sources(config) if sources is None else sources:
         report = source.validate(keep=True)
         if config.max_samples:
             report.examples = report.examples[: config.max_samples]
@@ -216,11 +215,7 @@ def _encode_in_memory(config: RunConfig, sources: list[Source], tokenizer: Any, 
                       work: Path) -> EncodeStats:
     import datasets as hf_datasets
 
-    reports = []
-    for source in sources:
-        report = source.validate(keep=True)
-        report.examples = report.examples[: config.max_samples] if config.max_samples else report.examples
-        reports.append(report)
+    reports = load_reports(config, sources)
     rows, stats = tokenize_reports(config, reports, tokenizer, choice)
     _check_kept(config, stats, reports)
     hf_datasets.Dataset.from_list(rows).save_to_disk(str(work / "data"))

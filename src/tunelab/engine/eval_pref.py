@@ -70,10 +70,10 @@ def _per_row(model: Any, rows: list[dict], key: str, batch_size: int, pad_id: in
     device = next(model.parameters()).device
     out: list[float] = []
     for pairs in _batches(rows, batch_size, key):
-        ids, mask, reply = _padded(pairs, pad_id)
+        ids, mask, reply = (t.to(device) for t in _padded(pairs, pad_id))
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out += score(logits, ids.to(device), reply.to(device)).double().cpu().tolist()
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            out += score(logits, ids, reply).double().cpu().tolist()
     return np.array(out)
 
 

@@ -113,9 +113,8 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
             data = load_rows(cfg, source, tokenizer, choice)
             results["data"] = {"description": data.description, "examples": len(data.rows)}
             results["notes"].append(f"scored on {data.description}: {len(data.rows)} examples")
-            hf_needed = "loss" in cfg.metrics or vllm is None
-            with _sides(source, base_path, cfg, device, dtype) if hf_needed else contextlib.nullcontext() as use:
-                _score_lm(cfg, job, writer, results, data, tokenizer, choice, use, sides, vllm, say)
+            _score_lm(cfg, job, writer, results, data, tokenizer, choice, lambda: _sides(source, base_path, cfg, device, dtype),
+                      sides, vllm, say)
         if "preference" in cfg.metrics:
             say("scoring preference pairs", stage="preference")
             _score_preference(cfg, source, base_path, device, dtype, writer, results, tokenizer, choice, sides)
@@ -137,34 +136,26 @@ def evaluate(job: JobDir, writer: EventWriter) -> dict[str, Any]:
 
 
 def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, data: Any, tokenizer: Any,
-              choice: Any, use: Any, sides: list[str], vllm: VLLMSides | None, say: Any) -> None:
-    from tunelab.engine.eval_lm import decode_reference, example_losses, generate, prompt_and_reference
+              choice: Any, open_sides: Any, sides: list[str], vllm: VLLMSides | None, say: Any) -> None:
+    """Loss and predict. The hf model (``open_sides()``, see _sides) does the loss, and predict unless vLLM does it;
+    with vLLM it is released first, so vLLM starts on a device the hf model no longer occupies."""
+    from tunelab.engine.eval_lm import decode_reference, prompt_and_reference
     from tunelab.engine.export import stop_token_ids
     from tunelab.engine.scoring import generation_rows, loss_rows
 
     losses: dict[str, Any] = {}
     replies: dict[str, list[str]] = {}
     stops = choice.stop_strings
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if "predict" in cfg.metrics and data.stage == "pt":
         raise DataError("predict needs chat data (prompts and replies); these datasets are plain text: use metrics=loss")
     split = [prompt_and_reference(row) for row in data.rows] if "predict" in cfg.metrics else []
     prompts, stop_ids = [p for p, _ in split], stop_token_ids(tokenizer, stops)
-    for side in sides:
-        if "loss" in cfg.metrics or (split and vllm is None):
-            with use(side) as model:
-                if "loss" in cfg.metrics:
-                    say(f"{side}: loss on {len(data.rows)} examples", stage="loss", side=side, total=len(data.rows))
-                    losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
-                if split and vllm is None:
-                    def progress(done: int, total: int, side: str = side) -> None:
-                        say(f"{side}: generated {done}/{total} replies", stage="generate", side=side, done=done, total=total)
-
-                    begun = time.monotonic()
-                    replies[side] = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, stop_ids, stops,
-                                             progress)
-                    results["timings"][f"predict_{side}_s"] = round(time.monotonic() - begun, 2)
-        if split and vllm is not None:
+    if "loss" in cfg.metrics or (split and vllm is None):
+        _score_lm_hf(cfg, results, data, tokenizer, open_sides, sides, prompts if vllm is None else [], stop_ids, stops,
+                     losses, replies, say)
+    if split and vllm is not None:
+        _release_device()
+        for side in sides:
             say(f"{side}: generating for {len(split)} prompts on vLLM", stage="generate", side=side, total=len(split))
             begun, started = time.monotonic(), vllm.start_s
             replies[side] = vllm_replies(vllm, side, prompts, tokenizer, cfg.max_new_tokens, stop_ids, stops)
@@ -184,6 +175,41 @@ def _score_lm(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, 
             lines.append(json.dumps(record, ensure_ascii=False))
         write_atomic(job.predictions_file, "\n".join(lines) + "\n")
         results["predictions"] = job.predictions_file.name
+
+
+def _score_lm_hf(cfg: EvalConfig, results: dict, data: Any, tokenizer: Any, open_sides: Any, sides: list[str],
+                 prompts: list[list[int]], stop_ids: list[int], stops: list[str], losses: dict[str, Any],
+                 replies: dict[str, list[str]], say: Any) -> None:
+    """Each side's loss (when asked) and replies to ``prompts`` (when given) on the hf model; the model is no longer
+    referenced once this returns."""
+    from tunelab.engine.eval_lm import example_losses, generate
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with open_sides() as use:
+        for side in sides:
+            with use(side) as model:
+                if "loss" in cfg.metrics:
+                    say(f"{side}: loss on {len(data.rows)} examples", stage="loss", side=side, total=len(data.rows))
+                    losses[side] = example_losses(model, data.rows, cfg.batch_size, pad)
+                if prompts:
+                    def progress(done: int, total: int, side: str = side) -> None:
+                        say(f"{side}: generated {done}/{total} replies", stage="generate", side=side, done=done, total=total)
+
+                    begun = time.monotonic()
+                    replies[side] = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, stop_ids, stops,
+                                             progress)
+                    results["timings"][f"predict_{side}_s"] = round(time.monotonic() - begun, 2)
+
+
+def _release_device() -> None:
+    """Collect the released hf model and return its cached CUDA memory, so vLLM finds the GPU free."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _score_reward(cfg: EvalConfig, job: JobDir, writer: EventWriter, results: dict, source: ModelSource,

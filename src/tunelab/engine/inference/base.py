@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab.core.chat_render import TemplateRefusal
 from tunelab.core.generation import Delta, InferenceError, ModelNotFound, SamplingParams, TokenLogprob, TokenStream
@@ -156,9 +157,9 @@ class LocalEngine(Engine):
         stops = [*self.templates.stops(model), *params.stop]
         return self._locked(model, prompt, params, stops, cancel, add_special_tokens=False, images=images)
 
-    def take_images(self, model: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
-        """Messages with text contents (each image part replaced by the model's image text) and the image refs;
-        InferenceError when the model takes no images or a part is bad."""
+    def take_images(self, model: str, messages: list[dict]) -> tuple[list[dict], list[Any]]:
+        """Messages with text contents (each image part replaced by the model's image text) and the images, decoded
+        (RGB PIL images, in order); InferenceError when the model takes no images or a part is bad."""
         messages, images = text_and_images(messages)
         if self.image_text is None:
             if images:
@@ -168,14 +169,13 @@ class LocalEngine(Engine):
         if count_placeholders(messages) != len(images):
             raise InferenceError(f"messages: the text holds {count_placeholders(messages)} {IMAGE_PLACEHOLDER} but "
                                  f"{len(images)} image(s) were given; send images as image_url parts only")
-        for ref in images:  # an unreadable image is refused now, before any reply is streamed
-            try:
-                load_image(ref)
-            except ValueError as exc:
-                raise InferenceError(f"messages: {exc}") from None
+        try:  # an unreadable image is refused now, before any reply is streamed
+            pictures = [load_image(ref) for ref in images]
+        except ValueError as exc:
+            raise InferenceError(f"messages: {exc}") from None
         text = self.image_text
         return [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, text)} if isinstance(m.get("content"), str) else m
-                for m in messages], images
+                for m in messages], pictures
 
     def complete(
         self, model: str, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None,
@@ -208,10 +208,11 @@ class LocalEngine(Engine):
     @abstractmethod
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool, images: list[str] | None = None,
+        add_special_tokens: bool, images: list[Any] | None = None,
     ) -> Iterator[Delta]:
         """Yield text pieces already passed through ``stream`` (stop strings, logprobs); the last one has
-        finish_reason and counts. ``images``: refs of the prompt's images, in order (vision-language models)."""
+        finish_reason and counts. ``images``: the prompt's images, decoded (take_images), in order (vision-language
+        models)."""
 
 
 def check_messages(messages: list[dict]) -> None:

@@ -149,11 +149,9 @@ class HFEngine(LocalEngine):
             alternatives = [(self._token(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
         return TokenLogprob(self._token(token_id), float(row[token_id]), alternatives, token_id)
 
-    def _image_inputs(self, prompt: str, images: list[str]) -> dict[str, Any]:
-        """The processor's inputs for a prompt with images: expanded input_ids, attention_mask, pixel values."""
-        from tunelab.core.media import load_image
-
-        inputs = self.processor(text=[prompt], images=[load_image(ref) for ref in images], add_special_tokens=False,
+    def _image_inputs(self, prompt: str, images: list[Any]) -> dict[str, Any]:
+        """The processor's inputs for a prompt with images (decoded): expanded input_ids, attention_mask, pixel values."""
+        inputs = self.processor(text=[prompt], images=list(images), add_special_tokens=False,
                                 return_tensors="pt").to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -161,7 +159,7 @@ class HFEngine(LocalEngine):
 
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool, images: list[str] | None = None,
+        add_special_tokens: bool, images: list[Any] | None = None,
     ) -> Iterator[Delta]:
         """Run ``generate`` in a thread and stream its tokens, decoded incrementally, through ``stream``."""
         import torch

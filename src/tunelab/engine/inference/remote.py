@@ -29,6 +29,7 @@ class OpenAIEngine(Engine):
     def __init__(
         self, base_url: str, api_key: str | None = None, spec: ModelSpec | None = None,
         on_close: Callable[[], None] | None = None, vllm: bool = False, timeout: float = 600.0,
+        trust_remote_code: bool = False,
     ):
         super().__init__()
         import openai
@@ -38,6 +39,8 @@ class OpenAIEngine(Engine):
         self.templates = TemplateBook(spec) if spec else None
         self.spec, self._on_close, self._vllm = spec, on_close, vllm
         self._models: list[ServedModel] | None = None
+        self._trust_remote_code = trust_remote_code
+        self._image_text: tuple[str | None] | None = None  # (the spec model's image text,), read once
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None = None) -> "OpenAIEngine":
@@ -89,10 +92,7 @@ class OpenAIEngine(Engine):
             self.check_model(model)
             if tools:
                 raise InferenceError("tools: not with images on this engine; send the image without tools")
-            from tunelab.engine.inference.vllm_engine import vision_image_text
-
-            assert self.spec is not None
-            image_text = vision_image_text(self.spec.path, False)
+            image_text = self._served_image_text()
             if image_text is None:
                 raise InferenceError(f"messages: {model!r} is a text-only model and takes no images")
             template = self.templates.choice(model).template.serving_jinja
@@ -102,6 +102,16 @@ class OpenAIEngine(Engine):
         elif tools:
             self.tool_parser(model)
         return self._stream(lambda: self.client.chat.completions.create(**request), stops, cancel, chat=True)
+
+    def _served_image_text(self) -> str | None:
+        """What stands for one image in a prompt of the served model (None: text-only); read from its config and
+        processor once per engine."""
+        if self._image_text is None:
+            from tunelab.engine.inference.vllm_engine import vision_image_text
+
+            assert self.spec is not None
+            self._image_text = (vision_image_text(self.spec.path, self._trust_remote_code),)
+        return self._image_text[0]
 
     def tool_parser(self, model: str) -> str:
         """The tool-call format of ``model``'s template (only when tunelab renders the prompts itself)."""

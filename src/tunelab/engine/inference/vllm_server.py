@@ -149,6 +149,7 @@ def serve_with_vllm(spec: ModelSpec, options: EngineOptions, python: str) -> Ope
         server.stop()
         raise
     log.info("vllm serve ready on port %d after %.1f s", port, time.monotonic() - started)
-    engine = OpenAIEngine(server.base_url, api_key, spec=spec, on_close=server.stop, vllm=True)
+    engine = OpenAIEngine(server.base_url, api_key, spec=spec, on_close=server.stop, vllm=True,
+                          trust_remote_code=options.trust_remote_code)
     engine.name = "vllm-serve"
     return engine

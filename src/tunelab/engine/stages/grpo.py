@@ -7,13 +7,13 @@ sends; the extra columns (e.g. ``answer``) reach the reward functions as keyword
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from typing import Any
 
 from tunelab.core.config import RunConfig
 from tunelab.core.datasets import DataError
 from tunelab.core.rewards import build_rewards
+from tunelab.core.serving import vllm_importable
 from tunelab.core.template_choice import TemplateChoice
 from tunelab.engine.stages.base import StageContext, not_fast, trainer_kwargs, training_args
 from tunelab.engine.stages.sft import with_system
@@ -73,7 +73,7 @@ def generation_engine(config: RunConfig) -> tuple[str, str]:
     """(engine, reason): vllm (colocated) or hf, per ``generation_engine``."""
     import torch
 
-    has_vllm = importlib.util.find_spec("vllm") is not None
+    has_vllm = vllm_importable()
     if config.generation_engine == "hf":
         return "hf", "generation_engine: hf"
     if config.generation_engine == "vllm":
