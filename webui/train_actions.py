@@ -179,20 +179,21 @@ class TrainActions:
             said = _said("train.queued_behind", after=f": `{run.run_id}` — {jobs.waiting_reason(job)}")
         else:
             said = _said("train.started", after=f": `{run.run_id}`")
-        return "", {"run": str(run.path), "key": None}, {"said": said}, self.said(lang, {"said": said})
+        return "", {"run": str(run.path)}, {"said": said}, self.said(lang, {"said": said})
 
     def on_stop(self, lang: str, state: dict) -> tuple:
-        """Stop the watched run (dequeue it, or signal its process group)."""
+        """Stop the watched run (dequeue it, or signal its process group); returns (message, drawn, said)."""
         import gradio as gr
 
-        if not state.get("run"):
+        path = (state or {}).get("run") or reattach(self.studio)  # none picked: the run the live view shows
+        if not path:
             said = _said("train.nothing_to_stop")
             return self.said(lang, {"said": said}), gr.skip(), {"said": said}
-        outcome = self.studio.services["jobs"].stop(state["run"])
+        outcome = self.studio.services["jobs"].stop(path)
         message = {"stopping": "train.stopping", "dequeued": "train.dequeued"}.get(outcome, "train.nothing_to_stop")
-        said = _said(message, before=f"`{RunDir(state['run']).run_id}`: ")
+        said = _said(message, before=f"`{RunDir(path).run_id}`: ")
         # forget what was drawn: the next tick redraws even if the run ended before this answer arrived
-        return self.said(lang, {"said": said}), {**state, "key": None}, {"said": said}
+        return self.said(lang, {"said": said}), {"key": None}, {"said": said}
 
     def said(self, lang: str, state: dict | None) -> Any:
         """What Start or Stop last said (kept in its own state), in ``lang``: re-rendered when the language changes."""
@@ -226,7 +227,7 @@ class TrainActions:
 
     def on_page_load(self, lang: str, *values: Any) -> tuple:
         """Fill the previews and reattach the live view."""
-        return (*self.on_form(lang, *values), *self.on_preview(lang, *values), {"run": reattach(self.studio), "key": None})
+        return (*self.on_form(lang, *values), *self.on_preview(lang, *values), {"run": reattach(self.studio)})
 
     def words(self, lang: str) -> dict[str, str]:
         """The live view's words in ``lang``."""
@@ -235,28 +236,28 @@ class TrainActions:
         words.update({f"prep.{s}": self.text(f"prep.{s}", lang) for s in live.PREPARE_STAGES})
         return words
 
-    def watch(self, state: dict, weight: float, lang: str, picked: list[str] | None = None) -> tuple:
-        """One live-view update for the watched run (all gr.skip() when nothing changed)."""
+    def watch(self, state: dict, drawn: dict, weight: float, lang: str, picked: list[str] | None = None) -> tuple:
+        """One live-view update for the watched run: (drawn, *views), all gr.skip() when nothing changed. It never
+        writes the watched run (``state``): a tick that began before Start answered would undo Start's pick."""
         import gradio as gr
 
         skip = (gr.skip(),) * LIVE_OUTPUTS
-        if state is not None and not state.get("run"):
-            found = reattach(self.studio)  # here, not only at page load: a tick racing the load must not undo it
-            state = {**state, "run": found} if found else state
-        if not state or not state.get("run"):
-            if state is not None and state.get("key") != ("none", lang):
+        drawn = drawn or {}
+        path = (state or {}).get("run") or reattach(self.studio)  # none picked (yet): a run started elsewhere shows
+        if not path:
+            if drawn.get("key") != ("none", lang):
                 charts = self.charts({}, {}, {}, {}, lang)
-                return ({**state, "key": ("none", lang)}, self.text("train.no_run", lang), "", *charts[:3], "",
+                return ({"key": ("none", lang)}, self.text("train.no_run", lang), "", *charts[:3], "",
                         charts[3], gr.update(choices=[], value=[]))
             return skip
-        run = RunDir(state["run"])
+        run = RunDir(path)
         metrics = self.studio.services["history"].metrics(run)
         status = run.status()
         run_state = status.get("state", "unknown")
         if run_state not in FINAL_STATES and self.studio.services["jobs"].stopping(run.path):
             run_state = "stopping"
         key = (str(run.path), metrics.version, metrics.log.offset, run_state, weight, lang, tuple(picked or ()))
-        if key == state.get("key"):
+        if key == drawn.get("key"):
             return skip
         words = self.words(lang)
         waiting = None
@@ -271,9 +272,9 @@ class TrainActions:
             waiting=waiting,
         )
         return (
-            {**state, "key": key, "metrics": choices}, self.headline(run, status, run_state, words, lang),
+            {"key": key, "metrics": choices}, self.headline(run, status, run_state, words, lang),
             live.progress_html(metrics, run_state, words), loss, lr, speed, metrics.log.text(60), other,
-            gr.update(choices=choices) if choices != state.get("metrics") else gr.skip(),
+            gr.update(choices=choices) if choices != drawn.get("metrics") else gr.skip(),
         )
 
     def charts(self, loss: dict, lr: dict, speed: dict, other: dict, lang: str, waiting: str | None = None) -> tuple:

@@ -114,3 +114,15 @@ def test_stop_with_nothing_watched_says_so_and_keeps_the_state(tmp_path: Path) -
     assert message == "没有正在运行的训练，未停止任何训练"
     assert isinstance(state, type(gr.skip())) and said["said"]["key"] == "train.nothing_to_stop"
     assert actions.said("en", said) == "nothing running, nothing stopped"  # a language switch re-renders it
+
+
+def test_no_live_view_tick_writes_the_watched_run(tmp_path: Path) -> None:
+    """A tick that began before Start (or Stop) answered returns what it was given: were the watched run among its
+    outputs, it would take Start's pick back and Stop would then stop the run watched before."""
+    studio = app.make_studio(tmp_path, start_jobs=False)
+    blocks = app.build_app(studio)
+    live = studio.components["train_live"]._id
+    writers = {fn.name for fn in blocks.fns.values() if live in [block._id for block in fn.outputs]}
+    assert writers and all(name in {"on_start", "on_page_load", "on_open", "on_resume"} for name in writers), writers
+    watchers = [fn for fn in blocks.fns.values() if fn.name == "watch"]
+    assert len(watchers) == 4 and all(live in [block._id for block in fn.inputs] for fn in watchers)

@@ -184,7 +184,7 @@ def connect(studio: Studio) -> None:
             run = pick(lang, run_id)
         except ValueError as exc:
             return str(exc), gr.skip(), gr.skip()
-        return "", {"run": str(run.path), "key": None}, gr.Tabs(selected="train")
+        return "", {"run": str(run.path)}, gr.Tabs(selected="train")
 
     def on_resume(lang: str, run_id: str | None) -> tuple:
         try:
@@ -197,7 +197,7 @@ def connect(studio: Studio) -> None:
         except ValueError as exc:
             return str(exc), gr.skip(), gr.skip()
         jobs.poll()
-        return f"{_text(studio, 'runs.resumed', lang)} `{run.run_id}`", {"run": str(run.path), "key": None}, gr.Tabs(selected="train")
+        return f"{_text(studio, 'runs.resumed', lang)} `{run.run_id}`", {"run": str(run.path)}, gr.Tabs(selected="train")
 
     actions["open"].click(on_open, inputs=[language, selected], outputs=[message, live_state, tabs], api_name="open_run")
     actions["resume"].click(on_resume, inputs=[language, selected], outputs=[message, live_state, tabs], api_name="resume_run")

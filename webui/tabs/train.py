@@ -182,10 +182,11 @@ def build(studio: Studio) -> None:
             _controls(studio, ui)
             _plots(studio, ui)
             _log(studio, ui)
-    ui["live"] = gr.State({"run": None, "key": None})
-    # what Start/Stop last said, apart from the live state: a timer tick that began before Stop answered returns the
-    # live state it was given, and would otherwise take the message back with it
-    ui["said"] = gr.State(None)
+    # Three states, each with its own writers: a timer tick that began before Start or Stop answered returns what it
+    # was given, and would otherwise take their change back with it (e.g. Stop then hits the run watched before).
+    ui["live"] = gr.State({"run": None})  # the watched run: Start, Stop, page load and the Runs tab, never a tick
+    ui["drawn"] = gr.State({"key": None})  # what the live view last drew: the tick's own (Stop clears it)
+    ui["said"] = gr.State(None)  # what Start/Stop last said
     studio.components["train_live"] = ui["live"]
     _wire(studio, specs, ui, TrainActions(studio, specs))
 
@@ -214,7 +215,7 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     language.change(act.on_preview, inputs=form_inputs, outputs=preview_outputs, **quiet, **in_order)
     ui["start"].click(act.on_start, inputs=[language, ui["gpus"], ui["model_path"], *ordered],
                       outputs=[ui["form_error"], ui["live"], ui["said"], ui["train_message"]], api_name="start")
-    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["live"], ui["said"]],
+    ui["stop"].click(act.on_stop, inputs=[language, ui["live"]], outputs=[ui["train_message"], ui["drawn"], ui["said"]],
                      api_name="stop")
     language.change(act.said, inputs=[language, ui["said"]], outputs=ui["train_message"], **quiet)
     fields["stage"].change(act.on_stage, inputs=[fields["stage"], fields["dataset"]], outputs=ordered, **quiet)
@@ -222,8 +223,8 @@ def _wire(studio: Studio, specs: list[form.FieldSpec], ui: dict[str, Any], act: 
     ui["load"].upload(act.on_load_file, inputs=[language, ui["load"]], outputs=[ui["form_error"], ui["model_path"], *ordered],
                       api_name="load_config")
 
-    live_inputs = [ui["live"], ui["smoothing"], language, ui["metric_pick"]]
-    live_outputs = [ui["live"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"],
+    live_inputs = [ui["live"], ui["drawn"], ui["smoothing"], language, ui["metric_pick"]]
+    live_outputs = [ui["drawn"], ui["status"], ui["progress"], ui["loss_plot"], ui["lr_plot"], ui["speed_plot"], ui["log"],
                     ui["metric_plot"], ui["metric_pick"]]
     gr.Timer(TICK_S).tick(act.watch, inputs=live_inputs, outputs=live_outputs, show_progress="hidden", api_name="watch")
     ui["smoothing"].change(act.watch, inputs=live_inputs, outputs=live_outputs, **quiet)
