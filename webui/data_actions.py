@@ -199,7 +199,11 @@ def run_check(name: str, model: str, template: str, cutoff: int, validation: str
     argv = [sys.executable, "-m", "tunelab.cli", "data", "check", name, "--template", template, "--cutoff", str(cutoff), "--json"]
     argv += ["--model", model] if model else []
     argv += ["--validation", validation] if validation else []
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"the check of {name!r} took more than {CHECK_TIMEOUT_S} s and was stopped; "
+                        f"run `tunelab data check {name}` in a terminal to see it through") from None
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

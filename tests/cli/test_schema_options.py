@@ -43,3 +43,14 @@ def test_flags_set_the_schema_fields() -> None:
     assert (config.compare_base, config.max_samples, config.metrics) == (False, 7, ["loss", "predict"])
     with pytest.raises(SystemExit):
         _subparser("export").parse_args(["--run", "r", "--dtype", "int3"])  # choices come from the schema's Literal
+
+
+def test_export_serve_check_without_vllm_is_refused_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    from tunelab.cli import main
+    from tunelab.core import serving
+
+    monkeypatch.delenv("TUNELAB_VLLM_PYTHON", raising=False)
+    monkeypatch.setattr(serving, "vllm_importable", lambda: False)  # as on a machine without vLLM
+    assert main(["export", "--model", "demo", "--out", str(tmp_path / "out"), "--serve-check"]) == 2
+    assert "serve_check: needs vLLM" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -136,3 +136,19 @@ def test_save_rename_delete_keep_the_validation_choice(tmp_path: Path, monkeypat
     message, _, validation = act.on_delete("en", "renamed", "mine2")
     assert "Deleted" in message and validation.get("value", "mine2") == "mine2"
     assert act.on_delete("en", "mine2", "mine2")[2]["value"] is None
+
+
+def test_a_check_past_its_time_is_one_line(monkeypatch) -> None:
+    import subprocess
+
+    import pytest
+
+    from tunelab.core.datasets import DataError
+    from tunelab.webui import data_actions
+
+    def too_slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], data_actions.CHECK_TIMEOUT_S)
+
+    monkeypatch.setattr(data_actions.subprocess, "run", too_slow)
+    with pytest.raises(DataError, match="took more than .* s and was stopped; run `tunelab data check identity`"):
+        data_actions.run_check("identity", "demo", "auto", 1024, None)

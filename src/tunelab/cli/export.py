@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tunelab.core.config import ConfigError
 from tunelab.core.export_config import ExportConfig, validate_export_config
+from tunelab.core.serving import require_vllm
 from tunelab.core.sources import SourceError
 from tunelab.cli.schema_args import add_schema_options, schema_values
 
@@ -33,7 +34,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig the arguments ask for (ConfigError on bad input)."""
-    return validate_export_config(schema_values(args, SOURCE + OPTIONS), "tunelab export")
+    config = validate_export_config(schema_values(args, SOURCE + OPTIONS), "tunelab export")
+    if config.serve_check:  # before the merge, not after it (as the Export tab checks it)
+        require_vllm("serve_check")
+    return config
 
 
 def _export(args: argparse.Namespace) -> int:
