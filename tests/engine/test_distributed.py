@@ -135,7 +135,7 @@ def test_stop_ends_every_rank(tmp_path: Path, demo_model_dir: Path) -> None:
     assert not any(process_alive(pid) and not _zombie(pid) for pid in ranks), "no rank outlives Stop"
     assert not group_alive(process.pid)
     status = reconcile(run)
-    assert status["state"] == "aborted", status
+    assert status["state"] == "aborted", (status.get("error"), run.log_file.read_text()[-3000:])
     assert (run.checkpoints / f"checkpoint-{status['global_step']}").is_dir(), "both ranks stopped at one step and saved"
 
 

@@ -35,7 +35,7 @@ def train_events(run: RunDir) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def grpo_run(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    run, _ = train(tmp_path_factory.mktemp("grpo"), "max_steps=8")
+    run, _ = train(tmp_path_factory.mktemp("grpo"), "max_steps=16")
     return run
 
 
@@ -45,16 +45,17 @@ def test_grpo_raises_the_learnable_reward(grpo_run: RunDir, demo_model_dir: Path
     from transformers import AutoModelForCausalLM
 
     status = grpo_run.status()
-    assert status["state"] == "succeeded" and status["global_step"] == 8
+    assert status["state"] == "succeeded" and status["global_step"] == 16
     assert status["generation_engine"] == "hf" and status["booster"] == "none"
     assert "stage 'grpo'" in status["booster_reason"]
     assert "generation: transformers generate" in grpo_run.log_file.read_text()
     events = train_events(grpo_run)
-    assert len(events) == 8
+    assert len(events) == 16
     for key in ("reward", "reward_std", "rewards/length/mean", "completions/mean_length", "loss"):
         assert all(isinstance(e.get(key), (int, float)) for e in events), key
     rewards = [e["rewards/length/mean"] for e in events]
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.05, rewards  # seeded: a real rise, not noise
+    # seeded; 8 steps were too few to rise by 0.05 on every CPU (0.048 on one): 16 rose by 0.13 there
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
     # The adapter is plain PEFT and training moved its LoRA B matrices off their zero init.
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir), str(grpo_run.adapter_dir))
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
