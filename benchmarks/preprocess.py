@@ -1,6 +1,6 @@
 """Preprocessing throughput and memory: tunelab's streaming path beside the straightforward one, in the same run.
 
-    python benchmarks/preprocess.py --out benchmarks/results/cpu-preprocess.json          (50k rows, ~4 min on 2 idle cores)
+    python benchmarks/preprocess.py --out benchmarks/results/cpu-preprocess.json          (50k rows, ~3 min on 2 idle cores)
     python benchmarks/preprocess.py --rows 3000 --rss-rows 500 1000 --out /tmp/pp.json      (checks this script)
 
 Writes ``--rows`` synthetic multi-turn conversations (seeded: a Zipf-distributed made-up lexicon, 1-4 turns, a

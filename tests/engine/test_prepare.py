@@ -52,6 +52,7 @@ def test_fast_encoding_equals_the_old_path(name: str, monkeypatch: pytest.Monkey
     tokenizer = tiny_tokenizer(_specials(template, messages), bos=template.bos_token or "<s>",
                                eos=template.eos_token or "</s>")
     assert tokenize.TokenEncoder(tokenizer).backend is not None, "the fast path is under test"
+    assert tokenize.TokenEncoder(tokenizer).words is not None, "the word memo is under test"
     conversations = [messages, messages[:3] if messages[0]["role"] == "system" else messages[:2], UNICODE] * 3
     cutoff = min(len(row["input_ids"]) for row in encode_conversations(tokenizer, template, conversations,
                                                                         cutoff_len=4096)) - 1  # cuts some rows

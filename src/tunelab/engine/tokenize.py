@@ -16,6 +16,7 @@ from typing import Any
 from tunelab.core.chat_render import Rendered, TemplateRefusal
 from tunelab.core.datafiles import DataError
 from tunelab.core.templates import ChatTemplate, ModelEntry, registry
+from tunelab.engine.words import WordEncoder
 
 IGNORE = -100
 BATCH = 1024  # texts per tokenizer call
@@ -139,12 +140,15 @@ class _Positions:
 
 
 class TokenEncoder:
-    """Tokenizes rendered text without special tokens: a fast tokenizer's Rust backend in one batched call (the
-    very call transformers makes, without its conversion to Python dicts), any other tokenizer through transformers."""
+    """Tokenizes rendered text without special tokens: plain ASCII text through a word memo where the tokenizer is a
+    byte-level BPE the memo reproduces (engine.words), the rest by a fast tokenizer's Rust backend in one batched
+    call (the very call transformers makes, without its conversion to Python dicts), any other tokenizer through
+    transformers."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.backend = _plain_backend(tokenizer)
+        self.words = _word_encoder(self.backend) if self.backend is not None else None
 
     def encode(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """(ids, character offsets) of each text."""
@@ -155,9 +159,29 @@ class TokenEncoder:
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text."""
+        found = [self.words.encode(text) for text in texts] if self.words is not None else [None] * len(texts)
+        rest = iter(self._ids([text for text, words in zip(texts, found) if words is None]))
+        return [words.ids if words is not None else next(rest) for words in found]
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
         if self.backend is not None:
             return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+_WORD_ENCODERS: dict[tuple[int, int], tuple[Any, WordEncoder | None]] = {}
+
+
+def _word_encoder(backend: Any) -> WordEncoder | None:
+    """One word encoder per Rust tokenizer (and vocabulary size) in this process: its memo fills across chunks."""
+    key = (id(backend), backend.get_vocab_size(with_added_tokens=True))
+    if key not in _WORD_ENCODERS:
+        while len(_WORD_ENCODERS) >= 4:
+            del _WORD_ENCODERS[next(iter(_WORD_ENCODERS))]
+        _WORD_ENCODERS[key] = (backend, WordEncoder.of(backend))  # the backend held: its id stays its own
+    return _WORD_ENCODERS[key][1]
 
 
 def _plain_backend(tokenizer: Any) -> Any:
@@ -203,18 +227,35 @@ def encode_conversations(
     encoder = TokenEncoder(tokenizer)
     rows = []
     for batch_start in range(0, len(rendered), BATCH):
-        batch = rendered[batch_start : batch_start + BATCH]
-        for r, (ids, offsets) in zip(batch, encoder.encode([r.text for r in batch])):
-            positions = _Positions.of(offsets)
-            if r.spans and _straddles_at(offsets, r.spans[-1][0], positions):
-                ids, offsets = _encode_at_last_reply(encoder, r)
-                positions = _Positions.of(offsets)
-            spans = r.spans[-1:] if mask_history else r.spans
-            labels = list(ids) if train_on_prompt else _labels(offsets, positions, spans, ids)
+        for ids, labels in _encode_rendered(encoder, rendered[batch_start : batch_start + BATCH], train_on_prompt,
+                                            mask_history):
             row = _cut(list(ids), labels, cutoff_len, stats)
             if row is not None:
                 rows.append(row)
     return rows
+
+
+def _encode_rendered(encoder: TokenEncoder, batch: list[Rendered], train_on_prompt: bool,
+                     mask_history: bool) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of each rendered conversation: through the word memo where every loss span starts and ends
+    between words, the rest in one Rust call."""
+    out: list[tuple[list[int], list[int]] | None] = [None] * len(batch)
+    for k, r in enumerate(batch):
+        words = encoder.words.encode(r.text) if encoder.words is not None else None
+        aligned = words.labels(r.spans, IGNORE) if words is not None else None
+        if words is not None and aligned is not None:
+            labels = list(words.ids) if train_on_prompt else words.labels(r.spans[-1:], IGNORE) if mask_history else aligned
+            out[k] = (words.ids, labels or [])
+    rest = [k for k, done in enumerate(out) if done is None]
+    for k, (ids, offsets) in zip(rest, encoder.encode([batch[k].text for k in rest]) if rest else []):
+        r = batch[k]
+        positions = _Positions.of(offsets)
+        if r.spans and _straddles_at(offsets, r.spans[-1][0], positions):
+            ids, offsets = _encode_at_last_reply(encoder, r)
+            positions = _Positions.of(offsets)
+        spans = r.spans[-1:] if mask_history else r.spans
+        out[k] = (ids, list(ids) if train_on_prompt else _labels(offsets, positions, spans, ids))
+    return out  # type: ignore[return-value]
 
 
 def _check_tools(template: ChatTemplate, conversations: list[list[dict]], tools: list) -> None:

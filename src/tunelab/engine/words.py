@@ -1,0 +1,295 @@
+"""Byte-level BPE tokenization of plain ASCII text through a word memo: the same ids as the Rust tokenizer, cheaper.
+
+A byte-level BPE tokenizer (GPT-2, Llama 3, Qwen 2/3, DeepSeek) cuts text at its added tokens, splits each piece
+into words with a regular expression, and runs BPE on each word alone. Real text repeats its words (Zipf), so
+tunelab remembers each word's ids: the tokenizer's own BPE model runs once per distinct word, the splitting runs
+in Python's C regex engine. A piece between added tokens with a character outside printable ASCII, tab, newline
+and carriage return goes to the Rust tokenizer alone (it tokenizes each such piece on its own inside the text too):
+only on ASCII are the two regex engines' Unicode classes sure to agree. The memo is used only for a tokenizer
+whose pipeline it reproduces (read from the tokenizer's JSON) and that gives the Rust tokenizer's ids and token
+boundaries on a probe set of tricky strings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import re
+from dataclasses import dataclass
+from itertools import accumulate, chain
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+OTHER = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character that sends the text to the Rust tokenizer
+NEVER = "\\x00"  # in no text this module takes (NUL is sent to Rust)
+ASCII_MEMBERS = {  # Unicode general categories as their ASCII members; the others have none
+    "L": "a-zA-Z", "Letter": "a-zA-Z", "Lu": "A-Z", "Ll": "a-z", "N": "0-9", "Number": "0-9", "Nd": "0-9",
+    "Lt": "", "Lm": "", "Lo": "", "M": "", "Mn": "", "Mc": "", "Me": "", "Nl": "", "No": "",
+}
+NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD"}  # the identity on ASCII
+POST_PROCESSORS = {"TemplateProcessing", "BertProcessing"}  # add tokens only when asked; offsets untouched
+CHECK_EVERY = 500  # texts per one checked against the Rust tokenizer
+MEMO_LIMIT = 200_000  # distinct words remembered (then forgotten at once): memory stays flat on any dataset
+PROBES = (
+    "Hello world! I'm here, you're there; they've gone. We'll see: it's 12345 or 3.14159e-10?",
+    "DON'T SHOUT'S 'quoted' ''double'' it''s  a\tb\t\tc\n\nd \n e   \r\n  f \n\n\n",
+    "   leading and trailing   ", "x" * 70 + " " + "ab1" * 12, "!!!???...,,,;;; --- ___ +++ ===",
+    "def f(x):\n    return x**2  # comment\n\n\tprint(f'{x}')\r\n", "A1b2C3 d4e5 99 bottles 1,000,000 0x1F",
+    "user\nWhat is 2+2?\nASSISTANT:Four.\n\n### Response:\n", "'s's't're've'm'll'd 'S 'T 'RE",
+    "Où est le café? 日本語で 🚀 naïve\u00a0crème\tbrûlée\x0b\x00 Ünïcödé’s “quotes” — ok", "\u200b\u3000 \U0001f680\U0001f680.",
+)
+
+
+@dataclass
+class Words:
+    """A text's ids and where its words start: ``bounds`` (characters) and ``starts`` (tokens), each with the end."""
+
+    ids: list[int]
+    bounds: list[int]
+    starts: list[int]
+
+    def labels(self, spans: tuple[tuple[int, int], ...], ignore: int) -> list[int] | None:
+        """The ids of the tokens inside the spans, ``ignore`` elsewhere; None when a span edge falls inside a word
+        (the tokens there are for the Rust tokenizer's offsets to settle)."""
+        labels = [ignore] * len(self.ids)
+        for begin, end in spans:
+            first, stop = self._word_at(begin), self._word_at(end)
+            if first is None or stop is None:
+                return None
+            labels[self.starts[first] : self.starts[stop]] = self.ids[self.starts[first] : self.starts[stop]]
+        return labels
+
+    def _word_at(self, position: int) -> int | None:
+        index = bisect.bisect_left(self.bounds, position)
+        return index if index < len(self.bounds) and self.bounds[index] == position else None
+
+
+class WordEncoder:
+    """Encodes plain ASCII text with a word memo in front of a byte-level BPE tokenizer's own model."""
+
+    def __init__(self, backend: Any, splits: list[re.Pattern], added: list[re.Pattern], added_ids: dict[str, int],
+                 piecewise: bool = True):
+        self.backend = backend
+        self.piecewise = piecewise  # a piece between added tokens tokenizes alone as it does in the text
+        self.model = backend.model
+        self.splits = splits
+        self.added = added
+        self.added_ids = added_ids
+        self.memo: dict[str, tuple[int, ...]] = {}
+        self.count = 0
+        self.off = False
+        self.to_bytes_alphabet = str.maketrans(_byte_alphabet())
+
+    @classmethod
+    def of(cls, backend: Any) -> WordEncoder | None:
+        """The encoder for a Rust tokenizer, or None when its pipeline is not one this reproduces exactly."""
+        spec = json.loads(backend.to_str())
+        splits = _splits(spec)
+        added = _added(spec)
+        if splits is None or added is None or not _plain_pipeline(spec, backend):
+            return None
+        normalized = any(t.get("normalized") for t in spec.get("added_tokens") or [])
+        encoder = cls(backend, splits, *added, piecewise=not (normalized and spec.get("normalizer")))
+        marked = tuple(f"{token}user\n{token}Hi there{token} \n{token}Où? 🚀{token}" for token in list(added[1])[:64])
+        return encoder if encoder.agrees(backend, PROBES + marked) else None
+
+    def encode(self, text: str) -> Words | None:
+        """The text's ids and word bounds, or None when it holds a character this leaves to the Rust tokenizer and
+        the tokenizer matches some added tokens after normalizing (then only the whole text goes to Rust exactly).
+        Every CHECK_EVERY-th text is checked against the Rust tokenizer; a difference turns the memo off."""
+        if self.off:
+            return None
+        self.count += 1
+        if self.count % CHECK_EVERY == 0 and not self.agrees(self.backend, [text]):
+            self.off = True
+            log.warning("the word memo disagreed with the tokenizer on a text; the rest is tokenized by the tokenizer")
+            return None
+        return self._encode(text)
+
+    def _encode(self, text: str) -> Words | None:
+        words: list[str] = []
+        ids: list[tuple[int, ...]] = []
+        for piece, is_added in self._pieces(text):
+            if is_added:
+                words.append(piece)
+                ids.append((self.added_ids[piece],))
+                continue
+            found = None if OTHER.search(piece) else self._words(piece)
+            if found is None:
+                if not self.piecewise:
+                    return None
+                self._by_rust(piece, words, ids)
+                continue
+            memo, miss = self.memo.get, self._miss
+            words += found
+            ids += [memo(word) or miss(word) for word in found]
+        return Words(list(chain.from_iterable(ids)), [0, *accumulate(map(len, words))], [0, *accumulate(map(len, ids))])
+
+    def _by_rust(self, piece: str, words: list[str], ids: list[tuple[int, ...]]) -> None:
+        """A piece between added tokens tokenized alone by the Rust tokenizer (as it tokenizes it inside the text),
+        cut into units wherever a token ends where the next one starts (bytes of one character stay together)."""
+        encoding = self.backend.encode(piece, add_special_tokens=False)
+        units: list[list[int]] = []
+        unit_ids: list[list[int]] = []
+        end = 0
+        for token, (start, stop) in zip(encoding.ids, encoding.offsets):
+            if units and (start < end or stop <= start):  # shares a character with the unit before, or is empty
+                unit_ids[-1].append(token)
+                units[-1][1] = max(units[-1][1], stop)
+            else:
+                units.append([end, max(stop, end)])  # a gap before the token joins it
+                unit_ids.append([token])
+            end = units[-1][1]
+        if units:
+            units[-1][1] = len(piece)
+        else:
+            units, unit_ids = [[0, len(piece)]], [[]]
+        words += [piece[begin:stop] for begin, stop in units]
+        ids += [tuple(unit) for unit in unit_ids]
+
+    def agrees(self, backend: Any, texts: tuple[str, ...] | list[str]) -> bool:
+        """Whether the memo gives the Rust tokenizer's ids on ``texts``, each word's tokens inside the word."""
+        for text, encoding in zip(texts, backend.encode_batch(list(texts), add_special_tokens=False)):
+            words = self._encode(text)
+            if words is None:
+                continue
+            if words.ids != encoding.ids:
+                return False
+            for k in range(len(words.bounds) - 1):
+                inside = encoding.offsets[words.starts[k] : words.starts[k + 1]]
+                if any(start < words.bounds[k] or end > words.bounds[k + 1] for start, end in inside):
+                    return False
+        return True
+
+    def _pieces(self, text: str) -> list[tuple[str, bool]]:
+        """The text cut at its added tokens (those matched before normalization first, as the tokenizer does)."""
+        pieces = [(text, False)]
+        for pattern in self.added:
+            cut: list[tuple[str, bool]] = []
+            for piece, is_added in pieces:
+                if is_added:
+                    cut.append((piece, True))
+                else:
+                    cut += [(part, bool(k % 2)) for k, part in enumerate(pattern.split(piece)) if part]
+            pieces = cut
+        return pieces
+
+    def _words(self, piece: str) -> list[str] | None:
+        words = [piece]
+        for pattern in self.splits:
+            found = [word for part in words for word in pattern.findall(part)]
+            if sum(map(len, found)) != sum(map(len, words)):
+                return None  # text the pattern skips (Split's gaps): not this module's business
+            words = found
+        return words
+
+    def _miss(self, word: str) -> tuple[int, ...]:
+        if len(self.memo) >= MEMO_LIMIT:
+            self.memo.clear()
+        ids = tuple(token.id for token in self.model.tokenize(word.translate(self.to_bytes_alphabet)))
+        self.memo[word] = ids
+        return ids
+
+
+def _byte_alphabet() -> dict[str, str]:
+    """Byte-level BPE's printable stand-in for each ASCII character (GPT-2's bytes_to_unicode)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in kept]
+    table = {b: chr(b) for b in kept} | {b: chr(256 + n) for n, b in enumerate(moved)}
+    return {chr(b): table[b] for b in range(128)}
+
+
+def _splits(spec: dict) -> list[re.Pattern] | None:
+    """The word-splitting expressions of the pre-tokenizer, as ASCII ``re`` patterns; None when unsupported."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if not steps or not _byte_level(steps[-1]):
+        return None
+    sources = []
+    for step in steps[:-1]:
+        pattern = step.get("pattern") or {}
+        if step.get("type") != "Split" or step.get("behavior") != "Isolated" or step.get("invert") or "Regex" not in pattern:
+            return None
+        sources.append(pattern["Regex"])
+    if steps[-1].get("use_regex", True):
+        sources.append(GPT2_SPLIT)
+    patterns = [_ascii_pattern(source) for source in sources]
+    return None if any(p is None for p in patterns) else patterns  # type: ignore[return-value]
+
+
+def _byte_level(step: dict) -> bool:
+    return step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False)
+
+
+def _ascii_pattern(source: str) -> re.Pattern | None:
+    r"""An onig pattern as a ``re`` pattern over ASCII text: each ``\p{..}`` becomes its ASCII members."""
+    out, in_class, k = [], False, 0
+    while k < len(source):
+        char = source[k]
+        if char == "\\" and source[k + 1 : k + 3] == "p{":
+            close = source.find("}", k)
+            members = ASCII_MEMBERS.get(source[k + 3 : close])
+            if members is None:
+                return None
+            out.append((members or NEVER) if in_class else f"[{members or NEVER}]")
+            k = close + 1
+            continue
+        if char == "\\":
+            if source[k + 1 : k + 2] in ("P", "X", "G", "A", "z", "Z", "K", "R"):
+                return None  # onig escapes re lacks or reads otherwise
+            out.append(source[k : k + 2])
+            k += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+            if source[k + 1 : k + 2] == "^":
+                out.append("[^")
+                k += 2
+                continue
+        elif char == "[":
+            return None  # nested classes
+        elif char == "]" and in_class:
+            in_class = False
+        elif char == "(" and not in_class and source[k + 1 : k + 2] != "?":
+            out.append("(?:")  # findall returns the whole words only without groups
+            k += 1
+            continue
+        out.append(char)
+        k += 1
+    try:
+        return re.compile("".join(out), re.ASCII)
+    except re.error:
+        return None
+
+
+def _added(spec: dict) -> tuple[list[re.Pattern], dict[str, int]] | None:
+    """Patterns cutting text at the added tokens (raw-text ones first, then the normalized ones), their ids."""
+    tokens = spec.get("added_tokens") or []
+    if any(t.get("single_word") or t.get("lstrip") or t.get("rstrip") or not t.get("content") for t in tokens):
+        return None
+    groups = [[t["content"] for t in tokens if bool(t.get("normalized")) is normalized] for normalized in (False, True)]
+    patterns = [re.compile("(" + "|".join(re.escape(c) for c in sorted(group, key=len, reverse=True)) + ")")
+                for group in groups if group]  # longest first: the leftmost-longest match the tokenizer makes
+    return patterns, {t["content"]: t["id"] for t in tokens}
+
+
+def _plain_pipeline(spec: dict, backend: Any) -> bool:
+    """A normalizer that leaves ASCII alone, a BPE without dropout and nothing that moves the offsets."""
+    normalizer = spec.get("normalizer")
+    steps = (normalizer.get("normalizers", []) if normalizer and normalizer.get("type") == "Sequence"
+             else [normalizer] if normalizer else [])
+    if any(step.get("type") not in NORMALIZERS for step in steps):
+        return False
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") \
+            or model.get("end_of_word_suffix"):
+        return False
+    post = spec.get("post_processor")
+    posts = post.get("processors", []) if post and post.get("type") == "Sequence" else [post] if post else []
+    for step in posts:
+        if step.get("type") not in POST_PROCESSORS and not (step.get("type") == "ByteLevel" and not step.get("trim_offsets")):
+            return False
+    return not backend.encode_special_tokens
