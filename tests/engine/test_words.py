@@ -1,5 +1,5 @@
 """The word memo gives the Rust tokenizer's ids, word for word, on the byte-level pipelines it takes (GPT-2's,
-Llama 3's and Qwen 2's splits, seeded random ASCII with the awkward characters), leaves other text to Rust, and
+Llama 3's, Qwen 2's and DeepSeek-V3's splits, seeded random ASCII with the awkward characters), leaves other text to Rust, and
 refuses pipelines it does not reproduce."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ SPECIALS = ["<|im_start|>", "<|im_end|>", "<tool>"]
 LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
           r"|\s+(?!\S)|\s+")
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+PUNCTUATION = (r"[!-/:-@\[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")  # DeepSeek-V3's shape: digits first, then punctuation and symbol classes
 PIECES = (list("abcXYZ019 '\t\n") + ["\r\n", "  ", "'s", "'LL", "'Re", "hello", "World", "12345", "...", "!?", "__",
           "(x)", "{y}", "$%^&*", "+=", "~|@`", '"', "\\", "/", ";:", ",", "-", "<", ">", "#"] + SPECIALS)
 
@@ -37,10 +39,10 @@ def _backend(pre_tokenizer: dict | None = None, normalizer: dict | None = None, 
     return Tokenizer.from_str(json.dumps(spec))
 
 
-def _split_then_bytes(pattern: str) -> dict:
+def _split_then_bytes(*patterns: str) -> dict:
+    splits = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False} for p in patterns]
     return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+        *splits, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
 
 
 def _texts(seed: int, count: int = 400) -> list[str]:
@@ -53,6 +55,7 @@ PIPELINES = {
     "llama3": {"pre_tokenizer": _split_then_bytes(LLAMA3),
                "post": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}},
     "qwen2": {"pre_tokenizer": _split_then_bytes(QWEN2), "normalizer": {"type": "NFC"}},
+    "deepseek": {"pre_tokenizer": _split_then_bytes(r"\p{N}{1,3}", PUNCTUATION)},
 }
 
 

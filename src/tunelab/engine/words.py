@@ -16,6 +16,7 @@ import bisect
 import json
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 from itertools import accumulate, chain
 from typing import Any
@@ -25,10 +26,9 @@ log = logging.getLogger(__name__)
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 OTHER = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character that sends the text to the Rust tokenizer
 NEVER = "\\x00"  # in no text this module takes (NUL is sent to Rust)
-ASCII_MEMBERS = {  # Unicode general categories as their ASCII members; the others have none
-    "L": "a-zA-Z", "Letter": "a-zA-Z", "Lu": "A-Z", "Ll": "a-z", "N": "0-9", "Number": "0-9", "Nd": "0-9",
-    "Lt": "", "Lm": "", "Lo": "", "M": "", "Mn": "", "Mc": "", "Me": "", "Nl": "", "No": "",
-}
+CATEGORIES = {name: name for name in ("L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No",
+              "P", "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "S", "Sm", "Sc", "Sk", "So")} | {
+    "Letter": "L", "Mark": "M", "Number": "N", "Punctuation": "P", "Symbol": "S"}  # the \p{..} names taken
 NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD"}  # the identity on ASCII
 POST_PROCESSORS = {"TemplateProcessing", "BertProcessing"}  # add tokens only when asked; offsets untouched
 CHECK_EVERY = 500  # texts per one checked against the Rust tokenizer
@@ -177,12 +177,12 @@ class WordEncoder:
             pieces = cut
         return pieces
 
-    def _words(self, piece: str) -> list[str] | None:
+    def _words(self, piece: str) -> list[str]:
         words = [piece]
         for pattern in self.splits:
             found = [word for part in words for word in pattern.findall(part)]
-            if sum(map(len, found)) != sum(map(len, words)):
-                return None  # text the pattern skips (Split's gaps): not this module's business
+            if sum(map(len, found)) != sum(map(len, words)):  # text between matches: words too (Split "Isolated")
+                found = [word for part in words for word in _isolated(pattern, part)]
             words = found
         return words
 
@@ -192,6 +192,20 @@ class WordEncoder:
         ids = tuple(token.id for token in self.model.tokenize(word.translate(self.to_bytes_alphabet)))
         self.memo[word] = ids
         return ids
+
+
+def _isolated(pattern: re.Pattern, text: str) -> list[str]:
+    """The text cut into the pattern's matches and the stretches between them."""
+    out, end = [], 0
+    for match in pattern.finditer(text):
+        if match.start() > end:
+            out.append(text[end : match.start()])
+        if match.end() > match.start():
+            out.append(match.group())
+        end = match.end()
+    if end < len(text):
+        out.append(text[end:])
+    return out
 
 
 def _byte_alphabet() -> dict[str, str]:
@@ -231,9 +245,10 @@ def _ascii_pattern(source: str) -> re.Pattern | None:
         char = source[k]
         if char == "\\" and source[k + 1 : k + 3] == "p{":
             close = source.find("}", k)
-            members = ASCII_MEMBERS.get(source[k + 3 : close])
-            if members is None:
+            category = CATEGORIES.get(source[k + 3 : close])
+            if category is None:
                 return None
+            members = _ascii_members(category)
             out.append((members or NEVER) if in_class else f"[{members or NEVER}]")
             k = close + 1
             continue
@@ -263,6 +278,11 @@ def _ascii_pattern(source: str) -> re.Pattern | None:
         return re.compile("".join(out), re.ASCII)
     except re.error:
         return None
+
+
+def _ascii_members(category: str) -> str:
+    """The printable ASCII characters of a Unicode general category, escaped for a character class."""
+    return "".join(re.escape(c) for c in map(chr, range(0x20, 0x7F)) if unicodedata.category(c).startswith(category))
 
 
 def _added(spec: dict) -> tuple[list[re.Pattern], dict[str, int]] | None:
