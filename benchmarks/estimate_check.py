@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-like", action="store_true", help="every row on the tiny shape on the CPU: times this script")
     p.add_argument("--merge", action="store_true", help="keep the rows already in --out (rerun ones are replaced)")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="refit the plain path's speed constant without each plain row of --out, predict that row, exit")
     p.add_argument("--import-product", help="add the rows of a product_bench.py results file to --out and exit")
     args = p.parse_args(argv)
     unknown = [n for n in args.rows.split(",") if n and n not in ROWS]
@@ -176,6 +178,31 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def leave_one_out(rows: list[dict[str, Any]]) -> str:
+    """The plain path's speed constant (CAL plain_bytes) refitted on all plain rows but one, by the smallest worst
+    error as it was fitted, and that held-out row predicted: speed error out of sample."""
+    from tunelab.core import estimate_model
+
+    plain = [r for r in rows if r.get("measured") and r["overrides"].get("booster") == "none"]
+    fitted = estimate_model.CAL["plain_bytes"]
+
+    def error(row: dict[str, Any], value: float) -> float:
+        estimate_model.CAL["plain_bytes"] = value
+        return row_errors(row)["tokens_per_s"]
+
+    lines = ["| held-out row | refitted plain_bytes | worst error of the others | held-out error | with every row |",
+             "|---|---:|---:|---:|---:|"]
+    try:
+        for held in plain:
+            others = [r for r in plain if r is not held]
+            best = min((v * 10.0 for v in range(20, 400)), key=lambda v: max(abs(error(r, v)) for r in others))
+            worst = max(abs(error(r, best)) for r in others)
+            lines.append(f"| {held['name']} | {best:.0f} | {worst:.0%} | {error(held, best):+.0%} | {error(held, fitted):+.0%} |")
+    finally:
+        estimate_model.CAL["plain_bytes"] = fitted
+    return "\n".join(lines)
+
+
 def write_models(args: argparse.Namespace, names: list[str], work: Path) -> dict[str, Path]:
     """Every model the rows need, written at once (one process each: the writes overlap)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -198,9 +225,13 @@ def save(path: Path, results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    old = json.loads(out.read_text()) if out.is_file() and (args.merge or args.table or args.import_product) else {}
+    old = json.loads(out.read_text()) if out.is_file() and (args.merge or args.table or args.import_product
+                                                             or args.leave_one_out) else {}
     if args.table:
         print(table(old["rows"]))
+        return 0
+    if args.leave_one_out:
+        print(leave_one_out(old["rows"]))
         return 0
     if args.import_product:
         imported = import_product(Path(args.import_product))

@@ -20,3 +20,22 @@ def test_estimate_check_finds_its_device(monkeypatch: pytest.MonkeyPatch) -> Non
     spec.loader.exec_module(module)
     name, memory = module.device()
     assert name == "CPU" and memory > 0
+
+
+def test_leave_one_out_predicts_each_plain_row_from_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.core import estimate_model
+    from tunelab.core.calibration import load_rows
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("estimate_check", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fitted = estimate_model.CAL["plain_bytes"]
+    rows = load_rows(SCRIPT.parent / "results" / "estimate-check.json")
+    lines = module.leave_one_out(rows).splitlines()[2:]
+    plain = [r["name"] for r in rows if r["overrides"].get("booster") == "none"]
+    assert [line.split(" | ")[0].strip("| ") for line in lines] == plain and len(plain) >= 3
+    assert estimate_model.CAL["plain_bytes"] == fitted  # the constant is put back
+    refits = {float(line.split(" | ")[1]) for line in lines}
+    assert len(refits) > 1, "each row left out refits the constant on the others"
