@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -93,6 +94,7 @@ def _webui(args: argparse.Namespace) -> int:
 
     studio = make_studio(args.runs_dir or runs_dir(), lang=args.lang, initial_config=initial)
     print(f"tunelab studio: runs in {studio.runs_dir}", flush=True)
+    _stop_on_signals()
     try:
         launch(studio, host=args.host, port=args.port, auth=logins, open_browser=args.open)
     except KeyboardInterrupt:
@@ -100,3 +102,14 @@ def _webui(args: argparse.Namespace) -> int:
     finally:
         studio.services["jobs"].close()
     return 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (kill, systemctl stop) both close the studio cleanly. SIGINT is set explicitly:
+    a shell script that starts the studio in the background starts it with SIGINT ignored."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
