@@ -237,15 +237,15 @@ def encode_conversations(
 
 def _encode_rendered(encoder: TokenEncoder, batch: list[Rendered], train_on_prompt: bool,
                      mask_history: bool) -> list[tuple[list[int], list[int]]]:
-    """(ids, labels) of each rendered conversation: through the word memo where every loss span starts and ends
-    between words, the rest in one Rust call."""
+    """(ids, labels) of each rendered conversation: through the word memo where the loss spans used (they include
+    the last reply, where the Rust path would re-tokenize a merged token) start and end between words, the rest in
+    one Rust call."""
     out: list[tuple[list[int], list[int]] | None] = [None] * len(batch)
     for k, r in enumerate(batch):
         words = encoder.words.encode(r.text) if encoder.words is not None else None
-        aligned = words.labels(r.spans, IGNORE) if words is not None else None
-        if words is not None and aligned is not None:
-            labels = list(words.ids) if train_on_prompt else words.labels(r.spans[-1:], IGNORE) if mask_history else aligned
-            out[k] = (words.ids, labels or [])
+        labels = words.labels(r.spans[-1:] if mask_history else r.spans, IGNORE) if words is not None else None
+        if words is not None and labels is not None:
+            out[k] = (words.ids, list(words.ids) if train_on_prompt else labels)
     rest = [k for k, done in enumerate(out) if done is None]
     for k, (ids, offsets) in zip(rest, encoder.encode([batch[k].text for k in rest]) if rest else []):
         r = batch[k]

@@ -112,6 +112,7 @@ class WordEncoder:
     def _encode(self, text: str) -> Words | None:
         words: list[str] = []
         ids: list[tuple[int, ...]] = []
+        memo, miss = self.memo.get, self._miss
         for piece, is_added in self._pieces(text):
             if is_added:
                 words.append(piece)
@@ -123,7 +124,6 @@ class WordEncoder:
                     return None
                 self._by_rust(piece, words, ids)
                 continue
-            memo, miss = self.memo.get, self._miss
             words += found
             ids += [memo(word) or miss(word) for word in found]
         return Words(list(chain.from_iterable(ids)), [0, *accumulate(map(len, words))], [0, *accumulate(map(len, ids))])
@@ -218,8 +218,7 @@ def _byte_alphabet() -> dict[str, str]:
 
 def _splits(spec: dict) -> list[re.Pattern] | None:
     """The word-splitting expressions of the pre-tokenizer, as ASCII ``re`` patterns; None when unsupported."""
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    steps = _steps(spec.get("pre_tokenizer"), "pretokenizers")
     if not steps or not _byte_level(steps[-1]):
         return None
     sources = []
@@ -232,6 +231,13 @@ def _splits(spec: dict) -> list[re.Pattern] | None:
         sources.append(GPT2_SPLIT)
     patterns = [_ascii_pattern(source) for source in sources]
     return None if any(p is None for p in patterns) else patterns  # type: ignore[return-value]
+
+
+def _steps(node: dict | None, key: str) -> list[dict]:
+    """A pipeline stage's steps: a Sequence's ``key`` list, a single step alone, none when absent."""
+    if not node:
+        return []
+    return node.get(key, []) if node.get("type") == "Sequence" else [node]
 
 
 def _byte_level(step: dict) -> bool:
@@ -298,18 +304,13 @@ def _added(spec: dict) -> tuple[list[re.Pattern], dict[str, int]] | None:
 
 def _plain_pipeline(spec: dict, backend: Any) -> bool:
     """A normalizer that leaves ASCII alone, a BPE without dropout and nothing that moves the offsets."""
-    normalizer = spec.get("normalizer")
-    steps = (normalizer.get("normalizers", []) if normalizer and normalizer.get("type") == "Sequence"
-             else [normalizer] if normalizer else [])
-    if any(step.get("type") not in NORMALIZERS for step in steps):
+    if any(step.get("type") not in NORMALIZERS for step in _steps(spec.get("normalizer"), "normalizers")):
         return False
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") \
             or model.get("end_of_word_suffix"):
         return False
-    post = spec.get("post_processor")
-    posts = post.get("processors", []) if post and post.get("type") == "Sequence" else [post] if post else []
-    for step in posts:
+    for step in _steps(spec.get("post_processor"), "processors"):
         if step.get("type") not in POST_PROCESSORS and not (step.get("type") == "ByteLevel" and not step.get("trim_offsets")):
             return False
     return not backend.encode_special_tokens
