@@ -156,7 +156,8 @@ class RankRun(RunDir):
         """Rank 0 (and local rank 0 of other hosts): update status.json. Every rank: a failure into logs/rank-<N>.error.json."""
         if state == "failed":
             self.logs_dir.mkdir(parents=True, exist_ok=True)
-            error = {"rank": rank(), "time": time.time(), "error": fields.get("error", ""), "pid": os.getpid()}
+            error = {"rank": rank(), "time": time.time(), "error": fields.get("error", ""), "pid": os.getpid(),
+                     "where": fields.get("where")}
             write_atomic(self.logs_dir / f"rank-{rank()}.error.json", json.dumps(error) + "\n")
         if node_main():
             return super().set_status(state, **fields)

@@ -58,7 +58,8 @@ def run(run_dir: str | Path) -> int:
         return _finish(run_, writer, "failed", message)
     except Exception as exc:  # a bug or a crash: keep the traceback in train.log, a summary in status.json
         traceback.print_exc()
-        return _finish(run_, writer, "failed", f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500])
+        where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)[-4:]]
+        return _finish(run_, writer, "failed", f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500], where=where)
     if stop.requested:
         return _finish(run_, writer, "aborted", f"stopped by {stop.signal_name}; checkpoint saved", **summary)
     return _finish(run_, writer, "succeeded", "training finished", **summary)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tunelab.core.config import RunConfig
+from tunelab.core.files import write_atomic
 from tunelab.core.rundir import FINAL_STATES, RunDir, create_run
 
 TRAIN_MODULE = "tunelab.engine.train"
@@ -169,6 +170,8 @@ def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     if not pgid or not group_alive(pgid):
         _kill_ranks(run)
         return True
+    run.logs_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(_stop_marker(run), f"{time.time()}\n")  # a file of its own: the trainer rewrites status.json
     os.killpg(int(pgid), signal.SIGTERM)
     deadline = time.time() + grace_s
     while time.time() < deadline:
@@ -217,14 +220,35 @@ def rank_failure(run: RunDir) -> dict | None:
     return min(errors, key=lambda e: e.get("time", 0), default=None)
 
 
+def _stop_marker(run: RunDir) -> Path:
+    return run.logs_dir / "stop-requested"
+
+
+def stop_requested_at(run: RunDir) -> float | None:
+    """When Stop (stop_run) signalled the run, or None."""
+    try:
+        return float(_stop_marker(run).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def reconcile(run: RunDir) -> dict:
     """Once the trainer's processes are gone: a run that vanished without a final status (killed, OOM) is failed;
-    a multi-process run that did not succeed is failed with the error of the rank that broke first. Returns status."""
+    a multi-process run that did not succeed is failed with the error of the rank that broke first, unless that
+    rank broke after Stop was asked: ranks leaving one by one can break the collective of a rank still finishing
+    (a peer's socket closes under it), and the run is then aborted with that error noted. Returns status."""
     status = run.status()
     if not status.get("pgid") or group_alive(status["pgid"]):
         return status
     first = rank_failure(run) if status.get("state") != "succeeded" else None
-    if first is not None and not str(status.get("error", "")).startswith("rank "):
+    stopped = stop_requested_at(run)
+    if first is not None and stopped is not None and first.get("time", stopped) >= stopped:
+        note = f"rank {first.get('rank')}: {first.get('error') or 'failed'}"
+        if status.get("state") != "aborted" or status.get("rank_note") != note:
+            aborted = status.get("state") == "aborted"
+            message = status.get("message") if aborted else "stopped (Stop); a rank broke while stopping"
+            status = run.set_status("aborted", message=message, rank_note=note, **({} if aborted else {"error": None}))
+    elif first is not None and not str(status.get("error", "")).startswith("rank "):
         status = run.set_status("failed", error=f"rank {first.get('rank')}: {first.get('error') or 'failed'}")
     elif status.get("state") in ("running", "queued"):
         status = run.set_status("failed", error="the trainer process ended without reporting (killed or out of memory?)")
