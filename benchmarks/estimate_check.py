@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,10 +43,11 @@ ROWS: dict[str, tuple[str, str, str, bool]] = {
     "llama8b-qlora-none": ("llama8b", "qlora", "none", True),
     "llama8b-lora-fast": ("llama8b", "lora", "fast", True),
     "llama8b-full-none": ("llama8b", "full", "none", True),
+    "qwen7b-full-none": ("qwen7b", "full", "none", True),
     "llama8b-lora-none": ("llama8b", "lora", "none", True),
     "llama8b-qlora-fast": ("llama8b", "qlora", "fast", True),
 }
-DEFAULT_ROWS = list(ROWS)[:8]  # the last two were measured by product_bench.py already (--import-product)
+DEFAULT_ROWS = list(ROWS)[:9]  # the last two were measured by product_bench.py already (--import-product)
 PRODUCT_ROWS = {"lora-fast-pack": "llama8b-lora-fast", "lora-none-pack": "llama8b-lora-none",
                 "qlora-fast-pack": "llama8b-qlora-fast", "lora-fast-nopack": "llama8b-lora-fast-nopack"}
 H200_MEMORY_GIB = 140.4  # nvidia-smi memory.total of the H200 behind h200-product.json (143,771 MiB)
@@ -215,6 +217,13 @@ def write_models(args: argparse.Namespace, names: list[str], work: Path) -> dict
     return folders
 
 
+def drop_weights(run_dir: str | None) -> None:
+    """Delete a measured run's saved weights (a full 8B model is 16 GB: two would fill the GPU machine's disk)."""
+    if run_dir:
+        for part in ("model", "adapter", "checkpoints"):
+            shutil.rmtree(Path(run_dir) / part, ignore_errors=True)
+
+
 def save(path: Path, results: dict[str, Any]) -> None:
     """Write the results file atomically."""
     tmp = path.with_name(path.name + ".tmp")
@@ -263,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         bench, model = bench_args(args, spec[0]), models[spec[0]]
         pb.RUNS[name] = (spec[1], spec[2], spec[3], extra)
-        row = make_row(name, spec, pb.run_product(name, bench, model, data, runs), model, args, gpu)
+        result = pb.run_product(name, bench, model, data, runs)
+        row = make_row(name, spec, result, model, args, gpu)
+        drop_weights(result.get("run_dir"))
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [row]
         save(out, results)
         got = row.get("measured", {})
