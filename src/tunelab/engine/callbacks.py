@@ -108,13 +108,18 @@ class EventsCallback(TrainerCallback):
         self.stop.training = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if args.world_size > 1:  # every rank stops at the same step, whichever one got the signal
+        stop_now = self.stop.requested
+        if args.world_size > 1:
+            # Every rank stops at the same step: the step's vote decides. A signal handled while the vote is under
+            # way sets the flag after its value was sent, so the flag is never overwritten by the vote (that lost
+            # Stop on both ranks once); it is counted in the next step's vote.
             from tunelab.engine.dist import any_rank
 
-            self.stop.requested = any_rank(self.stop.requested)
-            if self.stop.requested and not self.stop.signal_name:
-                self.stop.signal_name = "a signal to another rank"
-        if self.stop.requested:
+            stop_now = any_rank(stop_now)
+            if stop_now and not self.stop.requested:
+                self.stop.requested = True
+                self.stop.signal_name = self.stop.signal_name or "a signal to another rank"
+        if stop_now:
             control.should_save = True
             control.should_training_stop = True
 
