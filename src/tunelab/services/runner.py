@@ -170,7 +170,6 @@ def stop_run(run: RunDir, grace_s: float = 60.0) -> bool:
     if not pgid or not group_alive(pgid):
         _kill_ranks(run)
         return True
-    run.logs_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(_stop_marker(run), f"{time.time()}\n")  # a file of its own: the trainer rewrites status.json
     os.killpg(int(pgid), signal.SIGTERM)
     deadline = time.time() + grace_s
@@ -232,6 +231,10 @@ def stop_requested_at(run: RunDir) -> float | None:
         return None
 
 
+def _rank_error(failure: dict) -> str:
+    return f"rank {failure.get('rank')}: {failure.get('error') or 'failed'}"
+
+
 def reconcile(run: RunDir) -> dict:
     """Once the trainer's processes are gone: a run that vanished without a final status (killed, OOM) is failed;
     a multi-process run that did not succeed is failed with the error of the rank that broke first, unless that
@@ -243,13 +246,11 @@ def reconcile(run: RunDir) -> dict:
     first = rank_failure(run) if status.get("state") != "succeeded" else None
     stopped = stop_requested_at(run)
     if first is not None and stopped is not None and first.get("time", stopped) >= stopped:
-        note = f"rank {first.get('rank')}: {first.get('error') or 'failed'}"
-        if status.get("state") != "aborted" or status.get("rank_note") != note:
-            aborted = status.get("state") == "aborted"
-            message = status.get("message") if aborted else "stopped (Stop); a rank broke while stopping"
-            status = run.set_status("aborted", message=message, rank_note=note, **({} if aborted else {"error": None}))
+        if status.get("rank_note") != _rank_error(first):  # set together with "aborted": once
+            message = status.get("message") if status.get("state") == "aborted" else "stopped (Stop); a rank broke while stopping"
+            status = run.set_status("aborted", message=message, rank_note=_rank_error(first), error=None)
     elif first is not None and not str(status.get("error", "")).startswith("rank "):
-        status = run.set_status("failed", error=f"rank {first.get('rank')}: {first.get('error') or 'failed'}")
+        status = run.set_status("failed", error=_rank_error(first))
     elif status.get("state") in ("running", "queued"):
         status = run.set_status("failed", error="the trainer process ended without reporting (killed or out of memory?)")
     return status
