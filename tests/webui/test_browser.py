@@ -67,6 +67,22 @@ def pick(page, elem_id: str, text: str, option: str) -> None:
     page.keyboard.press("Escape")
 
 
+def set_slider(page, elem_id: str, value: str) -> None:
+    """Type ``value`` into a Gradio slider's number box and wait until the slider itself holds it (a value typed
+    while the component is still settling can be lost: CI once sampled at the default temperature)."""
+    from playwright.sync_api import expect
+
+    box, track = page.locator(f"#{elem_id} input[type=number]"), page.locator(f"#{elem_id} input[type=range]")
+    expect(box).to_be_visible(timeout=10_000)
+    for _ in range(3):
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        if track.input_value() == value and box.input_value() == value:
+            return
+    raise AssertionError(f"slider {elem_id} shows {track.input_value()!r}, not {value!r}")
+
+
 def open_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(url)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VLM_PICTURE, VLM_QUESTION
-from tests.webui.test_browser import open_page, pick
+from tests.webui.test_browser import open_page, pick, set_slider
 from tunelab.core.rundir import RunDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the browser fixture skips where chromium is not installed
@@ -58,9 +58,7 @@ def _chat(page, run: RunDir, expected: dict[str, str]) -> None:
     expect(page.locator("#chat_status")).to_contain_text(f"Serving: demo-vlm, {run.run_id}", timeout=240_000)
     page.locator("#chat_sampling").get_by_text("Sampling").click()
     for elem_id, value in (("chat_temperature", "0"), ("chat_max_new_tokens", str(MAX_NEW))):
-        box = page.locator(f"#{elem_id} input[type=number]")
-        box.fill(value)
-        box.press("Enter")
+        set_slider(page, elem_id, value)
     page.locator("#chat_compare input").check()
     page.locator("#chat_image input[type=file]").set_input_files(str(VLM_PICTURE))
     expect(page.locator("#chat_image img")).to_be_visible(timeout=30_000)
@@ -69,6 +67,7 @@ def _chat(page, run: RunDir, expected: dict[str, str]) -> None:
     expect(page.locator("#chat_status")).to_contain_text("demo-vlm:", timeout=180_000)  # both answers finished
     expect(page.locator("#chat_status")).to_contain_text(f"{run.run_id}:")
     expect(page.locator("#chat_image img")).to_have_count(0, timeout=10_000)  # the picture went with the message
+    expect(page.locator("#chat_temperature input[type=range]")).to_have_value("0")  # greedy still: answers comparable
     for side, name in (("#chat_output", "tuned"), ("#chat_output_base", "base")):
         expect(page.locator(f"{side} img").first).to_be_visible(timeout=10_000)  # the user's turn shows the picture
         expect(page.locator(side)).to_contain_text(VLM_QUESTION)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.webui.conftest import free_port, shot
+from tests.webui.test_browser import set_slider
 
 GREEDY = dict(temperature=0, top_p=1, top_k=0, max_new=40, penalty=1, seed=-1)
 
@@ -125,9 +126,7 @@ def test_browser_compare(studio_app, browser, demo_adapter_run: Path) -> None:
     expect(page.locator("#chat_status")).to_contain_text(f"Serving: demo, {demo_adapter_run.name}", timeout=180_000)
     page.locator("#chat_compare input").check()
     page.locator("#chat_sampling").get_by_text("Sampling").click()
-    temperature = page.locator("#chat_temperature input[type=number]")
-    temperature.fill("0")
-    temperature.press("Enter")
+    set_slider(page, "chat_temperature", "0")
     page.locator("#chat_input textarea").fill("Who are you?")
     page.locator("#chat_send").click()
     expect(page.locator("#chat_output")).to_contain_text("Tuna", timeout=120_000)
