@@ -2,9 +2,11 @@
 
     python benchmarks/preprocess.py --out benchmarks/results/cpu-preprocess.json          (50k rows, ~3 min on 2 idle cores)
     python benchmarks/preprocess.py --rows 3000 --rss-rows 500 1000 --out /tmp/pp.json      (checks this script)
+    python benchmarks/preprocess.py --other 0.3 --rss-rows --out benchmarks/results/cpu-preprocess-mixed.json
 
 Writes ``--rows`` synthetic multi-turn conversations (seeded: a Zipf-distributed made-up lexicon, 1-4 turns, a
-system prompt in a third of them) as JSONL, trains a 32k-vocabulary byte-level BPE on part of them (tokenizers)
+system prompt in a third of them; ``--other``: that share of sentences gets one word with characters outside
+ASCII) as JSONL, trains a 32k-vocabulary byte-level BPE on part of them (tokenizers)
 and wraps it with ChatML (the registry template, whose {% generation %} tags mark the replies). Then, from the
 same file to a tokenized Arrow dataset on disk:
 - baseline: what trl 1.16's SFTTrainer does by default with assistant_only_loss (one process): ``load_dataset("json")``,
@@ -39,16 +41,23 @@ CUTOFF = 1024
 SPECIALS = ["<s>", "</s>", "<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 
-def write_conversations(path: Path, rows: int, seed: int = 0) -> None:
-    """``rows`` seeded multi-turn conversations as OpenAI-format JSONL."""
-    rng = random.Random(seed)
+OTHER_WORDS = ["café", "naïve", "日本語", "Привет", "straße", "🚀", "über", "niño", "中文", "crème", "“quoted”", "don’t"]
+
+
+def write_conversations(path: Path, rows: int, seed: int = 0, other: float = 0.0) -> None:
+    """``rows`` seeded multi-turn conversations as OpenAI-format JSONL; ``other``: the share of sentences given one
+    word from OTHER_WORDS (characters outside ASCII) at a random place."""
+    rng, mixer = random.Random(seed), random.Random(seed + 1)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "qu", "ha", "el", "an", "or", "ist",
                  "ung", "ber", "cal", "dor", "th", "st", "ing", "ed", "ph", "ly", "ment", "ous", "tr", "gr", "bl", "ex"]
     lexicon = list(dict.fromkeys("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(150_000)))
     weights = list(itertools.accumulate(1 / (rank + 10) for rank in range(len(lexicon))))
 
     def sentence(words: int) -> str:
-        text = " ".join(rng.choices(lexicon, cum_weights=weights, k=words))
+        chosen = rng.choices(lexicon, cum_weights=weights, k=words)
+        if mixer.random() < other:
+            chosen.insert(mixer.randrange(len(chosen) + 1), mixer.choice(OTHER_WORDS))
+        text = " ".join(chosen)
         return text[0].upper() + text[1:] + rng.choice([".", "?", "!", "."])
 
     with path.open("w", encoding="utf-8") as handle:
@@ -195,6 +204,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--rss-rows", type=int, nargs="*", default=[12_500, 25_000, 50_000])
+    parser.add_argument("--other", type=float, default=0.0, help="share of sentences given one non-ASCII word")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu-preprocess.json")
     parser.add_argument("--rss-child", nargs=4, metavar=("DATA", "TOKENIZER", "HOME", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -214,7 +224,7 @@ def main() -> int:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     data = work / "chats.jsonl"
-    _, generate_s, _ = timed(write_conversations, data, max([args.rows, *args.rss_rows]))
+    _, generate_s, _ = timed(write_conversations, data, max([args.rows, *args.rss_rows]), 0, args.other)
     full = work / "chats-bench.jsonl"
     with data.open() as source, full.open("w") as sink:
         sink.writelines(itertools.islice(source, args.rows))
@@ -241,7 +251,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, shared with other jobs while "
                    f"measured (1-min load average {load[0]:.1f} before, {load[1]:.1f} after)",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "rows": args.rows, "tokens": tokens, "vocab": len(tokenizer), "cutoff_len": CUTOFF, "template": "chatml",
+        "rows": args.rows, "other": args.other, "tokens": tokens, "vocab": len(tokenizer), "cutoff_len": CUTOFF, "template": "chatml",
         "workers_auto": worker_count(0, args.rows),
         "wall_s": {k: round(v, 1) for k, v in wall.items()} | {"tunelab_cached": round(cached_s, 2)},
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()},

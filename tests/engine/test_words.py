@@ -45,9 +45,12 @@ def _split_then_bytes(*patterns: str) -> dict:
         *splits, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
 
 
-def _texts(seed: int, count: int = 400) -> list[str]:
+OTHERS = ["é", "café", "日本語", "🚀", "\u00a0", "Ü", "’s", "—", "\x0b", "\x00", "e\u0301", "٣", "Ⅻ"]  # e + combining accent: not NFC
+
+
+def _texts(seed: int, count: int = 400, pieces: list[str] = PIECES) -> list[str]:
     rng = random.Random(seed)
-    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 40))) for _ in range(count)]
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(count)]
 
 
 PIPELINES = {
@@ -72,14 +75,33 @@ def test_the_memo_gives_the_rust_ids_word_for_word(name: str) -> None:
     assert encoder.memo, "the memo filled"
 
 
-def test_other_characters_go_to_rust_piece_by_piece_and_unsupported_pipelines_are_refused() -> None:
+@pytest.mark.parametrize("name", PIPELINES)
+def test_other_characters_are_split_by_the_tokenizer_and_still_give_its_ids(name: str) -> None:
+    backend = _backend(**PIPELINES[name])
+    encoder = WordEncoder.of(backend)
+    assert encoder is not None
+    texts = _texts(seed=len(name) + 1, pieces=PIECES + OTHERS * 3)
+    for text, encoding in zip(texts, backend.encode_batch(texts, add_special_tokens=False)):
+        found = encoder.encode(text)
+        assert found is not None and found.ids == encoding.ids, text
+    assert encoder.agrees(backend, texts)  # each word's tokens lie inside the word
+    assert any(map(words.OTHER.search, encoder.memo)), "words with other characters come from the memo too"
+
+
+def test_other_characters_and_unsupported_pipelines() -> None:
     backend = _backend()
     encoder = WordEncoder.of(backend)
     assert encoder is not None
     texts = ["café", "日本", "tab\x0bvertical", "nul\x00", "bell\x07", "🚀", "<|im_start|>Où<|im_end|> plain <tool>x\u00a0"]
     for text, encoding in zip(texts, backend.encode_batch(texts, add_special_tokens=False)):
         assert encoder.encode(text).ids == encoding.ids, text
-    assert encoder.agrees(backend, texts) and " plain" in encoder.memo and "café" not in encoder.memo
+    assert encoder.agrees(backend, texts) and " plain" in encoder.memo and "café" in encoder.memo
+    nfc = _backend(**PIPELINES["qwen2"])
+    encoder = WordEncoder.of(nfc)
+    assert encoder is not None
+    [encoding] = nfc.encode_batch(["cafe\u0301 ok"], add_special_tokens=False)
+    assert encoder.encode("cafe\u0301 ok").ids == encoding.ids  # the normalizer changes the piece: Rust takes it
+    assert not [word for word in encoder.memo if "\u0301" in word]
     after_normalizing = WordEncoder.of(_backend(normalizer={"type": "NFC"}, added={"normalized": True}))
     assert after_normalizing is not None and after_normalizing.encode("café") is None  # then the whole text to Rust
     refused = {

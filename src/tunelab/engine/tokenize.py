@@ -140,8 +140,8 @@ class _Positions:
 
 
 class TokenEncoder:
-    """Tokenizes rendered text without special tokens: plain ASCII text through a word memo where the tokenizer is a
-    byte-level BPE the memo reproduces (engine.words), the rest by a fast tokenizer's Rust backend in one batched
+    """Tokenizes rendered text without special tokens: through a word memo where the tokenizer is a byte-level BPE
+    the memo reproduces (engine.words), the rest by a fast tokenizer's Rust backend in one batched
     call (the very call transformers makes, without its conversion to Python dicts), any other tokenizer through
     transformers."""
 

@@ -1,12 +1,13 @@
-"""Byte-level BPE tokenization of plain ASCII text through a word memo: the same ids as the Rust tokenizer, cheaper.
+"""Byte-level BPE tokenization through a word memo: the same ids as the Rust tokenizer, cheaper.
 
 A byte-level BPE tokenizer (GPT-2, Llama 3, Qwen 2/3, DeepSeek) cuts text at its added tokens, splits each piece
 into words with a regular expression, and runs BPE on each word alone. Real text repeats its words (Zipf), so
-tunelab remembers each word's ids: the tokenizer's own BPE model runs once per distinct word, the splitting runs
-in Python's C regex engine. A piece between added tokens with a character outside printable ASCII, tab, newline
-and carriage return goes to the Rust tokenizer alone (it tokenizes each such piece on its own inside the text too):
-only on ASCII are the two regex engines' Unicode classes sure to agree. The memo is used only for a tokenizer
-whose pipeline it reproduces (read from the tokenizer's JSON) and that gives the Rust tokenizer's ids and token
+tunelab remembers each word's ids: the tokenizer's own BPE model runs once per distinct word. A piece of printable
+ASCII (with tab, newline and carriage return) is split in Python's C regex engine; a piece with any other character
+is split by the tokenizer's own pre-tokenizer (only on ASCII are the two regex engines' Unicode classes sure to
+agree), or, when the tokenizer's normalizer would change it, tokenized by the Rust tokenizer alone (it tokenizes
+each piece between added tokens on its own inside the text too). The memo is used only for a tokenizer whose
+pipeline it reproduces (read from the tokenizer's JSON) and that gives the Rust tokenizer's ids and token
 boundaries on a probe set of tricky strings.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-OTHER = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character that sends the text to the Rust tokenizer
+OTHER = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character that sends the piece to the Rust pre-tokenizer
 NEVER = "\\x00"  # in no text this module takes (NUL is sent to Rust)
 CATEGORIES = {name: name for name in ("L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No",
               "P", "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "S", "Sm", "Sc", "Sk", "So")} | {
@@ -68,13 +69,14 @@ class Words:
 
 
 class WordEncoder:
-    """Encodes plain ASCII text with a word memo in front of a byte-level BPE tokenizer's own model."""
+    """Encodes text with a word memo in front of a byte-level BPE tokenizer's own model."""
 
     def __init__(self, backend: Any, splits: list[re.Pattern], added: list[re.Pattern], added_ids: dict[str, int],
                  piecewise: bool = True):
         self.backend = backend
         self.piecewise = piecewise  # a piece between added tokens tokenizes alone as it does in the text
         self.model = backend.model
+        self.normalizer, self.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         self.splits = splits
         self.added = added
         self.added_ids = added_ids
@@ -122,11 +124,36 @@ class WordEncoder:
             if found is None:
                 if not self.piecewise:
                     return None
-                self._by_rust(piece, words, ids)
+                self._other(piece, words, ids)
                 continue
             words += found
             ids += [memo(word) or miss(word) for word in found]
         return Words(list(chain.from_iterable(ids)), [0, *accumulate(map(len, words))], [0, *accumulate(map(len, ids))])
+
+    def _other(self, piece: str, words: list[str], ids: list[tuple[int, ...]]) -> None:
+        """A piece with other characters: cut into words by the tokenizer's own pre-tokenizer, each word's ids from
+        the memo; when the normalizer would change the piece, the Rust tokenizer takes the piece alone."""
+        split = self._rust_words(piece)
+        if split is None:
+            self._by_rust(piece, words, ids)
+            return
+        memo, miss = self.memo.get, self._miss
+        for word, mapped in split:
+            words.append(word)
+            ids.append(memo(word) or miss(word, mapped))
+
+    def _rust_words(self, piece: str) -> list[tuple[str, str]] | None:
+        """The piece's words and their byte-level forms as the tokenizer splits them; None when its normalizer
+        changes the piece or the words do not tile it."""
+        if self.normalizer is not None and self.normalizer.normalize_str(piece) != piece:
+            return None
+        out, end = [], 0
+        for mapped, (start, stop) in self.pre_tokenizer.pre_tokenize_str(piece):
+            if start != end:
+                return None
+            out.append((piece[start:stop], mapped))
+            end = stop
+        return out if end == len(piece) else None
 
     def _by_rust(self, piece: str, words: list[str], ids: list[tuple[int, ...]]) -> None:
         """A piece between added tokens tokenized alone by the Rust tokenizer (as it tokenizes it inside the text),
@@ -186,10 +213,11 @@ class WordEncoder:
             words = found
         return words
 
-    def _miss(self, word: str) -> tuple[int, ...]:
+    def _miss(self, word: str, mapped: str | None = None) -> tuple[int, ...]:
+        """BPE of one word (``mapped``: its byte-level form, when it is not plain ASCII), remembered."""
         if len(self.memo) >= MEMO_LIMIT:
             self.memo.clear()
-        ids = tuple(token.id for token in self.model.tokenize(word.translate(self.to_bytes_alphabet)))
+        ids = tuple(token.id for token in self.model.tokenize(mapped or word.translate(self.to_bytes_alphabet)))
         self.memo[word] = ids
         return ids
 
