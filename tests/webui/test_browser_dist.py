@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.test_browser import open_page, pick, wait_for_step
+from tests.webui.test_browser import fill_held, open_page, pick, wait_for_step
 from tunelab.core.rundir import RunDir
 from tunelab.services.runner import group_members, pid_running, rank_processes
 
@@ -27,8 +27,7 @@ def test_a_two_process_run_starts_from_the_train_tab_and_stop_ends_every_rank(st
     page.locator("#advanced button.label-wrap").first.click()
     page.get_by_role("tab", name="Several GPUs / hosts").click()
     pick(page, "strategy", "ddp", "ddp")
-    page.locator("#nproc_per_node input").fill("2")
-    page.locator("#nproc_per_node input").press("Tab")
+    fill_held(page, "#nproc_per_node input", "2")
     expect(page.locator("#form_error")).to_be_empty()
     page.locator("#start").click()
     started = time.time()

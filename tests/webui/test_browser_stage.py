@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.test_browser import open_page, pick
+from tests.webui.test_browser import fill_held, open_page, pick
 from tunelab.core.rundir import RunDir
 
 pytestmark = pytest.mark.timeout(600)  # the browser fixture skips where chromium is not installed
@@ -32,8 +32,7 @@ def test_dpo_from_the_train_tab_draws_its_margin_curve(studio_server, browser, d
     pick(page, "dataset", "helpful", "helpful_demo (preference)")
     expect(page.locator("#data_preview")).to_contain_text("rejected", timeout=15_000)
     for elem_id, value in (("max_steps", "6"), ("learning_rate", "0.002"), ("cutoff_len", "128")):
-        page.locator(f"#{elem_id} input").fill(value)
-        page.locator(f"#{elem_id} input").press("Tab")
+        fill_held(page, f"#{elem_id} input", value)
     page.locator("#start").click()
     expect(page.locator("#status")).to_contain_text("demo-lora-dpo", timeout=30_000)
     page.wait_for_function(f"({MARGIN_POINTS_JS})() >= 3", timeout=300_000, polling=500)

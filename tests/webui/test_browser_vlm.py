@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VLM_PICTURE, VLM_QUESTION
-from tests.webui.test_browser import open_page, pick, set_slider
+from tests.webui.test_browser import fill_held, open_page, pick, set_slider
 from tunelab.core.rundir import RunDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the browser fixture skips where chromium is not installed
 MAX_NEW = 8
-
-
-def _fill(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input").first
-    box.fill(value)
-    box.press("Tab")
 
 
 def _train(page, server) -> RunDir:
@@ -33,7 +27,7 @@ def _train(page, server) -> RunDir:
     expect(page.locator("#preview_images img").first).to_be_visible(timeout=60_000)  # thumbnails beside the text
     expect(page.locator("#data_preview")).to_contain_text("<image>")
     for elem_id, value in (("max_steps", "3"), ("learning_rate", "0.002"), ("cutoff_len", "64")):
-        _fill(page, elem_id, value)
+        fill_held(page, f"#{elem_id} input", value)
     page.locator("#start").click()
     deadline = time.time() + 400
     while time.time() < deadline:

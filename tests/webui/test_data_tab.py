@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.webui.conftest import shot
-from tests.webui.test_browser import open_page
+from tests.webui.test_browser import fill_held, open_page
 from tunelab.core.datacheck import histogram_bins
 from tunelab.webui.charts import histogram_chart
 from tunelab.webui.data_actions import DataActions, train_datasets
@@ -91,8 +91,8 @@ def test_upload_guess_save_preview_check_then_train_offers_it(studio_server, bro
     expect(page.locator("#data_raw")).to_contain_text("What is 1 plus 1?", timeout=30_000)
     expect(page.locator("#data_rendered")).to_contain_text("<|im_start|>assistant", timeout=10_000)
     assert page.evaluate(HIGHLIGHTED_JS, "2. Indeed") and not page.evaluate(HIGHLIGHTED_JS, "What is 1 plus 1?")
-    page.locator("#data_model textarea").fill(str(tiny_model_dir))
-    page.locator("#data_cutoff input").fill("100")
+    fill_held(page, "#data_model textarea", str(tiny_model_dir))
+    fill_held(page, "#data_cutoff input", "100")
     page.locator("#data_check").click()
     expect(page.locator("#data_report")).to_contain_text("8 rows, format alpaca", timeout=240_000)
     expect(page.locator("#data_report")).to_contain_text("cutoff 100:")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.webui.conftest import BROKEN_WORDS_JS, CHROMIUM, CHROMIUM_FLAGS, shot
+from tests.webui.test_browser import fill_held
 from tunelab.webui.tabs import evaluate, export
 
 
@@ -175,13 +176,13 @@ def test_export_and_eval_in_a_real_browser(studio_app) -> None:
         page.locator("#export_run input").click()
         page.get_by_role("option", name=f"{run.name} (succeeded)").click()
         expect(page.locator("#export_run input")).to_have_value(f"{run.name} (succeeded)")
-        page.locator("#export_out textarea, #export_out input").first.fill(str(run / "merged-browser"))
+        fill_held(page, "#export_out textarea, #export_out input", str(run / "merged-browser"))
         page.locator("#export_button").click()
         expect(page.locator("#export_status")).to_contain_text("Verified", timeout=300_000)
         assert (run / "merged-browser" / "model.safetensors").is_file()
         shot(page, "export")
         page.get_by_role("tab", name="Evaluate").click()
-        page.locator("#eval_max_samples input").fill("4")
+        fill_held(page, "#eval_max_samples input", "4")
         page.locator("#eval_metrics").get_by_label("predict").check()  # predictions too: shown as chat below
         page.locator("#eval_button").click()
         expect(page.locator("#eval_status")).to_contain_text("⏳", timeout=60_000)  # its current step
