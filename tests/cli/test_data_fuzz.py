@@ -50,6 +50,8 @@ def _mutations(fmt: str, rng: random.Random) -> list[tuple[str, bytes]]:
         ("wrong.ext", good),
         ("csv_ragged.csv", b"instruction,output\nq,a,extra,more\n"),
     ]
+    half = json.dumps([_half_character(row)])  # its \\ud800 escape decodes to a lone surrogate
+    cases += [("surrogate.json", half.encode()), ("surrogate.jsonl", half[1:-1].encode() + b"\n")]
     for key in row:
         cases.append((f"missing_{key}.json", json.dumps([{k: v for k, v in row.items() if k != key}]).encode()))
         cases.append((f"null_{key}.json", json.dumps([{**row, key: None}]).encode()))
@@ -62,6 +64,17 @@ def _mutations(fmt: str, rng: random.Random) -> list[tuple[str, bytes]]:
         cases.append(("bad_role.json", json.dumps([{column: [{**turns[0], list(turns[0])[0]: "robot"}, turns[1]]}]).encode()))
         cases.append(("turn_not_object.json", json.dumps([{column: ["hi", "hello"]}]).encode()))
     return cases
+
+
+def _half_character(row: dict) -> dict:
+    """The row with half a character (a lone surrogate) before its last text value."""
+    key = [k for k, v in row.items() if isinstance(v, (str, list))][-1]
+    value = row[key]
+    if isinstance(value, str):
+        return {**row, key: "\ud800" + value}
+    *turns, last = value
+    text = "content" if "content" in last else "value"
+    return {**row, key: [*turns, {**last, text: "\ud800" + last[text]}]}
 
 
 # mutations that are legitimately valid for some formats (e.g. an alpaca row without its optional input)

@@ -8,6 +8,7 @@ import json
 import random
 
 import pytest
+import regex
 
 from tests.tiny import tiny_tokenizer
 from tunelab.engine import tokenize, words
@@ -86,6 +87,21 @@ def test_other_characters_are_split_by_the_tokenizer_and_still_give_its_ids(name
         assert found is not None and found.ids == encoding.ids, text
     assert encoder.agrees(backend, texts)  # each word's tokens lie inside the word
     assert any(map(words.OTHER.search, encoder.memo)), "words with other characters come from the memo too"
+
+
+def test_a_character_the_regex_engines_read_differently_is_split_by_the_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend(**PIPELINES["llama3"])
+    encoder = WordEncoder.of(backend)
+    assert encoder is not None
+    texts = ["Où est le café? 日本語 🚀", "naïve\u00a0crème — ok"]
+    expected = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    assert [encoder.encode(t).ids for t in texts] == expected
+    assert encoder.chars and all(encoder.chars.values()), "characters both engines read alike: the regex module splits"
+    monkeypatch.setattr(words, "_unicode_pattern", lambda source: regex.compile(r"[^\s]+|\s+"))  # reads them otherwise
+    wrong = WordEncoder.of(backend)
+    assert wrong is not None
+    assert [wrong.encode(t).ids for t in texts] == expected  # the tokenizer's own pre-tokenizer split them
+    assert wrong.chars and not any(wrong.chars.values())
 
 
 def test_other_characters_and_unsupported_pipelines() -> None:

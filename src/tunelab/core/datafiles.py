@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a JSON escape that can decode to half a character
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DataError(ValueError):
@@ -69,9 +72,11 @@ def _jsonl(path: Path, _: str) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield number, Malformed(f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            yield number, _whole_characters(record) if ESCAPED_SURROGATE.search(line) else record
 
 
 def _json(path: Path, _: str) -> Iterator[tuple[int, Any]]:
@@ -89,7 +94,26 @@ def _json(path: Path, _: str) -> Iterator[tuple[int, Any]]:
         data = next(iter(data.values()))  # {"data": [...]} / {"train": [...]}
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    yield from enumerate(data, 1)
+    if ESCAPED_SURROGATE.search(text):
+        yield from ((number, _whole_characters(record)) for number, record in enumerate(data, 1))
+    else:
+        yield from enumerate(data, 1)
+
+
+def _whole_characters(record: Any) -> Any:
+    """The record, or Malformed when one of its strings holds half a character (a lone ``\\udXXX`` escape: no
+    tokenizer takes it)."""
+    pending = [record]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending += value.values()
+        elif isinstance(value, list):
+            pending += value
+        elif isinstance(value, str) and (half := SURROGATE.search(value)):
+            return Malformed(f"a string holds half a character, an unpaired surrogate \\u{ord(half.group()):04x} "
+                             f"(near {value[max(0, half.start() - 20) : half.start()]!r}); it is not valid Unicode text")
+    return record
 
 
 def _csv(path: Path, _: str) -> Iterator[tuple[int, Any]]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from itertools import accumulate, chain
 from typing import Any
 
+import regex  # the engine with Unicode classes (a dependency of transformers too)
+
 log = logging.getLogger(__name__)
 
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -32,6 +34,9 @@ CATEGORIES = {name: name for name in ("L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "M
     "Letter": "L", "Mark": "M", "Number": "N", "Punctuation": "P", "Symbol": "S"}  # the \p{..} names taken
 NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD"}  # the identity on ASCII
 POST_PROCESSORS = {"TemplateProcessing", "BertProcessing"}  # add tokens only when asked; offsets untouched
+CONTEXTS = ("a@b", " @", "@ ", "1@1", "@@", "'@", "!@!", "\n@\n", " @a", "a@ ", "@'s", "\t@1", "@a1", " @@ ")
+# where a character's classes (letter, mark, number, space, punctuation, ...) decide the split: checked once per
+# character outside ASCII before the regex engine splits text with it
 CHECK_EVERY = 500  # texts per one checked against the Rust tokenizer
 MEMO_LIMIT = 200_000  # distinct words remembered (then forgotten at once): memory stays flat on any dataset
 PROBES = (
@@ -72,29 +77,33 @@ class WordEncoder:
     """Encodes text with a word memo in front of a byte-level BPE tokenizer's own model."""
 
     def __init__(self, backend: Any, splits: list[re.Pattern], added: list[re.Pattern], added_ids: dict[str, int],
-                 piecewise: bool = True):
+                 piecewise: bool = True, unicode_splits: list[Any] | None = None):
         self.backend = backend
         self.piecewise = piecewise  # a piece between added tokens tokenizes alone as it does in the text
         self.model = backend.model
         self.normalizer, self.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         self.splits = splits
+        self.unicode_splits = unicode_splits  # the same expressions in the regex module, for text outside ASCII
+        self.chars: dict[str, bool] = {}  # a character outside ASCII: whether the regex module splits around it as Rust does
         self.added = added
         self.added_ids = added_ids
         self.memo: dict[str, tuple[int, ...]] = {}
         self.count = 0
         self.off = False
-        self.to_bytes_alphabet = str.maketrans(_byte_alphabet())
+        self.to_bytes_alphabet = str.maketrans(_byte_alphabet())  # latin-1 code points (the UTF-8 bytes) to BPE's
 
     @classmethod
     def of(cls, backend: Any) -> WordEncoder | None:
         """The encoder for a Rust tokenizer, or None when its pipeline is not one this reproduces exactly."""
         spec = json.loads(backend.to_str())
-        splits = _splits(spec)
+        sources = _sources(spec)
+        splits = None if sources is None else _compiled(sources, _ascii_pattern)
         added = _added(spec)
-        if splits is None or added is None or not _plain_pipeline(spec, backend):
+        if sources is None or splits is None or added is None or not _plain_pipeline(spec, backend):
             return None
         normalized = any(t.get("normalized") for t in spec.get("added_tokens") or [])
-        encoder = cls(backend, splits, *added, piecewise=not (normalized and spec.get("normalizer")))
+        encoder = cls(backend, splits, *added, piecewise=not (normalized and spec.get("normalizer")),
+                      unicode_splits=_compiled(sources, _unicode_pattern))
         marked = tuple(f"{token}user\n{token}Hi there{token} \n{token}Où? 🚀{token}" for token in list(added[1])[:64])
         return encoder if encoder.agrees(backend, PROBES + marked) else None
 
@@ -131,29 +140,43 @@ class WordEncoder:
         return Words(list(chain.from_iterable(ids)), [0, *accumulate(map(len, words))], [0, *accumulate(map(len, ids))])
 
     def _other(self, piece: str, words: list[str], ids: list[tuple[int, ...]]) -> None:
-        """A piece with other characters: cut into words by the tokenizer's own pre-tokenizer, each word's ids from
-        the memo; when the normalizer would change the piece, the Rust tokenizer takes the piece alone."""
-        split = self._rust_words(piece)
-        if split is None:
+        """A piece with other characters: split into words by the regex module when each such character was seen to
+        split as it does in the tokenizer, else by the tokenizer's own pre-tokenizer; each word's ids from the memo.
+        When the normalizer would change the piece, the Rust tokenizer takes the piece alone."""
+        if self.normalizer is not None and self.normalizer.normalize_str(piece) != piece:
             self._by_rust(piece, words, ids)
             return
+        if self.unicode_splits is not None and all(map(self._splits_alike, set(OTHER.findall(piece)))):
+            found = self._words(piece, self.unicode_splits)
+        else:
+            found = self._rust_words(piece)
+            if found is None:
+                self._by_rust(piece, words, ids)
+                return
+        words += found
         memo, miss = self.memo.get, self._miss
-        for word, mapped in split:
-            words.append(word)
-            ids.append(memo(word) or miss(word, mapped))
+        ids += [memo(word) or miss(word) for word in found]
 
-    def _rust_words(self, piece: str) -> list[tuple[str, str]] | None:
-        """The piece's words and their byte-level forms as the tokenizer splits them; None when its normalizer
-        changes the piece or the words do not tile it."""
-        if self.normalizer is not None and self.normalizer.normalize_str(piece) != piece:
-            return None
+    def _rust_words(self, text: str) -> list[str] | None:
+        """The text's words as the tokenizer's pre-tokenizer splits it; None when they do not tile it."""
         out, end = [], 0
-        for mapped, (start, stop) in self.pre_tokenizer.pre_tokenize_str(piece):
+        for _, (start, stop) in self.pre_tokenizer.pre_tokenize_str(text):
             if start != end:
                 return None
-            out.append((piece[start:stop], mapped))
+            out.append(text[start:stop])
             end = stop
-        return out if end == len(piece) else None
+        return out if end == len(text) else None
+
+    def _splits_alike(self, char: str) -> bool:
+        """Whether the regex module splits text around ``char`` as the tokenizer does, in every CONTEXTS (once)."""
+        known = self.chars.get(char)
+        if known is None:
+            assert self.unicode_splits is not None
+            texts = [context.replace("@", char) for context in CONTEXTS]
+            known = self.chars[char] = all(
+                (self.normalizer is None or self.normalizer.normalize_str(text) == text)
+                and self._words(text, self.unicode_splits) == self._rust_words(text) for text in texts)
+        return known
 
     def _by_rust(self, piece: str, words: list[str], ids: list[tuple[int, ...]]) -> None:
         """A piece between added tokens tokenized alone by the Rust tokenizer (as it tokenizes it inside the text),
@@ -204,20 +227,21 @@ class WordEncoder:
             pieces = cut
         return pieces
 
-    def _words(self, piece: str) -> list[str]:
+    def _words(self, piece: str, splits: list[Any] | None = None) -> list[str]:
         words = [piece]
-        for pattern in self.splits:
+        for pattern in splits or self.splits:
             found = [word for part in words for word in pattern.findall(part)]
             if sum(map(len, found)) != sum(map(len, words)):  # text between matches: words too (Split "Isolated")
                 found = [word for part in words for word in _isolated(pattern, part)]
             words = found
         return words
 
-    def _miss(self, word: str, mapped: str | None = None) -> tuple[int, ...]:
-        """BPE of one word (``mapped``: its byte-level form, when it is not plain ASCII), remembered."""
+    def _miss(self, word: str) -> tuple[int, ...]:
+        """BPE of one word (written in byte-level BPE's alphabet: one character per UTF-8 byte), remembered."""
         if len(self.memo) >= MEMO_LIMIT:
             self.memo.clear()
-        ids = tuple(token.id for token in self.model.tokenize(mapped or word.translate(self.to_bytes_alphabet)))
+        spelled = word if word.isascii() else word.encode("utf-8").decode("latin-1")
+        ids = tuple(token.id for token in self.model.tokenize(spelled.translate(self.to_bytes_alphabet)))
         self.memo[word] = ids
         return ids
 
@@ -237,15 +261,16 @@ def _isolated(pattern: re.Pattern, text: str) -> list[str]:
 
 
 def _byte_alphabet() -> dict[str, str]:
-    """Byte-level BPE's printable stand-in for each ASCII character (GPT-2's bytes_to_unicode)."""
+    """Byte-level BPE's printable stand-in for each byte, keyed by the latin-1 character of that byte (GPT-2's
+    bytes_to_unicode)."""
     kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     moved = [b for b in range(256) if b not in kept]
     table = {b: chr(b) for b in kept} | {b: chr(256 + n) for n, b in enumerate(moved)}
-    return {chr(b): table[b] for b in range(128)}
+    return {chr(b): table[b] for b in range(256)}
 
 
-def _splits(spec: dict) -> list[re.Pattern] | None:
-    """The word-splitting expressions of the pre-tokenizer, as ASCII ``re`` patterns; None when unsupported."""
+def _sources(spec: dict) -> list[str] | None:
+    """The word-splitting expressions of the pre-tokenizer (onig syntax); None when its pipeline is unsupported."""
     steps = _steps(spec.get("pre_tokenizer"), "pretokenizers")
     if not steps or not _byte_level(steps[-1]):
         return None
@@ -257,8 +282,35 @@ def _splits(spec: dict) -> list[re.Pattern] | None:
         sources.append(pattern["Regex"])
     if steps[-1].get("use_regex", True):
         sources.append(GPT2_SPLIT)
-    patterns = [_ascii_pattern(source) for source in sources]
-    return None if any(p is None for p in patterns) else patterns  # type: ignore[return-value]
+    return sources
+
+
+def _compiled(sources: list[str], compile_one: Any) -> list[Any] | None:
+    patterns = [compile_one(source) for source in sources]
+    return None if any(p is None for p in patterns) else patterns
+
+
+def _unicode_pattern(source: str) -> Any:
+    r"""An onig pattern in the regex module, its groups made non-capturing (findall then gives whole words); None
+    when it will not compile. Its \p{..} classes are Unicode's, as onig's are, but the two may read a character
+    differently: each character outside ASCII is checked in CONTEXTS before this splits text holding it."""
+    out, in_class, k = [], False, 0
+    while k < len(source):
+        char = source[k]
+        if char == "\\":
+            out.append(source[k : k + 2])
+            k += 2
+            continue
+        if char == "(" and not in_class and source[k + 1 : k + 2] != "?":
+            char = "(?:"
+        elif char in "[]":
+            in_class = char == "["
+        out.append(char)
+        k += 1
+    try:
+        return regex.compile("".join(out))
+    except regex.error:
+        return None
 
 
 def _steps(node: dict | None, key: str) -> list[dict]:
