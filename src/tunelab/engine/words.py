@@ -291,9 +291,17 @@ def _compiled(sources: list[str], compile_one: Any) -> list[Any] | None:
 
 
 def _unicode_pattern(source: str) -> Any:
-    r"""An onig pattern in the regex module, its groups made non-capturing (findall then gives whole words); None
-    when it will not compile. Its \p{..} classes are Unicode's, as onig's are, but the two may read a character
-    differently: each character outside ASCII is checked in CONTEXTS before this splits text holding it."""
+    r"""An onig pattern in the regex module; None when it will not compile. Its \p{..} classes are Unicode's, as
+    onig's are, but the two may read a character differently: each character outside ASCII is checked in CONTEXTS
+    before this splits text holding it."""
+    try:
+        return regex.compile(_no_groups(source))
+    except regex.error:
+        return None
+
+
+def _no_groups(source: str) -> str:
+    """The pattern with its capturing groups made non-capturing: findall then returns whole words."""
     out, in_class, k = [], False, 0
     while k < len(source):
         char = source[k]
@@ -307,10 +315,7 @@ def _unicode_pattern(source: str) -> Any:
             in_class = char == "["
         out.append(char)
         k += 1
-    try:
-        return regex.compile("".join(out))
-    except regex.error:
-        return None
+    return "".join(out)
 
 
 def _steps(node: dict | None, key: str) -> list[dict]:
@@ -326,6 +331,7 @@ def _byte_level(step: dict) -> bool:
 
 def _ascii_pattern(source: str) -> re.Pattern | None:
     r"""An onig pattern as a ``re`` pattern over ASCII text: each ``\p{..}`` becomes its ASCII members."""
+    source = _no_groups(source)
     out, in_class, k = [], False, 0
     while k < len(source):
         char = source[k]
@@ -354,10 +360,6 @@ def _ascii_pattern(source: str) -> re.Pattern | None:
             return None  # nested classes
         elif char == "]" and in_class:
             in_class = False
-        elif char == "(" and not in_class and source[k + 1 : k + 2] != "?":
-            out.append("(?:")  # findall returns the whole words only without groups
-            k += 1
-            continue
         out.append(char)
         k += 1
     try:

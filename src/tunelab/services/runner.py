@@ -246,9 +246,10 @@ def reconcile(run: RunDir) -> dict:
     first = rank_failure(run) if status.get("state") != "succeeded" else None
     stopped = stop_requested_at(run)
     if first is not None and stopped is not None and first.get("time", stopped) >= stopped:
-        if status.get("rank_note") != _rank_error(first):  # set together with "aborted": once
+        note = _rank_error(first)
+        if status.get("rank_note") != note:  # set together with "aborted": once
             message = status.get("message") if status.get("state") == "aborted" else "stopped (Stop); a rank broke while stopping"
-            status = run.set_status("aborted", message=message, rank_note=_rank_error(first), error=None)
+            status = run.set_status("aborted", message=message, rank_note=note, error=None)
     elif first is not None and not str(status.get("error", "")).startswith("rank "):
         status = run.set_status("failed", error=_rank_error(first))
     elif status.get("state") in ("running", "queued"):
