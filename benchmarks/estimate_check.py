@@ -33,8 +33,8 @@ import product_bench as pb  # noqa: E402  (its model/data writers and its `tunel
 
 from tunelab.core.calibration import row_errors, row_estimate, shape_fields  # noqa: E402
 
-# name -> (shape, method, booster, packing); run in this order (the most wanted first)
-ROWS: dict[str, tuple[str, str, str, bool]] = {
+# name -> (shape, method, booster, packing[, other RunConfig fields]); run in this order (the most wanted first)
+ROWS: dict[str, tuple[Any, ...]] = {
     "qwen7b-lora-fast": ("qwen7b", "lora", "fast", True),
     "qwen7b-qlora-fast": ("qwen7b", "qlora", "fast", True),
     "qwen7b-lora-none": ("qwen7b", "lora", "none", True),
@@ -46,6 +46,8 @@ ROWS: dict[str, tuple[str, str, str, bool]] = {
     "qwen7b-full-none": ("qwen7b", "full", "none", True),
     "llama8b-lora-none": ("llama8b", "lora", "none", True),
     "llama8b-qlora-fast": ("llama8b", "qlora", "fast", True),
+    # full 8B with the default (foreach) AdamW needs the whole of an 80 GB card; the fused one fits there
+    "llama8b-full-fused": ("llama8b", "full", "none", True, {"optimizer": "adamw_torch_fused"}),
 }
 DEFAULT_ROWS = list(ROWS)[:9]  # the last two were measured by product_bench.py already (--import-product)
 PRODUCT_ROWS = {"lora-fast-pack": "llama8b-lora-fast", "lora-none-pack": "llama8b-lora-none",
@@ -107,15 +109,15 @@ def data_size(run_dir: str) -> dict[str, Any]:
     return {"examples": data["kept"], "mean_length": round(data["tokens"] / max(data["kept"], 1), 1)}
 
 
-def make_row(name: str, spec: tuple[str, str, str, bool], result: dict, model: Path, args: argparse.Namespace,
+def make_row(name: str, spec: tuple[Any, ...], result: dict, model: Path, args: argparse.Namespace,
              gpu: tuple[str, float]) -> dict[str, Any]:
     """One results row: the estimate's inputs, what was measured, and the estimate made now."""
-    shape, method, booster, packing = spec
+    shape, method, booster, packing, *more = spec
     bench = bench_args(args, shape)
     row: dict[str, Any] = {
         "name": name, "source": "estimate_check.py", "date": time.strftime("%Y-%m-%d"), "device": gpu[0],
         "gpu_memory_gib": gpu[1], "model_config": shape_fields(json.loads((model / "config.json").read_text())),
-        "overrides": overrides(method, booster, packing, bench.seq, bench.batch, args.cpu_like),
+        "overrides": {**overrides(method, booster, packing, bench.seq, bench.batch, args.cpu_like), **(more[0] if more else {})},
         "wall_s": result.get("wall_s"),
     }
     if not result.get("tokens_per_s"):
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             results["skipped"].append(name)
             continue
         bench, model = bench_args(args, spec[0]), models[spec[0]]
-        pb.RUNS[name] = (spec[1], spec[2], spec[3], extra)
+        pb.RUNS[name] = (spec[1], spec[2], spec[3], extra + [f"{k}={v}" for k, v in (spec[4:] or [{}])[0].items()])
         result = pb.run_product(name, bench, model, data, runs)
         row = make_row(name, spec, result, model, args, gpu)
         drop_weights(result.get("run_dir"))

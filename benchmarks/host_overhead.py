@@ -56,7 +56,7 @@ def write_inputs(work: Path) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def measure_trainer(model_dir: Path, data: Path, booster: str, work: Path, steps: int) -> dict[str, Any]:
+def measure_trainer(model_dir: Path, data: Path, booster: str, work: Path, steps: int, method: str = "lora") -> dict[str, Any]:
     """`tunelab train`'s trainer in this process (same code path as the CLI's trainer process), timed per step."""
     from transformers import TrainerCallback
 
@@ -65,7 +65,7 @@ def measure_trainer(model_dir: Path, data: Path, booster: str, work: Path, steps
     from tunelab.engine import train as engine_train
     from tunelab.engine.stages import base
 
-    overrides = [f"model={model_dir}", f"dataset={data}", "template=chatml", "method=lora", f"booster={booster}",
+    overrides = [f"model={model_dir}", f"dataset={data}", "template=chatml", f"method={method}", f"booster={booster}",
                  "packing=true", "cutoff_len=64", "batch_size=2", f"max_steps={steps + 4}", "lora_rank=8",
                  "lora_target=all", "gradient_checkpointing=true", "logging_steps=1", "save_steps=100000",
                  "precision=fp32", "warmup_ratio=0"]
@@ -89,7 +89,7 @@ def measure_trainer(model_dir: Path, data: Path, booster: str, work: Path, steps
     return _stats([b - a for a, b in zip(marks, marks[1:])])
 
 
-def measure_bare(model_dir: Path, tokens: int, steps: int) -> dict[str, Any]:
+def measure_bare(model_dir: Path, tokens: int, steps: int, method: str = "lora") -> dict[str, Any]:
     """The bare loop of the fast path on a packed row of ``tokens`` (three examples), AdamW, no trainer."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -99,6 +99,10 @@ def measure_bare(model_dir: Path, tokens: int, steps: int) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if method == "qlora":
+        from tunelab.engine.fast.quant import quantize_model_4bit
+
+        quantize_model_4bit(model, torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
     apply_fast_path(model, FastOptions(checkpointing="offload"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", default=str(ROOT / "src"), help="the src/ folder of the checkout to measure")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeat", type=int, default=2, help="processes per configuration (the minimum is kept)")
+    p.add_argument("--method", default="lora", choices=["lora", "qlora"])
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration in this process
     args = p.parse_args(argv)
     work = Path(os.environ.get("TUNELAB_BENCH_DIR", "/tmp/tunelab-host-overhead"))
@@ -137,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         model_dir, data = write_inputs(work)
-        result = (measure_bare(model_dir, 128, args.steps) if args.one == "bare"
-                  else measure_trainer(model_dir, data, args.one, work, args.steps))
+        result = (measure_bare(model_dir, 128, args.steps, args.method) if args.one == "bare"
+                  else measure_trainer(model_dir, data, args.one, work, args.steps, args.method))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([args.src, str(ROOT)]), TUNELAB_HOME=str(work / "home"),
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("bare", "fast", "none"):
         runs = []
         for _ in range(args.repeat):
-            proc = subprocess.run([sys.executable, __file__, "--out", args.out, "--steps", str(args.steps), "--one", name],
+            proc = subprocess.run([sys.executable, __file__, "--out", args.out, "--steps", str(args.steps), "--method", args.method, "--one", name],
                                   capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(json.loads(line[len("RESULT "):]))
         rows[name] = {"cpu_ms_min": min(r["cpu_ms_min"] for r in runs), "runs": runs}
         print(name, rows[name]["cpu_ms_min"], "ms", flush=True)
-    result = {"src": args.src, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": os.uname().nodename,
+    result = {"src": args.src, "method": args.method, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": os.uname().nodename,
               "cpu_count": os.cpu_count(), "rows": rows,
               "trainer_over_bare": round(rows["fast"]["cpu_ms_min"] / rows["bare"]["cpu_ms_min"], 3)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
