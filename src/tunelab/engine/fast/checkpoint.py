@@ -7,12 +7,14 @@ while this one recomputes), re-runs the layer with grad and back-propagates thro
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable
 
 import torch
 
 
 _PINNED = {"peak": 0}
+IN_FLIGHT = 3  # offload copies the host may queue ahead of the GPU (see ActivationStore.put)
 _COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
@@ -39,6 +41,7 @@ class ActivationStore:
         self.stream = _copy_stream(device) if self.offload else None
         self.entries: list[Any] = []
         self.pinned = 0
+        self.copies: deque[torch.cuda.Event] = deque()
 
     def put(self, t: torch.Tensor) -> int:
         """Keep ``t`` until backward; returns its slot."""
@@ -56,7 +59,14 @@ class ActivationStore:
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             host.copy_(t, non_blocking=True)
-        t.record_stream(self.stream)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        t.record_stream(self.stream)  # its memory returns to the pool once that copy is done
+        # The host runs ahead of the GPU, so without a bound every layer input it queued stays allocated until its
+        # copy runs (17 of 32 at the 8B model's peak): wait for the oldest copy beyond IN_FLIGHT.
+        self.copies.append(done)
+        if len(self.copies) > IN_FLIGHT:
+            self.copies.popleft().synchronize()
         self.entries.append([host, None, None])
         return len(self.entries) - 1
 
@@ -64,10 +74,15 @@ class ActivationStore:
         entry = self.entries[i]
         if entry is None or entry[1] is not None:
             return
+        # Allocated on the compute stream, so it comes from (and returns to) the pool everything else uses; the copy
+        # stream first waits for the compute work queued so far, which may still be using that memory's last tenant.
+        dest = torch.empty(entry[0].shape, dtype=entry[0].dtype, device=self.device)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
-            entry[1] = entry[0].to(self.device, non_blocking=True)
-            entry[2] = torch.cuda.Event()
+            dest.copy_(entry[0], non_blocking=True)
+            entry[1:] = [dest, torch.cuda.Event()]
             entry[2].record(self.stream)
+        dest.record_stream(self.stream)  # a step abandoned before take() must not free it under the copy
 
     def take(self, i: int) -> torch.Tensor:
         """The tensor in slot ``i`` (on the compute device); starts bringing back slot i-1."""
@@ -76,9 +91,7 @@ class ActivationStore:
             return t
         self._fetch(i)
         _, t, event = self.entries[i]
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(event)
-        t.record_stream(current)
+        torch.cuda.current_stream(self.device).wait_event(event)
         self.entries[i] = None
         if i > 0:
             self._fetch(i - 1)
