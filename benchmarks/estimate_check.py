@@ -122,6 +122,8 @@ def make_row(name: str, spec: tuple[Any, ...], result: dict, model: Path, args: 
     }
     if not result.get("tokens_per_s"):
         return {**row, "error": str(result.get("error", "no tokens/s"))[-800:]}
+    if result.get("failed_after_training"):
+        row["failed_after_training"] = result["failed_after_training"]
     row["data"] = data_size(result["run_dir"])
     row["measured"] = {"tokens_per_s": result["tokens_per_s"], "step_s": result["step_s"],
                        "tokens_per_step": result["tokens_per_step"], "peak_allocated_gib": result["peak_gib"],

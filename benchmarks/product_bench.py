@@ -151,14 +151,21 @@ def measured_run(cmd: list[str], timeout: int, warmup: int) -> dict:
         return {"error": f"timeout after {timeout}s: {str(exc.stdout or '')[-800:]}"}
     wall = round(time.perf_counter() - t0, 1)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("run directory: ")), None)
-    if proc.returncode != 0 or line is None:
-        return {"error": f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}", "wall_s": wall}
+    failed = {"error": f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}", "wall_s": wall}
+    if line is None:
+        return failed
     run_dir = Path(line.removeprefix("run directory: "))
     events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
     train = [e for e in events if e["type"] == "train"]
     status = json.loads((run_dir / "status.json").read_text())
+    steps = next((int(a.split("=", 1)[1]) for a in cmd if a.startswith("max_steps=")), None)
+    if proc.returncode != 0 and not (train and train[-1]["step"] == steps):
+        return {**failed, "run_dir": str(run_dir)}
+    # a run that trained every step and failed after (its final save: a full 8B checkpoint outgrows the GPU
+    # machine's disk) is still measured, and says so
+    after = {"failed_after_training": str(status.get("error") or failed["error"])[-300:]} if proc.returncode else {}
     last = train[-1]
-    return {**rate(train, warmup), "peak_gib": last.get("peak_mem_gb"),
+    return {**rate(train, warmup), **after, "peak_gib": last.get("peak_mem_gb"),
             "peak_reserved_gib": last.get("peak_reserved_gb"), "pinned_host_gib": last.get("pinned_host_gb"),
             "booster": status.get("booster"), "booster_reason": status.get("booster_reason"),
             "losses": [e["loss"] for e in train], "wall_s": wall, "run_dir": str(run_dir)}
