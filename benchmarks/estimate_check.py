@@ -109,15 +109,20 @@ def data_size(run_dir: str) -> dict[str, Any]:
     return {"examples": data["kept"], "mean_length": round(data["tokens"] / max(data["kept"], 1), 1)}
 
 
+def other_fields(spec: tuple[Any, ...]) -> dict[str, Any]:
+    """The RunConfig fields a row sets beyond shape, method, booster and packing."""
+    return spec[4] if len(spec) > 4 else {}
+
+
 def make_row(name: str, spec: tuple[Any, ...], result: dict, model: Path, args: argparse.Namespace,
              gpu: tuple[str, float]) -> dict[str, Any]:
     """One results row: the estimate's inputs, what was measured, and the estimate made now."""
-    shape, method, booster, packing, *more = spec
+    shape, method, booster, packing = spec[:4]
     bench = bench_args(args, shape)
     row: dict[str, Any] = {
         "name": name, "source": "estimate_check.py", "date": time.strftime("%Y-%m-%d"), "device": gpu[0],
         "gpu_memory_gib": gpu[1], "model_config": shape_fields(json.loads((model / "config.json").read_text())),
-        "overrides": {**overrides(method, booster, packing, bench.seq, bench.batch, args.cpu_like), **(more[0] if more else {})},
+        "overrides": {**overrides(method, booster, packing, bench.seq, bench.batch, args.cpu_like), **other_fields(spec)},
         "wall_s": result.get("wall_s"),
     }
     if not result.get("tokens_per_s"):
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             results["skipped"].append(name)
             continue
         bench, model = bench_args(args, spec[0]), models[spec[0]]
-        pb.RUNS[name] = (spec[1], spec[2], spec[3], extra + [f"{k}={v}" for k, v in (spec[4:] or [{}])[0].items()])
+        pb.RUNS[name] = (spec[1], spec[2], spec[3], extra + [f"{k}={v}" for k, v in other_fields(spec).items()])
         result = pb.run_product(name, bench, model, data, runs)
         row = make_row(name, spec, result, model, args, gpu)
         drop_weights(result.get("run_dir"))

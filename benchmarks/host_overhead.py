@@ -56,7 +56,8 @@ def write_inputs(work: Path) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def measure_trainer(model_dir: Path, data: Path, booster: str, work: Path, steps: int, method: str = "lora") -> dict[str, Any]:
+def measure_trainer(model_dir: Path, data: Path, booster: str, work: Path, steps: int,
+                    method: str = "lora") -> dict[str, Any]:
     """`tunelab train`'s trainer in this process (same code path as the CLI's trainer process), timed per step."""
     from transformers import TrainerCallback
 
@@ -152,16 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("bare", "fast", "none"):
         runs = []
         for _ in range(args.repeat):
-            proc = subprocess.run([sys.executable, __file__, "--out", args.out, "--steps", str(args.steps), "--method", args.method, "--one", name],
-                                  capture_output=True, text=True, env=env)
+            cmd = [sys.executable, __file__, "--out", args.out, "--steps", str(args.steps), "--method", args.method]
+            proc = subprocess.run([*cmd, "--one", name], capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
             runs.append(json.loads(line[len("RESULT "):]))
         rows[name] = {"cpu_ms_min": min(r["cpu_ms_min"] for r in runs), "runs": runs}
         print(name, rows[name]["cpu_ms_min"], "ms", flush=True)
-    result = {"src": args.src, "method": args.method, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": os.uname().nodename,
-              "cpu_count": os.cpu_count(), "rows": rows,
+    result = {"src": args.src, "method": args.method, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "rows": rows,
               "trainer_over_bare": round(rows["fast"]["cpu_ms_min"] / rows["bare"]["cpu_ms_min"], 3)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
