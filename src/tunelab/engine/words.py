@@ -129,33 +129,28 @@ class WordEncoder:
                 words.append(piece)
                 ids.append((self.added_ids[piece],))
                 continue
-            found = None if OTHER.search(piece) else self._words(piece)
-            if found is None:
-                if not self.piecewise:
-                    return None
-                self._other(piece, words, ids)
-                continue
+            if not OTHER.search(piece):
+                found = self._words(piece)
+            elif not self.piecewise:
+                return None
+            else:
+                found = self._other_words(piece)
+                if found is None:
+                    self._by_rust(piece, words, ids)
+                    continue
             words += found
             ids += [memo(word) or miss(word) for word in found]
         return Words(list(chain.from_iterable(ids)), [0, *accumulate(map(len, words))], [0, *accumulate(map(len, ids))])
 
-    def _other(self, piece: str, words: list[str], ids: list[tuple[int, ...]]) -> None:
-        """A piece with other characters: split into words by the regex module when each such character was seen to
-        split as it does in the tokenizer, else by the tokenizer's own pre-tokenizer; each word's ids from the memo.
-        When the normalizer would change the piece, the Rust tokenizer takes the piece alone."""
+    def _other_words(self, piece: str) -> list[str] | None:
+        """The words of a piece with other characters: split by the regex module when each such character was seen
+        to split as it does in the tokenizer, else by the tokenizer's own pre-tokenizer. None (the Rust tokenizer
+        takes the piece alone) when the normalizer would change it or the pre-tokenizer's words do not tile it."""
         if self.normalizer is not None and self.normalizer.normalize_str(piece) != piece:
-            self._by_rust(piece, words, ids)
-            return
+            return None
         if self.unicode_splits is not None and all(map(self._splits_alike, set(OTHER.findall(piece)))):
-            found = self._words(piece, self.unicode_splits)
-        else:
-            found = self._rust_words(piece)
-            if found is None:
-                self._by_rust(piece, words, ids)
-                return
-        words += found
-        memo, miss = self.memo.get, self._miss
-        ids += [memo(word) or miss(word) for word in found]
+            return self._words(piece, self.unicode_splits)
+        return self._rust_words(piece)
 
     def _rust_words(self, text: str) -> list[str] | None:
         """The text's words as the tokenizer's pre-tokenizer splits it; None when they do not tile it."""
